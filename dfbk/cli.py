@@ -1,0 +1,234 @@
+"""The `dfbk` command: one verb per workflow stage, each a thin wrapper over a library call.
+
+Positionals say what, options say how. Errors from bad input or config print one line naming
+the file or key and exit with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from dfbk.errors import DfbkError
+
+
+def _csv(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+def cmd_phantom(args: argparse.Namespace) -> None:
+    from dfbk.data.phantom import generate_phantom_dataset
+
+    names = generate_phantom_dataset(args.out_dir, args.subjects, args.seed, args.voxel_mm, _csv(args.lesions))
+    print(f"wrote {len(names)} phantom subjects to {args.out_dir}")
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from dfbk.data.prepare import prepare_dataset
+
+    meta = prepare_dataset(
+        args.dataset, args.raw_dir, args.out_dir, _csv(args.modalities), tuple(args.size),
+        args.min_foreground, args.on_bad_case, args.skipped_csv, args.jobs,
+    )
+    print(f"{args.out_dir}: {len(meta['subjects'])} subjects, {meta['n_slices']} slices")
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    from dfbk.data.splits import write_or_check_split
+    from dfbk.data.store import SliceStore
+
+    fractions = dict(zip(("train", "val", "test"), args.fractions, strict=True))
+    split = write_or_check_split(args.out, SliceStore(args.store).subjects, fractions, args.seed)
+    print(", ".join(f"{k}: {len(v)}" for k, v in split.items()))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from dfbk.training.trainer import TrainSpec, train
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    spec = TrainSpec(
+        dataset=args.dataset, direction=args.direction, method=args.method, seed=args.seed,
+        store_dir=args.store, split_path=args.split, out_dir=args.out_dir,
+        checkpoint_dir=args.checkpoint_dir, preset=args.preset,
+        overrides=json.loads(args.overrides), module=args.module,
+        checkpoint_every=args.checkpoint_every, device=args.device, amp=not args.no_amp,
+    )
+    print(f"wrote {train(spec)}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import torch
+
+    from dfbk.translation import predict_test_set
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    index = predict_test_set(args.checkpoint, args.store, args.split, args.out_dir, args.batch_size, args.device)
+    print(f"{args.out_dir}: {len(index['subjects'])} test subjects")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from dfbk.evaluation.evaluate import evaluate_predictions
+
+    info = {"dataset": args.dataset, "direction": args.direction, "method": args.method, "seed": args.seed}
+    result = evaluate_predictions(args.store, args.predictions, args.split, args.direction, args.out_dir, info)
+    summary = result["summary"]
+    print(", ".join(f"{k} {summary[k]['mean']:.4f}" for k in ("psnr_fg", "ssim_fg", "mae_fg") if k in summary))
+
+
+def cmd_figure(args: argparse.Namespace) -> None:
+    from dfbk.reporting.figures import make_comparison_figure
+
+    preds = dict(item.split("=", 1) for item in args.prediction)
+    make_comparison_figure(args.store, args.split, args.direction,
+                           {k: Path(v) for k, v in preds.items()}, args.out)
+
+
+def cmd_tables(args: argparse.Namespace) -> None:
+    from dfbk.reporting.tables import collect_results, write_comparison_table
+
+    frame = collect_results([Path(p) for p in args.metrics])
+    paths = write_comparison_table(frame, args.out_stem, caption=args.caption)
+    print("\n".join(str(p) for p in paths.values()))
+
+
+def cmd_track(args: argparse.Namespace) -> None:
+    from dfbk.tracking.mlflow_import import default_tracking_uri, import_runs
+
+    runs = [(Path(t), Path(e)) for t, e in zip(args.train_dirs, args.eval_dirs, strict=True)]
+    figures: dict[tuple[str, str], list[Path]] = {}
+    for item in args.figure:
+        dataset, direction, path = item.split(":", 2)
+        figures.setdefault((dataset, direction), []).append(Path(path))
+    uri = args.uri or default_tracking_uri(Path(args.results_dir))
+    imported = import_runs(runs, figures, uri, args.experiment, args.out)
+    print(f"{len(imported)} runs in MLflow at {uri}")
+
+
+def cmd_list_methods(args: argparse.Namespace) -> None:
+    from dfbk.methods.registry import list_methods
+
+    print("\n".join(list_methods()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfbk", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = verbs.add_parser("phantom", help="synthesise the multi-contrast head phantom dataset")
+    p.add_argument("out_dir", type=Path, help="folder to write phantom-NNN/ subject folders into")
+    p.add_argument("--subjects", type=int, default=16, help="number of subjects (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--voxel-mm", type=float, default=3.0, help="isotropic voxel size in mm (default 3)")
+    p.add_argument("--lesions", default="tumour,stroke,none", help="lesion types, cycled over subjects")
+    p.set_defaults(func=cmd_phantom)
+
+    p = verbs.add_parser("prepare", help="raw volumes -> checked, normalised slice store")
+    p.add_argument("dataset", help="dataset layout name (e.g. phantom)")
+    p.add_argument("raw_dir", type=Path, help="folder holding the raw subject folders")
+    p.add_argument("out_dir", type=Path, help="slice store folder to create")
+    p.add_argument("--modalities", required=True, help="comma-separated modalities to keep")
+    p.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="slice size")
+    p.add_argument("--min-foreground", type=float, default=0.05, help="min foreground fraction per slice")
+    p.add_argument("--on-bad-case", choices=("error", "skip"), default="error", help="bad subject policy")
+    p.add_argument("--skipped-csv", type=Path, help="where to list skipped subjects")
+    p.add_argument("--jobs", type=int, default=1, help="reader processes (default 1)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = verbs.add_parser("split", help="seeded subject-level train/val/test split, written once")
+    p.add_argument("store", type=Path, help="slice store folder")
+    p.add_argument("--out", type=Path, required=True, help="splits.json to write (or check)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--fractions", type=float, nargs=3, default=[0.6, 0.15, 0.25],
+                   metavar=("TRAIN", "VAL", "TEST"), help="split fractions")
+    p.set_defaults(func=cmd_split)
+
+    p = verbs.add_parser("train", help="train one method on one direction of one dataset")
+    p.add_argument("dataset", help="dataset name")
+    p.add_argument("direction", help="'<source>-to-<target>', e.g. t1n-to-t2w")
+    p.add_argument("method", help="registered method name (see `dfbk list-methods`)")
+    p.add_argument("--seed", type=int, default=0, help="seed for everything (default 0)")
+    p.add_argument("--preset", default="tiny", help="method preset: tiny (CPU) or paper")
+    p.add_argument("--overrides", default="{}", help="JSON object of hyperparameter overrides")
+    p.add_argument("--module", help="import path of a method defined outside the package")
+    p.add_argument("--store", type=Path, required=True, help="slice store folder")
+    p.add_argument("--split", type=Path, required=True, help="splits.json")
+    p.add_argument("--out-dir", type=Path, required=True, help="where model.pt, run.json, log go")
+    p.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable training state")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("predict", help="translate the test split with a checkpoint")
+    p.add_argument("checkpoint", type=Path, help="model.pt written by `dfbk train`")
+    p.add_argument("store", type=Path, help="slice store folder")
+    p.add_argument("split", type=Path, help="splits.json")
+    p.add_argument("out_dir", type=Path, help="folder for {subject}.nii.gz predictions")
+    p.add_argument("--batch-size", type=int, default=32, help="slices per batch (default 32)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser("evaluate", help="per-slice and per-subject metrics of one run")
+    p.add_argument("store", type=Path, help="slice store folder")
+    p.add_argument("predictions", type=Path, help="folder written by `dfbk predict`")
+    p.add_argument("split", type=Path, help="splits.json")
+    p.add_argument("direction", help="'<source>-to-<target>'")
+    p.add_argument("out_dir", type=Path, help="folder for slices.csv, subjects.csv, metrics.json")
+    p.add_argument("--dataset", required=True, help="dataset name (recorded)")
+    p.add_argument("--method", required=True, help="method name (recorded)")
+    p.add_argument("--seed", type=int, required=True, help="seed (recorded)")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = verbs.add_parser("figure", help="source | target | methods | error figure for a direction")
+    p.add_argument("store", type=Path, help="slice store folder")
+    p.add_argument("split", type=Path, help="splits.json")
+    p.add_argument("direction", help="'<source>-to-<target>'")
+    p.add_argument("out", type=Path, help="PNG to write")
+    p.add_argument("--prediction", action="append", default=[], metavar="METHOD=DIR",
+                   help="a method's prediction folder (repeat)")
+    p.set_defaults(func=cmd_figure)
+
+    p = verbs.add_parser("tables", help="comparison table (md, csv, tex) from metrics files")
+    p.add_argument("metrics", nargs="+", help="metrics.json files of the runs")
+    p.add_argument("--out-stem", type=Path, required=True, help="output path without suffix")
+    p.add_argument("--caption", default="", help="table caption (protocol)")
+    p.set_defaults(func=cmd_tables)
+
+    p = verbs.add_parser("track", help="import finished runs into MLflow (idempotent)")
+    p.add_argument("--train-dirs", nargs="+", required=True, help="training output folders")
+    p.add_argument("--eval-dirs", nargs="+", required=True, help="evaluation folders, same order")
+    p.add_argument("--figure", action="append", default=[], metavar="DATASET:DIRECTION:PNG",
+                   help="figure to attach to the runs of a direction (repeat)")
+    p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite in results)")
+    p.add_argument("--results-dir", default="results", help="results folder for the default URI")
+    p.add_argument("--experiment", default="dfbk-bench", help="MLflow experiment name")
+    p.add_argument("--out", type=Path, required=True, help="JSON listing the imported runs")
+    p.set_defaults(func=cmd_track)
+
+    p = verbs.add_parser("list-methods", help="print the registered method names")
+    p.set_defaults(func=cmd_list_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DfbkError as err:
+        print(f"dfbk {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

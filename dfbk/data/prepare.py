@@ -1,0 +1,209 @@
+"""prepare: raw subject volumes -> checked, normalised, cropped axial slices in a slice store.
+
+Per subject: every requested modality (and label/mask) must share shape and affine; each
+modality is normalised (`dfbk.data.normalise`); the contiguous axial range whose foreground
+fraction reaches `min_foreground` is kept; slices are centre-cropped/zero-padded in-plane to
+`size` around the foreground's bounding box. Subjects stream to disk one at a time (optionally
+read by a process pool), so memory does not grow with the dataset.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dfbk.data.adapters import DatasetAdapter, SubjectFiles, get_adapter
+from dfbk.data.io import read_volume, write_text
+from dfbk.data.normalise import normalisation_name, normalise
+from dfbk.data.store import STORE_VERSION
+from dfbk.errors import DataError
+
+
+@dataclass
+class PreparedSubject:
+    name: str
+    images: dict[str, np.ndarray]  # modality -> (S, H, W) float32 in [0, 1]
+    mask: np.ndarray  # (S, H, W) uint8
+    label: np.ndarray  # (S, H, W) uint8
+    slices: np.ndarray  # (S,) axial indices in the canonical volume
+    affine: np.ndarray  # affine of the prepared grid (x, y, slice)
+
+
+def _same_geometry(reference, other) -> str | None:
+    if reference.data.shape != other.data.shape:
+        return f"shape {other.data.shape} != {reference.data.shape} of {reference.path.name}"
+    if not np.allclose(reference.affine, other.affine, atol=1e-3):
+        return f"affine differs from {reference.path.name}"
+    return None
+
+
+def _crop_or_pad(volume: np.ndarray, start: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """In-plane window [start, start+size) of an (X, Y, Z) volume, zero outside."""
+    out = np.zeros((size[0], size[1], volume.shape[2]), dtype=volume.dtype)
+    src, dst = [], []
+    for axis in range(2):
+        lo, hi = start[axis], start[axis] + size[axis]
+        s_lo, s_hi = max(lo, 0), min(hi, volume.shape[axis])
+        src.append(slice(s_lo, s_hi))
+        dst.append(slice(s_lo - lo, s_hi - lo))
+    out[dst[0], dst[1]] = volume[src[0], src[1]]
+    return out
+
+
+def prepare_subject(
+    files: SubjectFiles,
+    modalities: list[str],
+    size: tuple[int, int],
+    min_foreground: float,
+    label_values: tuple[int, ...] = (),
+) -> PreparedSubject:
+    """Read, check, normalise and slice one subject; DataError names the subject and file."""
+    missing = [p for m, p in files.images.items() if m in modalities and not Path(p).exists()]
+    if missing:
+        raise DataError(f"subject {files.name}: missing modality file(s): {', '.join(map(str, missing))}")
+    volumes = {m: read_volume(files.images[m]) for m in modalities}
+    reference = volumes[modalities[0]]
+    extras = {}
+    if files.label is not None:
+        extras["label"] = read_volume(files.label)
+    if files.mask is not None:
+        extras["mask"] = read_volume(files.mask)
+    for volume in [*volumes.values(), *extras.values()]:
+        problem = _same_geometry(reference, volume)
+        if problem:
+            raise DataError(f"subject {files.name}: {volume.path}: {problem}")
+
+    if "mask" in extras:
+        foreground = extras["mask"].data > 0.5
+    else:  # skull-stripped data (BraTS): foreground = nonzero in any modality
+        foreground = np.any([np.abs(v.data) > 0 for v in volumes.values()], axis=0)
+    if not foreground.any():
+        raise DataError(f"subject {files.name}: empty foreground")
+    label = np.zeros(reference.data.shape, dtype=np.uint8)
+    if "label" in extras:
+        raw = np.rint(extras["label"].data)
+        unexpected = sorted(set(np.unique(raw).astype(int)) - set(label_values)) if label_values else []
+        if unexpected:
+            raise DataError(
+                f"subject {files.name}: {files.label}: unexpected label values {unexpected}; "
+                f"expected {list(label_values)}"
+            )
+        label = raw.astype(np.uint8)
+
+    fraction = foreground.mean(axis=(0, 1))
+    keep = np.flatnonzero(fraction >= min_foreground)
+    if keep.size == 0:
+        raise DataError(f"subject {files.name}: no axial slice has foreground >= {min_foreground}")
+    z0, z1 = int(keep[0]), int(keep[-1]) + 1
+    xs, ys = np.nonzero(foreground.any(axis=2))
+    centre = ((xs.min() + xs.max() + 1) // 2, (ys.min() + ys.max() + 1) // 2)
+    start = (int(centre[0] - size[0] // 2), int(centre[1] - size[1] // 2))
+
+    def window(vol: np.ndarray) -> np.ndarray:  # (X, Y, Z) -> (S, H, W)
+        return np.moveaxis(_crop_or_pad(vol[:, :, z0:z1], start, size), 2, 0)
+
+    images = {m: window(normalise(v.data, m, foreground)) for m, v in volumes.items()}
+    shift = np.eye(4)
+    shift[:3, 3] = [start[0], start[1], z0]
+    return PreparedSubject(
+        name=files.name,
+        images=images,
+        mask=window(foreground.astype(np.uint8)),
+        label=window(label),
+        slices=np.arange(z0, z1),
+        affine=reference.affine @ shift,
+    )
+
+
+def _prepare_job(args):
+    files, modalities, size, min_foreground, label_values, on_bad_case = args
+    try:
+        return prepare_subject(files, modalities, size, min_foreground, label_values), None
+    except DataError as err:
+        if on_bad_case == "skip":
+            return None, (files.name, str(err))
+        raise
+
+
+def prepare_dataset(
+    dataset: str,
+    raw_dir: Path,
+    out_dir: Path,
+    modalities: list[str],
+    size: tuple[int, int],
+    min_foreground: float = 0.05,
+    on_bad_case: str = "error",
+    skipped_csv: Path | None = None,
+    jobs: int = 1,
+) -> dict:
+    """Build the slice store for `dataset` in `out_dir` atomically; returns its metadata."""
+    adapter: DatasetAdapter = get_adapter(dataset)
+    adapter.check_modalities(modalities)
+    subjects = adapter.find_subjects(Path(raw_dir))
+    out_dir = Path(out_dir)
+    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    handles = {m: open(tmp_dir / f"{m}.f32", "wb") for m in modalities}
+    handles["mask"] = open(tmp_dir / "mask.u8", "wb")
+    handles["label"] = open(tmp_dir / "label.u8", "wb")
+    rows, meta_subjects, skipped, index = [], {}, [], 0
+    args = [(s, modalities, tuple(size), min_foreground, adapter.label_values, on_bad_case) for s in subjects]
+    try:
+        pool = get_context("spawn").Pool(jobs) if jobs > 1 else None
+        results = pool.imap(_prepare_job, args) if pool else map(_prepare_job, args)
+        for prepared, problem in tqdm(results, total=len(args), desc=f"prepare {dataset}"):
+            if problem is not None:
+                skipped.append(problem)
+                continue
+            for m in modalities:
+                handles[m].write(prepared.images[m].astype("<f4").tobytes())
+            handles["mask"].write(prepared.mask.astype("u1").tobytes())
+            handles["label"].write(prepared.label.astype("u1").tobytes())
+            n = len(prepared.slices)
+            area = float(size[0] * size[1])
+            for k in range(n):
+                rows.append([index + k, prepared.name, int(prepared.slices[k]),
+                             prepared.mask[k].sum() / area, (prepared.label[k] > 0).sum() / area])
+            meta_subjects[prepared.name] = {"start": index, "stop": index + n,
+                                            "affine": prepared.affine.tolist()}
+            index += n
+        if pool:
+            pool.close()
+    finally:
+        for handle in handles.values():
+            handle.close()
+    if not meta_subjects:
+        raise DataError(f"{raw_dir}: no usable subject (all {len(skipped)} skipped)")
+    with open(tmp_dir / "manifest.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "subject", "slice", "foreground_fraction", "lesion_fraction"])
+        writer.writerows(rows)
+    meta = {
+        "version": STORE_VERSION,
+        "dataset": dataset,
+        "modalities": list(modalities),
+        "size": list(size),
+        "n_slices": index,
+        "range": [0.0, 1.0],
+        "normalisation": {m: normalisation_name(m) for m in modalities},
+        "min_foreground": min_foreground,
+        "subjects": meta_subjects,
+        "skipped": [name for name, _ in skipped],
+    }
+    write_text(tmp_dir / "store.json", json.dumps(meta, indent=1) + "\n")
+    if skipped_csv is not None:
+        lines = ["subject,reason"] + [f'{n},"{r.replace(chr(34), chr(39))}"' for n, r in skipped]
+        write_text(Path(skipped_csv), "\n".join(lines) + "\n")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp_dir, out_dir)
+    return meta

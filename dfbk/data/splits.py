@@ -1,0 +1,67 @@
+"""Subject-level train/val/test split: seeded, written once, never recomputed silently.
+
+Splitting by subject (not slice) keeps neighbouring slices of one head out of both train and
+test. The split file is created the first time and afterwards only read back; if the subject
+list or the split settings changed, the user must delete it on purpose.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dfbk.data.io import write_text
+from dfbk.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+def compute_split(subjects: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[str]]:
+    """Shuffle sorted subject names with `seed`; val and test get at least one subject each."""
+    names = sorted(set(subjects))
+    if len(names) < 3:
+        raise DataError(f"need at least 3 subjects for a train/val/test split, got {len(names)}")
+    order = np.random.default_rng(seed).permutation(len(names))
+    shuffled = [names[i] for i in order]
+    total = sum(fractions.get(k, 0.0) for k in SPLITS)
+    n_test = max(1, round(len(names) * fractions.get("test", 0.0) / total))
+    n_val = max(1, round(len(names) * fractions.get("val", 0.0) / total))
+    n_train = len(names) - n_test - n_val
+    if n_train < 1:
+        raise DataError(f"{len(names)} subjects leave no training subject after val/test")
+    return {
+        "train": sorted(shuffled[:n_train]),
+        "val": sorted(shuffled[n_train : n_train + n_val]),
+        "test": sorted(shuffled[n_train + n_val :]),
+    }
+
+
+def write_or_check_split(
+    path: Path, subjects: list[str], fractions: dict[str, float], seed: int
+) -> dict[str, list[str]]:
+    """Create `path` once; later calls return it if it still matches, else raise."""
+    path = Path(path)
+    settings = {"seed": seed, "fractions": {k: float(fractions.get(k, 0.0)) for k in SPLITS}}
+    if path.exists():
+        stored = json.loads(path.read_text())
+        stored_subjects = sorted(s for k in SPLITS for s in stored[k])
+        if stored_subjects != sorted(set(subjects)) or stored.get("settings") != settings:
+            raise DataError(
+                f"{path}: existing split was made for other subjects or settings; it is never "
+                "recomputed silently — delete the file to re-split on purpose"
+            )
+        return {k: stored[k] for k in SPLITS}
+    split = compute_split(subjects, fractions, seed)
+    write_text(path, json.dumps({"settings": settings, **split}, indent=2) + "\n")
+    return split
+
+
+def read_split(path: Path) -> dict[str, list[str]]:
+    """Read a split file written by `write_or_check_split`."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: split file not found (run the split_subjects rule first)")
+    stored = json.loads(path.read_text())
+    return {k: list(stored[k]) for k in SPLITS}

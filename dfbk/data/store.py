@@ -1,0 +1,148 @@
+"""The slice store: all axial slices of a dataset, one memory-mapped array per modality.
+
+Layout of `results/prepare/{dataset}/`:
+- `{modality}.f32`: raw little-endian float32, shape (N, H, W), values in [0, 1];
+- `mask.u8` (foreground) and `label.u8` (lesion labels, 0 where none), shape (N, H, W);
+- `manifest.csv`: one row per slice: index, subject, slice (axial index in the canonical
+  volume), foreground_fraction, lesion_fraction;
+- `store.json`: the data contract (modalities, range, normalisation, size, dtype, N) and per
+  subject its slice range and the affine of the prepared grid.
+Raw arrays rather than `.npy` so prepare can stream subjects to disk without holding the
+dataset in memory; `np.memmap` then gives O(1) random access to any slice.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dfbk.errors import DataError
+
+STORE_VERSION = 1
+
+
+class SliceStore:
+    """Read-only view of a prepared dataset."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        meta_path = self.root / "store.json"
+        if not meta_path.exists():
+            raise DataError(f"{meta_path}: slice store not found (run the prepare rule first)")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("version") != STORE_VERSION:
+            raise DataError(f"{meta_path}: store version {self.meta.get('version')} unsupported")
+        self.size: tuple[int, int] = tuple(self.meta["size"])
+        self.n_slices: int = int(self.meta["n_slices"])
+        self.modalities: list[str] = list(self.meta["modalities"])
+
+    def _array(self, name: str, dtype: str) -> np.ndarray:
+        path = self.root / name
+        if not path.exists():
+            raise DataError(f"{path}: missing from slice store")
+        expected = self.n_slices * self.size[0] * self.size[1] * np.dtype(dtype).itemsize
+        if path.stat().st_size != expected:
+            raise DataError(f"{path}: size {path.stat().st_size} bytes, expected {expected}")
+        return np.memmap(path, dtype=dtype, mode="r", shape=(self.n_slices, *self.size))
+
+    def images(self, modality: str) -> np.ndarray:
+        """(N, H, W) float32 memmap of `modality` in [0, 1]."""
+        if modality not in self.modalities:
+            raise DataError(
+                f"{self.root}: modality '{modality}' not in store; has {', '.join(self.modalities)}"
+            )
+        return self._array(f"{modality}.f32", "<f4")
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        return self._array("mask.u8", "u1")
+
+    @cached_property
+    def label(self) -> np.ndarray:
+        return self._array("label.u8", "u1")
+
+    @cached_property
+    def manifest(self) -> pd.DataFrame:
+        return pd.read_csv(self.root / "manifest.csv")
+
+    @property
+    def subjects(self) -> list[str]:
+        return list(self.meta["subjects"])
+
+    def subject_range(self, subject: str) -> tuple[int, int]:
+        """[start, stop) slice indices of `subject` in the store."""
+        try:
+            info = self.meta["subjects"][subject]
+        except KeyError as err:
+            raise DataError(f"{self.root}: subject '{subject}' not in store") from err
+        return int(info["start"]), int(info["stop"])
+
+    def subject_affine(self, subject: str) -> np.ndarray:
+        """Voxel-to-world affine of the subject's prepared (cropped/padded) grid."""
+        return np.array(self.meta["subjects"][subject]["affine"], dtype=float)
+
+    def indices(self, subjects: list[str]) -> np.ndarray:
+        """Store indices of every slice of `subjects`, in subject then slice order."""
+        parts = [np.arange(*self.subject_range(s)) for s in subjects]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=int)
+
+    def contract(self, modality: str) -> dict:
+        """What a model trained on this modality expects: range, normalisation, size."""
+        return {
+            "modality": modality,
+            "range": [0.0, 1.0],
+            "norm": self.meta["normalisation"][modality],
+            "size": list(self.size),
+        }
+
+
+def write_store(
+    root: Path,
+    images: dict[str, np.ndarray],
+    mask: np.ndarray,
+    label: np.ndarray,
+    subject_slices: dict[str, int],
+    affines: dict[str, np.ndarray] | None = None,
+    normalisation: dict[str, str] | None = None,
+    dataset: str = "custom",
+) -> SliceStore:
+    """Write in-memory arrays as a slice store (tests, small custom datasets).
+
+    images: modality -> (N, H, W) in [0, 1]; subject_slices: subject -> number of consecutive
+    slices, in order, summing to N.
+    """
+    from dfbk.data.io import write_text
+    from dfbk.data.normalise import normalisation_name
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    n, h, w = next(iter(images.values())).shape
+    if sum(subject_slices.values()) != n:
+        raise ValueError(f"subject slice counts sum to {sum(subject_slices.values())}, arrays hold {n}")
+    for modality, array in images.items():
+        np.asarray(array, dtype="<f4").tofile(root / f"{modality}.f32")
+    np.asarray(mask, dtype="u1").tofile(root / "mask.u8")
+    np.asarray(label, dtype="u1").tofile(root / "label.u8")
+    rows, subjects, start = [], {}, 0
+    for name, count in subject_slices.items():
+        for k in range(count):
+            i = start + k
+            rows.append({"index": i, "subject": name, "slice": k,
+                         "foreground_fraction": float(np.mean(mask[i] > 0)),
+                         "lesion_fraction": float(np.mean(label[i] > 0))})
+        affine = (affines or {}).get(name, np.eye(4))
+        subjects[name] = {"start": start, "stop": start + count, "affine": np.asarray(affine).tolist()}
+        start += count
+    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
+    meta = {
+        "version": STORE_VERSION, "dataset": dataset, "modalities": list(images),
+        "size": [h, w], "n_slices": n, "range": [0.0, 1.0],
+        "normalisation": normalisation or {m: normalisation_name(m) for m in images},
+        "min_foreground": 0.0, "subjects": subjects, "skipped": [],
+    }
+    write_text(root / "store.json", json.dumps(meta, indent=1) + "\n")
+    return SliceStore(root)

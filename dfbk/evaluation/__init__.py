@@ -1,0 +1,1 @@
+"""evaluate stage: image-similarity metrics (`metrics`) and per-run scoring (`evaluate`)."""

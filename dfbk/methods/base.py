@@ -1,0 +1,135 @@
+"""The interface every translation method implements; the shared trainer drives it.
+
+A method owns its networks, losses, optimisers and the body of one training step (GANs
+alternate several optimisers, so the step cannot be generic). Everything else — the loop,
+seeding, EMA, checkpoints, logging, AMP policy, data — belongs to the shared trainer
+(`dfbk.training.trainer`), so a baseline file holds only what is its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from dfbk.errors import ConfigError
+
+
+@dataclass
+class Batch:
+    """One training batch of aligned axial slices.
+
+    source, target: (B, 1, H, W) float32 in [0, 1] (the slice store's range).
+    mask: (B, 1, H, W) float32 in {0, 1}, the foreground (head/body) mask.
+    knowledge: optional (K, D) knowledge tokens for the target modality (issue 3).
+    """
+
+    source: Tensor
+    target: Tensor
+    mask: Tensor
+    knowledge: Tensor | None = None
+
+    def to(self, device: torch.device) -> Batch:
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.source), move(self.target), move(self.mask), move(self.knowledge))
+
+
+def to_signed(x: Tensor) -> Tensor:
+    """Map [0, 1] images to [-1, 1], the range GANs and diffusion models are trained in."""
+    return x * 2.0 - 1.0
+
+
+def to_unit(x: Tensor) -> Tensor:
+    """Map [-1, 1] network output back to [0, 1], clamped."""
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+class Method(nn.Module):
+    """Base class: build from hyperparameters, take a training step, translate a batch.
+
+    Subclasses set `PRESETS` (name -> hyperparameters) and implement `training_step` and
+    `translate`. Shared hyperparameters read by the trainer: `steps`, `batch_size`, and
+    `ema_decay` (None: no EMA). `ema_network()` names the module whose EMA is used at
+    inference.
+    """
+
+    name: ClassVar[str] = ""
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Keys the trainer reads; every preset must define them.
+    TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "ema_decay")
+
+    def __init__(self, hparams: dict[str, Any]) -> None:
+        super().__init__()
+        self.hparams = dict(hparams)
+        self.amp = False  # set by the trainer: bf16 autocast on CUDA
+
+    # ----- construction -------------------------------------------------------------------
+    @classmethod
+    def resolve_hparams(
+        cls, preset: str, overrides: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Preset values updated by overrides; unknown preset or key is a ConfigError."""
+        if preset not in cls.PRESETS:
+            raise ConfigError(
+                f"method '{cls.name}' has no preset '{preset}'; known: {', '.join(cls.PRESETS)}"
+            )
+        hparams = dict(cls.PRESETS[preset])
+        for key, value in (overrides or {}).items():
+            if key not in hparams:
+                raise ConfigError(
+                    f"method '{cls.name}': unknown hyperparameter '{key}' in overrides; "
+                    f"known: {', '.join(sorted(hparams))}"
+                )
+            hparams[key] = value
+        return hparams
+
+    # ----- the interface ------------------------------------------------------------------
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Named optimisers, saved and restored by the trainer's checkpoints."""
+        return {}
+
+    def schedulers(self) -> dict[str, Any]:
+        """Named learning-rate schedulers (stepped by the method), checkpointed by the trainer."""
+        return {}
+
+    def ema_network(self) -> nn.Module | None:
+        """The module the trainer keeps an exponential moving average of (None: no EMA)."""
+        return None
+
+    def training_step(self, batch: Batch, step: int) -> dict[str, float]:
+        """One optimisation step on `batch`; returns named scalar losses for the log."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:
+        """Predict target slices (B, 1, H, W) in [0, 1] from source slices in [0, 1]."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Facts recorded with the run (deviations from the paper, training mode...)."""
+        return {}
+
+    # ----- helpers for subclasses ---------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast on CUDA when the trainer enabled AMP; a no-op on CPU."""
+        if self.amp and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.parameters() if p.requires_grad)
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of trainable parameters, reported beside the published counts."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

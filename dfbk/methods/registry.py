@@ -1,0 +1,81 @@
+"""Method registry: config name -> import path -> class registered by a decorator.
+
+Built-in methods are listed by import path so `list_methods()` works without importing torch
+models; a user's baseline joins through config (`methods.<name>.module`), never by folder
+scanning. Unknown names fail at once and list the known ones.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dfbk.errors import ConfigError
+
+# name -> module that defines it (its class carries @register_method(name)).
+BUILTIN_METHODS: dict[str, str] = {
+    "identity": "baselines.identity",
+    "pix2pix": "baselines.pix2pix",
+    "resshift": "dfbk.methods.resshift",
+}
+
+_REGISTRY: dict[str, type] = {}
+_EXTRA_MODULES: dict[str, str] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a Method subclass buildable by `name`."""
+
+    def decorate(cls: type) -> type:
+        existing = _REGISTRY.get(name)
+        if existing is not None and existing.__qualname__ != cls.__qualname__:
+            raise ConfigError(f"method name '{name}' registered twice ({existing} and {cls})")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def add_method_module(name: str, module: str) -> None:
+    """Declare that `module` defines method `name` (from config: methods.<name>.module)."""
+    _EXTRA_MODULES[name] = module
+
+
+def list_methods() -> list[str]:
+    """All known method names, built-in and declared, sorted."""
+    return sorted({**BUILTIN_METHODS, **_EXTRA_MODULES})
+
+
+def get_method_class(name: str, module: str | None = None) -> type:
+    """The class registered as `name`, importing its module on first use."""
+    if module is not None:
+        add_method_module(name, module)
+    if name not in _REGISTRY:
+        path = _EXTRA_MODULES.get(name) or BUILTIN_METHODS.get(name)
+        if path is None:
+            raise ConfigError(f"unknown method '{name}'; known: {', '.join(list_methods())}")
+        try:
+            importlib.import_module(path)
+        except ImportError as err:
+            raise ConfigError(f"method '{name}': cannot import module '{path}': {err}") from err
+        if name not in _REGISTRY:
+            raise ConfigError(
+                f"method '{name}': module '{path}' does not register it "
+                f"(missing @register_method('{name}'))"
+            )
+    return _REGISTRY[name]
+
+
+def build_method(
+    name: str,
+    preset: str = "tiny",
+    overrides: dict[str, Any] | None = None,
+    module: str | None = None,
+):
+    """Build method `name` with a preset's hyperparameters updated by `overrides`."""
+    cls = get_method_class(name, module)
+    hparams = cls.resolve_hparams(preset, overrides)
+    method = cls(hparams)
+    method.preset = preset
+    return method

@@ -1,0 +1,1 @@
+"""Networks shared by methods; they know nothing of noise levels or losses."""

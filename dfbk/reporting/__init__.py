@@ -1,0 +1,1 @@
+"""aggregate stage: comparison/ablation tables (`tables`) and qualitative figures (`figures`)."""

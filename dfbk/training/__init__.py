@@ -1,0 +1,1 @@
+"""The shared trainer: loop, seeding, EMA, checkpoints, logging."""

@@ -1,0 +1,171 @@
+"""Tables (aggregation, bold, formats, Wilcoxon) and the comparison figure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.ndimage import gaussian_filter
+from scipy.stats import wilcoxon
+
+from dfbk.data.io import write_nifti
+from dfbk.data.store import write_store
+from dfbk.errors import DataError
+from dfbk.reporting.figures import make_comparison_figure, pick_slice, pick_subject
+from dfbk.reporting.tables import collect_results, wilcoxon_vs, write_comparison_table
+
+
+def _write_run(root, method, seed, rows, dataset="phantom", direction="t1n-to-t2w"):
+    """A run folder as the evaluate stage leaves it: metrics.json + subjects.csv."""
+    run = root / dataset / direction / method / f"seed-{seed}"
+    run.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(run / "subjects.csv", index=False)
+    info = {"dataset": dataset, "direction": direction, "method": method, "seed": seed}
+    (run / "metrics.json").write_text(json.dumps({**info, "summary": {}}))
+    return run / "metrics.json"
+
+
+@pytest.fixture
+def two_methods(tmp_path):
+    """dfbk (2 seeds) is better in PSNR and SSIM, pix2pix better in MAE; 2 subjects."""
+    files = [
+        _write_run(tmp_path, "dfbk", 0, [
+            {"subject": "s1", "psnr_fg": 30.0, "ssim_fg": 0.90, "mae_fg": 0.030},
+            {"subject": "s2", "psnr_fg": 28.0, "ssim_fg": 0.80, "mae_fg": 0.050}]),
+        _write_run(tmp_path, "dfbk", 1, [
+            {"subject": "s1", "psnr_fg": 32.0, "ssim_fg": 0.92, "mae_fg": 0.030},
+            {"subject": "s2", "psnr_fg": 26.0, "ssim_fg": 0.82, "mae_fg": 0.050}]),
+        _write_run(tmp_path, "pix2pix", 0, [
+            {"subject": "s1", "psnr_fg": 25.0, "ssim_fg": 0.70, "mae_fg": 0.020},
+            {"subject": "s2", "psnr_fg": 24.0, "ssim_fg": 0.60, "mae_fg": 0.020}]),
+    ]  # fmt: skip
+    return collect_results(files)
+
+
+def test_collect_results_rows(two_methods):
+    df = two_methods
+    assert list(df.columns[:5]) == ["dataset", "direction", "method", "seed", "subject"]
+    assert len(df) == 6
+    assert set(df.method) == {"dfbk", "pix2pix"}
+
+
+def test_comparison_table_values_and_bold(two_methods, tmp_path):
+    paths = write_comparison_table(two_methods, tmp_path / "out" / "table", caption="Proto.")
+    assert {k: p.exists() for k, p in paths.items()} == {"md": True, "csv": True, "tex": True}
+    csv = pd.read_csv(paths["csv"]).set_index("method")
+    # seeds averaged per subject first: dfbk s1 = 31, s2 = 27 -> mean 29, std sqrt(8)
+    assert csv.loc["dfbk", "psnr_fg_mean"] == pytest.approx(29.0)
+    assert csv.loc["dfbk", "psnr_fg_std"] == pytest.approx(np.sqrt(8.0))
+    assert csv.loc["dfbk", "psnr_fg_n"] == 2 and csv.loc["dfbk", "n_seeds"] == 2
+    assert csv.loc["pix2pix", "mae_fg_mean"] == pytest.approx(0.02)
+    assert csv.loc["pix2pix", "mae_fg_std"] == 0.0
+    md = paths["md"].read_text()
+    assert md.startswith("Proto.") and "averaged over seeds" in md
+    assert "**29.00 ± 2.83**" in md and "24.50 ± 0.71" in md and "**24.50" not in md
+    assert "**0.8600 ± 0.0707**" in md
+    assert "**0.0200 ± 0.0000**" in md and "**0.0400" not in md
+    tex = paths["tex"].read_text()
+    assert r"\caption{Proto." in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"\textbf{29.00 $\pm$ 2.83}" in tex and r"\textbf{0.0200 $\pm$ 0.0000}" in tex
+    assert r"\textbf{24.50" not in tex and r"pix2pix" in tex
+
+
+def test_bold_is_per_dataset_and_direction(tmp_path):
+    rows = [{"subject": "s1", "psnr_fg": 20.0, "ssim_fg": 0.5, "mae_fg": 0.1}]
+    worse = [{"subject": "s1", "psnr_fg": 10.0, "ssim_fg": 0.4, "mae_fg": 0.2}]
+    files = [_write_run(tmp_path, "a", 0, rows), _write_run(tmp_path, "b", 0, worse),
+             _write_run(tmp_path, "a", 0, worse, direction="t2w-to-t1n"),
+             _write_run(tmp_path, "b", 0, rows, direction="t2w-to-t1n")]  # fmt: skip
+    md = write_comparison_table(collect_results(files), tmp_path / "t")["md"].read_text()
+    lines = [line for line in md.splitlines() if line.startswith("| phantom")]
+    assert ["**20.00" in line for line in lines] == [True, False, False, True]
+
+
+def _paired_frame(n_subjects: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_subjects):
+        base = rng.random()
+        for method, shift in (("dfbk", 0.05), ("pix2pix", 0.0), ("same", 0.05)):
+            rows.append({"dataset": "d", "direction": "a-to-b", "method": method, "seed": 0,
+                         "subject": f"s{i}", "ssim_fg": base + shift + 0.01 * rng.random(),
+                         "psnr_fg": 20 + base})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_wilcoxon_matches_scipy_on_the_same_pairs():
+    df = _paired_frame(8)
+    result = wilcoxon_vs(df, "dfbk", "ssim_fg").set_index("method")
+    assert set(result.index) == {"pix2pix", "same"}
+    ref = df[df.method == "dfbk"].set_index("subject")["ssim_fg"]
+    other = df[df.method == "pix2pix"].set_index("subject")["ssim_fg"].loc[ref.index]
+    assert result.loc["pix2pix", "p_value"] == pytest.approx(wilcoxon(ref, other).pvalue)
+    assert result.loc["pix2pix", "n_pairs"] == 8
+    # every difference zero (psnr is method-independent here) -> undefined, NaN
+    assert wilcoxon_vs(df, "dfbk", "psnr_fg")["p_value"].isna().all()
+    # fewer than two pairs -> NaN
+    assert wilcoxon_vs(_paired_frame(1), "dfbk", "ssim_fg")["p_value"].isna().all()
+
+
+def test_comparison_table_significance_column(tmp_path):
+    paths = write_comparison_table(
+        _paired_frame(8), tmp_path / "t", ("psnr_fg", "ssim_fg"), significance_vs="dfbk"
+    )
+    md = paths["md"].read_text()
+    assert "p (SSIM vs dfbk)" in md and "p (PSNR vs dfbk)" in md
+    csv = pd.read_csv(paths["csv"]).set_index("method")
+    assert np.isnan(csv.loc["dfbk", "p (SSIM vs dfbk)"])
+    assert 0 < csv.loc["pix2pix", "p (SSIM vs dfbk)"] < 0.05
+    with pytest.raises(DataError, match="mae_hu_fg"):
+        write_comparison_table(_paired_frame(2), tmp_path / "u", ("mae_hu_fg",))
+
+
+# ---------------------------------------------------------------- figure
+
+SUBJECTS = {"sub-a": 3, "sub-b": 4}
+
+
+@pytest.fixture
+def store_with_preds(tmp_path):
+    n, size = sum(SUBJECTS.values()), 32
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:size, :size] - size / 2
+    disk = (xx**2 + yy**2) < 12**2
+    texture = gaussian_filter(rng.random((n, size, size)), (0, 1.5, 1.5))
+    t1n = np.where(disk, 0.3 + texture, 0).clip(0, 1).astype(np.float32)
+    t2w = np.where(disk, 1 - t1n, 0).astype(np.float32)
+    mask = np.broadcast_to(disk, (n, size, size)).astype(np.uint8).copy()
+    mask[3, :, :] = 0
+    mask[5, 4:28, 4:28] = 1  # most foreground of sub-b, but no lesion
+    label = np.zeros_like(mask)
+    label[4, 14:18, 14:18] = 1  # sub-b's only lesion slice
+    store = write_store(tmp_path / "store", {"t1n": t1n, "t2w": t2w}, mask, label, SUBJECTS)
+    split = tmp_path / "splits.json"
+    split.write_text(json.dumps({"train": [], "val": [], "test": list(SUBJECTS)}))
+    pred_dirs = {}
+    for method, noise in (("dfbk", 0.02), ("pix2pix", 0.1)):
+        for subject in SUBJECTS:
+            start, stop = store.subject_range(subject)
+            vol = np.clip(t2w[start:stop] + rng.normal(0, noise, (stop - start, size, size)), 0, 1)
+            write_nifti(np.moveaxis(vol, 0, -1).astype(np.float32), store.subject_affine(subject),
+                        tmp_path / method / f"{subject}.nii.gz")  # fmt: skip
+        pred_dirs[method] = tmp_path / method
+    return store, split, pred_dirs
+
+
+def test_figure_picks_lesion_subject_and_slice(store_with_preds):
+    store, _, _ = store_with_preds
+    assert pick_subject(store, list(SUBJECTS)) == "sub-b"
+    assert pick_subject(store, ["sub-a"]) == "sub-a"
+    assert pick_slice(store, "sub-b") == 1  # store slice 4, the lesion slice
+    assert pick_slice(store, "sub-a") == 0  # no lesion: ties go to the first slice
+
+
+def test_figure_written(store_with_preds, tmp_path):
+    store, split, pred_dirs = store_with_preds
+    out = make_comparison_figure(store.root, split, "t1n-to-t2w", pred_dirs, tmp_path / "f.png")
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".f.png")]

@@ -1,0 +1,66 @@
+# Shared definitions: paths, wildcard constraints, config checks and the list of jobs.
+import json
+from pathlib import Path
+import shlex
+
+from dfbk.config_checks import check_config, method_modules
+
+RESULTS = config["results_dir"]
+RAW = config["raw_dir"]
+check_config(config)
+
+
+wildcard_constraints:
+    dataset=r"[a-z0-9]+",
+    direction=r"[a-z0-9]+-to-[a-z0-9]+",
+    method=r"[a-z0-9_\-]+",
+    seed=r"\d+",
+
+
+RUN = "{dataset}/{direction}/{method}/seed-{seed}"
+
+
+def runs():
+    """Every (dataset, direction, method, seed) job of the config."""
+    return [
+        dict(dataset=d, direction=r, method=m, seed=s)
+        for d, spec in config["datasets"].items()
+        for r in spec["directions"]
+        for m in config["methods"]
+        for s in config["seeds"]
+    ]
+
+
+def run_paths(pattern):
+    return [pattern.format(**run) for run in runs()]
+
+
+def all_figures():
+    return [
+        f"{RESULTS}/figures/{d}/{r}.png"
+        for d, spec in config["datasets"].items()
+        for r in spec["directions"]
+    ]
+
+
+def dataset_modalities(wildcards):
+    """Modalities the dataset's directions use, in first-use order."""
+    seen = []
+    for direction in config["datasets"][wildcards.dataset]["directions"]:
+        for modality in direction.split("-to-"):
+            if modality not in seen:
+                seen.append(modality)
+    return ",".join(seen)
+
+
+def method_setting(wildcards, key, default=None):
+    return config["methods"][wildcards.method].get(key, default)
+
+
+def method_overrides(wildcards):
+    return shlex.quote(json.dumps(method_setting(wildcards, "overrides", {}), sort_keys=True))
+
+
+def method_module_option(wildcards):
+    import_path = method_modules(config).get(wildcards.method)
+    return f"--module {shlex.quote(import_path)}" if import_path else ""

@@ -1,0 +1,25 @@
+# evaluate: per-slice and per-subject PSNR, SSIM, MAE (full, foreground, lesion) of one run.
+
+
+rule evaluate_predictions:
+    input:
+        predictions=rules.translate_test_set.output.predictions,
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        metrics=f"{RESULTS}/evaluate/{RUN}/metrics.json",
+        subjects=f"{RESULTS}/evaluate/{RUN}/subjects.csv",
+        slices=f"{RESULTS}/evaluate/{RUN}/slices.csv",
+    params:
+        out_dir=subpath(output.metrics, parent=True),
+    log:
+        f"{RESULTS}/logs/evaluate_predictions/{RUN}.log",
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk evaluate {input.store} {input.predictions} {input.split} {wildcards.direction} "
+        "{params.out_dir} --dataset {wildcards.dataset} --method {wildcards.method} "
+        "--seed {wildcards.seed} > {log} 2>&1"

@@ -1,0 +1,51 @@
+# prepare: raw volumes -> slice store, then the subject split (written once, protected).
+
+
+rule prepare_slices:
+    input:
+        raw=f"{RAW}/{{dataset}}",
+    output:
+        store=directory(f"{RESULTS}/prepare/{{dataset}}/store"),
+    params:
+        modalities=dataset_modalities,
+        size=lambda wc: " ".join(map(str, lookup(f"datasets/{wc.dataset}/size", within=config, default=[256, 256]))),
+        min_foreground=lambda wc: lookup(f"datasets/{wc.dataset}/min_foreground", within=config, default=0.05),
+        on_bad_case=lambda wc: lookup(f"datasets/{wc.dataset}/on_bad_case", within=config, default="error"),
+        skipped=f"{RESULTS}/prepare/{{dataset}}/skipped.csv",
+    log:
+        f"{RESULTS}/logs/prepare_slices/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_slices/{{dataset}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk prepare {wildcards.dataset} {input.raw} {output.store} "
+        "--modalities {params.modalities} --size {params.size} "
+        "--min-foreground {params.min_foreground} --on-bad-case {params.on_bad_case} "
+        "--skipped-csv {params.skipped} --jobs {threads} > {log} 2>&1"
+
+
+rule split_subjects:
+    input:
+        store=ancient(rules.prepare_slices.output.store),
+    output:
+        split=protected(f"{RESULTS}/prepare/{{dataset}}/splits.json"),
+    params:
+        seed=lambda wc: lookup(f"datasets/{wc.dataset}/split/seed", within=config, default=0),
+        fractions=lambda wc: " ".join(
+            map(str, lookup(f"datasets/{wc.dataset}/split/fractions", within=config, default=[0.6, 0.15, 0.25]))
+        ),
+    log:
+        f"{RESULTS}/logs/split_subjects/{{dataset}}.log",
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk split {input.store} --out {output.split} --seed {params.seed} "
+        "--fractions {params.fractions} > {log} 2>&1"

@@ -1,0 +1,64 @@
+# aggregate: comparison tables and the Figure-3-style panels, both shown in the HTML report.
+
+
+def figure_predictions(wildcards):
+    """Prediction folders of every method for one direction (first seed)."""
+    seed = config["seeds"][0]
+    return {
+        m: f"{RESULTS}/translate/{wildcards.dataset}/{wildcards.direction}/{m}/seed-{seed}"
+        for m in config["methods"]
+    }
+
+
+rule plot_comparison:
+    input:
+        unpack(figure_predictions),
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        figure=report(
+            f"{RESULTS}/figures/{{dataset}}/{{direction}}.png",
+            caption="../report/figure.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "direction": "{direction}"},
+        ),
+    params:
+        predictions=lambda wc, input: " ".join(f"--prediction {m}={input[m]}" for m in config["methods"]),
+    log:
+        f"{RESULTS}/logs/plot_comparison/{{dataset}}/{{direction}}.log",
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk figure {input.store} {input.split} {wildcards.direction} {output.figure} "
+        "{params.predictions} > {log} 2>&1"
+
+
+rule tabulate_comparison:
+    input:
+        metrics=run_paths(f"{RESULTS}/evaluate/{RUN}/metrics.json"),
+    output:
+        md=report(f"{RESULTS}/tables/comparison.md", caption="../report/comparison.rst", category="Tables"),
+        csv=f"{RESULTS}/tables/comparison.csv",
+        tex=f"{RESULTS}/tables/comparison.tex",
+    params:
+        out_stem=f"{RESULTS}/tables/comparison",
+        caption=(
+            "Test-set mean ± std over subjects (seeds averaged per subject first). "
+            "PSNR/SSIM/MAE inside the foreground mask on [0, 1]-normalised slices "
+            "(MR: foreground 0.5/99.5 percentiles; CT: [-1024, 3000] HU); SSIM Gaussian "
+            "sigma 1.5, data range 1."
+        ),
+    log:
+        f"{RESULTS}/logs/tabulate_comparison.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk tables {input.metrics} --out-stem {params.out_stem} "
+        "--caption {params.caption:q} > {log} 2>&1"

@@ -1,0 +1,64 @@
+# train: one job per dataset x direction x method x seed; translate: the test split.
+# The resumable training state lives in checkpoints/, outside the rule outputs, so a failed or
+# preempted job resumes instead of restarting.
+
+
+rule train_method:
+    input:
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        model=f"{RESULTS}/train/{RUN}/model.pt",
+        run=f"{RESULTS}/train/{RUN}/run.json",
+        log=f"{RESULTS}/train/{RUN}/train_log.jsonl",
+    params:
+        out_dir=subpath(output.model, parent=True),
+        checkpoint_dir=f"{RESULTS}/checkpoints/{RUN}",
+        preset=lambda wc: method_setting(wc, "preset", "tiny"),
+        overrides=method_overrides,
+        module=method_module_option,
+        device=lookup("train/device", within=config, default="auto"),
+        every=lookup("train/checkpoint_every", within=config, default=500),
+    log:
+        f"{RESULTS}/logs/train_method/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_method/{RUN}.tsv"
+    threads: lookup("train/threads", within=config, default=1)
+    resources:
+        mem_mb=lookup("train/mem_mb", within=config, default=8000),
+        runtime=lookup("train/runtime", within=config, default=1440),
+        gpu=lookup("train/gpus", within=config, default=1),
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} "
+        "--seed {wildcards.seed} --preset {params.preset} --overrides {params.overrides} "
+        "{params.module} --store {input.store} --split {input.split} --out-dir {params.out_dir} "
+        "--checkpoint-dir {params.checkpoint_dir} --checkpoint-every {params.every} "
+        "--device {params.device} --threads {threads} > {log} 2>&1"
+
+
+rule translate_test_set:
+    input:
+        model=rules.train_method.output.model,
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        predictions=directory(f"{RESULTS}/translate/{RUN}"),
+    params:
+        batch_size=lookup("translate/batch_size", within=config, default=32),
+        device=lookup("train/device", within=config, default="auto"),
+    log:
+        f"{RESULTS}/logs/translate_test_set/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/translate_test_set/{RUN}.tsv"
+    threads: lookup("train/threads", within=config, default=1)
+    resources:
+        mem_mb=lookup("train/mem_mb", within=config, default=8000),
+        runtime=240,
+        gpu=lookup("train/gpus", within=config, default=1),
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk predict {input.model} {input.store} {input.split} {output.predictions} "
+        "--batch-size {params.batch_size} --device {params.device} --threads {threads} > {log} 2>&1"
