@@ -22,7 +22,8 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, channels // 4) if channels >= 8 else 1, channels)
+    """Up to 32 groups, always a divisor of `channels` (ADM uses 32)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
 class ResBlock(nn.Module):
