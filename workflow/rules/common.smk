@@ -64,3 +64,12 @@ def method_overrides(wildcards):
 def method_module_option(wildcards):
     import_path = method_modules(config).get(wildcards.method)
     return f"--module {shlex.quote(import_path)}" if import_path else ""
+
+
+def figure_predictions(wildcards):
+    """Prediction folders of every method for one direction (first seed)."""
+    seed = config["seeds"][0]
+    return {
+        m: f"{RESULTS}/translate/{wildcards.dataset}/{wildcards.direction}/{m}/seed-{seed}"
+        for m in config["methods"]
+    }

@@ -1,15 +1,6 @@
 # aggregate: comparison tables and the Figure-3-style panels, both shown in the HTML report.
 
 
-def figure_predictions(wildcards):
-    """Prediction folders of every method for one direction (first seed)."""
-    seed = config["seeds"][0]
-    return {
-        m: f"{RESULTS}/translate/{wildcards.dataset}/{wildcards.direction}/{m}/seed-{seed}"
-        for m in config["methods"]
-    }
-
-
 rule plot_comparison:
     input:
         unpack(figure_predictions),
@@ -45,7 +36,7 @@ rule tabulate_comparison:
         csv=f"{RESULTS}/tables/comparison.csv",
         tex=f"{RESULTS}/tables/comparison.tex",
     params:
-        out_stem=f"{RESULTS}/tables/comparison",
+        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
         caption=(
             "Test-set mean ± std over subjects (seeds averaged per subject first). "
             "PSNR/SSIM/MAE inside the foreground mask on [0, 1]-normalised slices "

@@ -19,6 +19,7 @@ rule track_runs:
         ),
         uri=lambda wc: f"--uri {shlex.quote(config['tracking']['uri'])}" if config.get("tracking", {}).get("uri") else "",
         experiment=lookup("tracking/experiment", within=config, default="dfbk-bench"),
+        results_dir=lambda wc, output: Path(output.imported).parent.parent,
     log:
         f"{RESULTS}/logs/track_runs.log",
     resources:
@@ -29,5 +30,5 @@ rule track_runs:
         "../../environment.yml"
     shell:
         "dfbk track --train-dirs {params.train_dirs} --eval-dirs {params.eval_dirs} "
-        "{params.figures} {params.uri} --results-dir {RESULTS} "
+        "{params.figures} {params.uri} --results-dir {params.results_dir} "
         "--experiment {params.experiment} --out {output.imported} > {log} 2>&1"

@@ -1,0 +1,138 @@
+"""The whole DAG on a micro config: tables, figures, MLflow, idempotence, config errors, lint."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+DIRECTIONS = ["t1n-to-t2w", "t1n-to-ct"]
+METHODS = {
+    "identity": {"preset": "tiny"},
+    "pix2pix": {"preset": "tiny", "overrides": {"steps": 4, "batch_size": 4}},
+    "resshift": {"preset": "tiny", "overrides": {"steps": 4, "batch_size": 4}},
+}
+
+
+def micro_config(**changes) -> dict:
+    config = {
+        "results_dir": "results",
+        "raw_dir": "resources/raw",
+        "seeds": [0],
+        "datasets": {
+            "phantom": {
+                "phantom": {"subjects": 5, "voxel_mm": 3.5, "seed": 0},
+                "size": [64, 64],
+                "split": {"seed": 0, "fractions": [0.6, 0.2, 0.2]},
+                "directions": DIRECTIONS,
+            }
+        },
+        "methods": METHODS,
+        "train": {"device": "cpu", "threads": 1, "checkpoint_every": 2, "gpus": 0},
+        "translate": {"batch_size": 64},
+        "tracking": {"experiment": "micro"},
+    }
+    config.update(changes)
+    return config
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(
+        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+         "--configfile", str(path), "--cores", "2", *args],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=1200,
+    )
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("micro")
+    result = snakemake(workdir, micro_config())
+    assert result.returncode == 0, result.stderr[-4000:]
+    return workdir
+
+
+def test_table_has_every_direction_and_method_with_finite_numbers(micro_run):
+    table = pd.read_csv(micro_run / "results/tables/comparison.csv")
+    rows = set(zip(table.direction, table.method, strict=True))
+    assert rows == {(d, m) for d in DIRECTIONS for m in METHODS}
+    numeric = table.select_dtypes("number")
+    assert {"psnr_fg_mean", "ssim_fg_mean", "mae_fg_mean"} <= set(numeric.columns)
+    assert all(math.isfinite(v) for v in numeric[["psnr_fg_mean", "ssim_fg_mean", "mae_fg_mean"]].values.ravel())
+    for ext in ("md", "tex"):
+        assert "identity" in (micro_run / f"results/tables/comparison.{ext}").read_text()
+    for direction in DIRECTIONS:
+        assert (micro_run / f"results/figures/phantom/{direction}.png").stat().st_size > 10_000
+
+
+def test_mlflow_holds_exactly_one_run_per_job(micro_run):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{micro_run / 'results/mlflow.db'}")
+    experiment = client.get_experiment_by_name("micro")
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    keys = sorted(r.data.tags["dfbk.run_key"] for r in runs)
+    assert keys == sorted(f"phantom/{d}/{m}/seed-0" for d in DIRECTIONS for m in METHODS)
+    pix = next(r for r in runs if r.data.tags["dfbk.run_key"] == "phantom/t1n-to-ct/pix2pix/seed-0")
+    assert pix.data.params["hparams.steps"] == "4"
+    assert "ssim_fg_mean" in pix.data.metrics
+    assert len(client.get_metric_history(pix.info.run_id, "loss_l1")) == 4
+    artifacts = [a.path for a in client.list_artifacts(pix.info.run_id, "figures")]
+    assert artifacts == ["figures/t1n-to-ct.png"]
+
+
+def test_second_run_does_nothing(micro_run):
+    result = snakemake(micro_run, micro_config())
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    config = micro_config()
+    config["datasets"]["phantom"]["sise"] = [64, 64]
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0
+    assert "sise" in result.stderr and "Additional properties are not allowed" in result.stderr
+
+
+def test_unknown_method_and_impossible_direction_are_named(tmp_path):
+    result = snakemake(tmp_path, micro_config(methods={"pix2pixx": {"preset": "tiny"}}), "-n")
+    assert result.returncode != 0 and "unknown method 'pix2pixx'" in result.stderr
+    config = micro_config()
+    config["datasets"]["phantom"]["directions"] = ["t1n-to-flair"]
+    result = snakemake(tmp_path, config, "-n")
+    assert result.returncode != 0 and "'t1n-to-flair'" in result.stderr and "has no modality" in result.stderr
+
+
+def test_lint_is_clean(tmp_path):
+    result = snakemake(tmp_path, micro_config(), "--lint")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_config_readme_and_schema_document_every_key():
+    schema = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+    def walk(node, path):
+        for key, sub in node.get("properties", {}).items():
+            assert "description" in sub, f"{path}{key} has no description"
+            walk(sub, f"{path}{key}.")
+        extra = node.get("additionalProperties")
+        if isinstance(extra, dict):
+            walk(extra, f"{path}*.")
+
+    walk(schema, "")
+    assert shutil.which("dfbk") or Path(sys.executable).with_name("dfbk").exists()
