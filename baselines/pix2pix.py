@@ -28,14 +28,34 @@ def linear_decay(total: int, decay_start: int):
 class Pix2Pix(Method):
     PRESETS = {
         "tiny": {
-            "steps": 600, "batch_size": 16, "ema_decay": None, "ngf": 32, "ndf": 32,
-            "num_downs": 6, "norm": "batch", "dropout": 0.5, "lr": 2e-4, "beta1": 0.5,
-            "lambda_l1": 100.0, "gan_mode": "vanilla", "decay_start": 300,
+            "steps": 600,
+            "batch_size": 16,
+            "ema_decay": None,
+            "ngf": 32,
+            "ndf": 32,
+            "num_downs": 6,
+            "norm": "batch",
+            "dropout": 0.5,
+            "lr": 2e-4,
+            "beta1": 0.5,
+            "lambda_l1": 100.0,
+            "gan_mode": "vanilla",
+            "decay_start": 300,
         },
         "paper": {
-            "steps": 200_000, "batch_size": 1, "ema_decay": None, "ngf": 64, "ndf": 64,
-            "num_downs": 8, "norm": "batch", "dropout": 0.5, "lr": 2e-4, "beta1": 0.5,
-            "lambda_l1": 100.0, "gan_mode": "vanilla", "decay_start": 100_000,
+            "steps": 200_000,
+            "batch_size": 1,
+            "ema_decay": None,
+            "ngf": 64,
+            "ndf": 64,
+            "num_downs": 8,
+            "norm": "batch",
+            "dropout": 0.5,
+            "lr": 2e-4,
+            "beta1": 0.5,
+            "lambda_l1": 100.0,
+            "gan_mode": "vanilla",
+            "decay_start": 100_000,
         },
     }
 
@@ -68,23 +88,31 @@ class Pix2Pix(Method):
         with self.autocast():
             d_real = self.discriminator(torch.cat([src, tgt], 1))
             d_fake = self.discriminator(torch.cat([src, fake.detach()], 1))
-            loss_d = 0.5 * (gan_loss(d_real, True, self.hparams["gan_mode"])
-                            + gan_loss(d_fake, False, self.hparams["gan_mode"]))
+            loss_d = 0.5 * (
+                gan_loss(d_real, True, self.hparams["gan_mode"])
+                + gan_loss(d_fake, False, self.hparams["gan_mode"])
+            )
         loss_d.backward()
         self.opt_d.step()
         # generator: fool D, stay close in L1
         set_requires_grad(self.discriminator, False)
         self.opt_g.zero_grad(set_to_none=True)
         with self.autocast():
-            loss_gan = gan_loss(self.discriminator(torch.cat([src, fake], 1)), True, self.hparams["gan_mode"])
+            loss_gan = gan_loss(
+                self.discriminator(torch.cat([src, fake], 1)), True, self.hparams["gan_mode"]
+            )
             loss_l1 = F.l1_loss(fake.float(), tgt)
             loss_g = loss_gan + self.hparams["lambda_l1"] * loss_l1
         loss_g.backward()
         self.opt_g.step()
         self.sched_g.step()
         self.sched_d.step()
-        return {"loss_g": loss_g.item(), "loss_g_gan": loss_gan.item(),
-                "loss_l1": loss_l1.item(), "loss_d": loss_d.item()}
+        return {
+            "loss_g": loss_g.item(),
+            "loss_g_gan": loss_gan.item(),
+            "loss_l1": loss_l1.item(),
+            "loss_d": loss_d.item(),
+        }
 
     @torch.no_grad()
     def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:

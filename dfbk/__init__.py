@@ -1,3 +1,3 @@
-"""dfbk-bench: a reproducible benchmark for paired medical image translation (DFBK and baselines)."""
+"""dfbk-bench: a reproducible benchmark for paired medical image translation."""
 
 __version__ = "0.1.0"

@@ -22,7 +22,9 @@ def _csv(text: str) -> list[str]:
 def cmd_phantom(args: argparse.Namespace) -> None:
     from dfbk.data.phantom import generate_phantom_dataset
 
-    names = generate_phantom_dataset(args.out_dir, args.subjects, args.seed, args.voxel_mm, _csv(args.lesions))
+    names = generate_phantom_dataset(
+        args.out_dir, args.subjects, args.seed, args.voxel_mm, _csv(args.lesions)
+    )
     print(f"wrote {len(names)} phantom subjects to {args.out_dir}")
 
 
@@ -30,8 +32,15 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from dfbk.data.prepare import prepare_dataset
 
     meta = prepare_dataset(
-        args.dataset, args.raw_dir, args.out_dir, _csv(args.modalities), tuple(args.size),
-        args.min_foreground, args.on_bad_case, args.skipped_csv, args.jobs,
+        args.dataset,
+        args.raw_dir,
+        args.out_dir,
+        _csv(args.modalities),
+        tuple(args.size),
+        args.min_foreground,
+        args.on_bad_case,
+        args.skipped_csv,
+        args.jobs,
     )
     print(f"{args.out_dir}: {len(meta['subjects'])} subjects, {meta['n_slices']} slices")
 
@@ -53,11 +62,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     spec = TrainSpec(
-        dataset=args.dataset, direction=args.direction, method=args.method, seed=args.seed,
-        store_dir=args.store, split_path=args.split, out_dir=args.out_dir,
-        checkpoint_dir=args.checkpoint_dir, preset=args.preset,
-        overrides=json.loads(args.overrides), module=args.module,
-        checkpoint_every=args.checkpoint_every, device=args.device, amp=not args.no_amp,
+        dataset=args.dataset,
+        direction=args.direction,
+        method=args.method,
+        seed=args.seed,
+        store_dir=args.store,
+        split_path=args.split,
+        out_dir=args.out_dir,
+        checkpoint_dir=args.checkpoint_dir,
+        preset=args.preset,
+        overrides=json.loads(args.overrides),
+        module=args.module,
+        checkpoint_every=args.checkpoint_every,
+        device=args.device,
+        amp=not args.no_amp,
     )
     print(f"wrote {train(spec)}")
 
@@ -69,25 +87,41 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    index = predict_test_set(args.checkpoint, args.store, args.split, args.out_dir, args.batch_size, args.device)
+    index = predict_test_set(
+        args.checkpoint, args.store, args.split, args.out_dir, args.batch_size, args.device
+    )
     print(f"{args.out_dir}: {len(index['subjects'])} test subjects")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from dfbk.evaluation.evaluate import evaluate_predictions
 
-    info = {"dataset": args.dataset, "direction": args.direction, "method": args.method, "seed": args.seed}
-    result = evaluate_predictions(args.store, args.predictions, args.split, args.direction, args.out_dir, info)
+    info = {
+        "dataset": args.dataset,
+        "direction": args.direction,
+        "method": args.method,
+        "seed": args.seed,
+    }
+    result = evaluate_predictions(
+        args.store, args.predictions, args.split, args.direction, args.out_dir, info
+    )
     summary = result["summary"]
-    print(", ".join(f"{k} {summary[k]['mean']:.4f}" for k in ("psnr_fg", "ssim_fg", "mae_fg") if k in summary))
+    print(
+        ", ".join(
+            f"{k} {summary[k]['mean']:.4f}"
+            for k in ("psnr_fg", "ssim_fg", "mae_fg")
+            if k in summary
+        )
+    )
 
 
 def cmd_figure(args: argparse.Namespace) -> None:
     from dfbk.reporting.figures import make_comparison_figure
 
     preds = dict(item.split("=", 1) for item in args.prediction)
-    make_comparison_figure(args.store, args.split, args.direction,
-                           {k: Path(v) for k, v in preds.items()}, args.out)
+    make_comparison_figure(
+        args.store, args.split, args.direction, {k: Path(v) for k, v in preds.items()}, args.out
+    )
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -125,8 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", type=Path, help="folder to write phantom-NNN/ subject folders into")
     p.add_argument("--subjects", type=int, default=16, help="number of subjects (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--voxel-mm", type=float, default=3.0, help="isotropic voxel size in mm (default 3)")
-    p.add_argument("--lesions", default="tumour,stroke,none", help="lesion types, cycled over subjects")
+    p.add_argument(
+        "--voxel-mm", type=float, default=3.0, help="isotropic voxel size in mm (default 3)"
+    )
+    p.add_argument(
+        "--lesions", default="tumour,stroke,none", help="lesion types, cycled over subjects"
+    )
     p.set_defaults(func=cmd_phantom)
 
     p = verbs.add_parser("prepare", help="raw volumes -> checked, normalised slice store")
@@ -134,9 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("raw_dir", type=Path, help="folder holding the raw subject folders")
     p.add_argument("out_dir", type=Path, help="slice store folder to create")
     p.add_argument("--modalities", required=True, help="comma-separated modalities to keep")
-    p.add_argument("--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="slice size")
-    p.add_argument("--min-foreground", type=float, default=0.05, help="min foreground fraction per slice")
-    p.add_argument("--on-bad-case", choices=("error", "skip"), default="error", help="bad subject policy")
+    p.add_argument(
+        "--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="slice size"
+    )
+    p.add_argument(
+        "--min-foreground", type=float, default=0.05, help="min foreground fraction per slice"
+    )
+    p.add_argument(
+        "--on-bad-case", choices=("error", "skip"), default="error", help="bad subject policy"
+    )
     p.add_argument("--skipped-csv", type=Path, help="where to list skipped subjects")
     p.add_argument("--jobs", type=int, default=1, help="reader processes (default 1)")
     p.set_defaults(func=cmd_prepare)
@@ -145,8 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path, help="slice store folder")
     p.add_argument("--out", type=Path, required=True, help="splits.json to write (or check)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
-    p.add_argument("--fractions", type=float, nargs=3, default=[0.6, 0.15, 0.25],
-                   metavar=("TRAIN", "VAL", "TEST"), help="split fractions")
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=[0.6, 0.15, 0.25],
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="split fractions",
+    )
     p.set_defaults(func=cmd_split)
 
     p = verbs.add_parser("train", help="train one method on one direction of one dataset")
@@ -193,8 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("split", type=Path, help="splits.json")
     p.add_argument("direction", help="'<source>-to-<target>'")
     p.add_argument("out", type=Path, help="PNG to write")
-    p.add_argument("--prediction", action="append", default=[], metavar="METHOD=DIR",
-                   help="a method's prediction folder (repeat)")
+    p.add_argument(
+        "--prediction",
+        action="append",
+        default=[],
+        metavar="METHOD=DIR",
+        help="a method's prediction folder (repeat)",
+    )
     p.set_defaults(func=cmd_figure)
 
     p = verbs.add_parser("tables", help="comparison table (md, csv, tex) from metrics files")
@@ -206,9 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("track", help="import finished runs into MLflow (idempotent)")
     p.add_argument("--train-dirs", nargs="+", required=True, help="training output folders")
     p.add_argument("--eval-dirs", nargs="+", required=True, help="evaluation folders, same order")
-    p.add_argument("--figure", action="append", default=[], metavar="DATASET:DIRECTION:PNG",
-                   help="figure to attach to the runs of a direction (repeat)")
-    p.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite in results)")
+    p.add_argument(
+        "--figure",
+        action="append",
+        default=[],
+        metavar="DATASET:DIRECTION:PNG",
+        help="figure to attach to the runs of a direction (repeat)",
+    )
+    p.add_argument(
+        "--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite in results)"
+    )
     p.add_argument("--results-dir", default="results", help="results folder for the default URI")
     p.add_argument("--experiment", default="dfbk-bench", help="MLflow experiment name")
     p.add_argument("--out", type=Path, required=True, help="JSON listing the imported runs")

@@ -34,10 +34,14 @@ def check_config(config: dict[str, Any]) -> None:
         for direction in spec["directions"]:
             source, target = direction.split("-to-")
             if source == target:
-                raise ConfigError(f"datasets.{dataset}.directions: '{direction}' maps a modality to itself")
+                raise ConfigError(
+                    f"datasets.{dataset}.directions: '{direction}' maps a modality to itself"
+                )
             try:
                 adapter.check_modalities([source, target])
             except ConfigError as err:
                 raise ConfigError(f"datasets.{dataset}.directions: '{direction}': {err}") from err
         if "phantom" in spec and dataset != "phantom":
-            raise ConfigError(f"datasets.{dataset}.phantom: synthesis settings only apply to 'phantom'")
+            raise ConfigError(
+                f"datasets.{dataset}.phantom: synthesis settings only apply to 'phantom'"
+            )

@@ -75,9 +75,15 @@ def predict_test_set(
     for subject in tqdm(subjects, desc=f"translate {payload['method']}", mininterval=5):
         start, stop = store.subject_range(subject)
         pred = translate_slices(method, images[start:stop], batch_size, knowledge)
-        write_nifti(np.moveaxis(pred, 0, 2), store.subject_affine(subject), tmp / f"{subject}.nii.gz")
-    index = {"checkpoint": str(checkpoint), "method": payload["method"],
-             "direction": payload["direction"], "subjects": subjects}
+        write_nifti(
+            np.moveaxis(pred, 0, 2), store.subject_affine(subject), tmp / f"{subject}.nii.gz"
+        )
+    index = {
+        "checkpoint": str(checkpoint),
+        "method": payload["method"],
+        "direction": payload["direction"],
+        "subjects": subjects,
+    }
     write_text(tmp / "predictions.json", json.dumps(index, indent=2) + "\n")
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -22,7 +22,9 @@ def phantom_raw(tmp_path_factory) -> Path:
     from dfbk.data.phantom import generate_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom") / "raw"
-    generate_phantom_dataset(root, n_subjects=4, seed=3, voxel_mm=5.0, lesions=("tumour", "stroke", "none"))
+    generate_phantom_dataset(
+        root, n_subjects=4, seed=3, voxel_mm=5.0, lesions=("tumour", "stroke", "none")
+    )
     return root
 
 

@@ -46,7 +46,9 @@ def test_split_is_subject_disjoint_complete_and_stable():
     assert a == b  # input order does not matter, the seed does
     assert compute_split(subjects, fractions, seed=6) != a
     sets = [set(a[k]) for k in ("train", "val", "test")]
-    assert sets[0].isdisjoint(sets[1]) and sets[0].isdisjoint(sets[2]) and sets[1].isdisjoint(sets[2])
+    assert (
+        sets[0].isdisjoint(sets[1]) and sets[0].isdisjoint(sets[2]) and sets[1].isdisjoint(sets[2])
+    )
     assert set().union(*sets) == set(subjects)
     assert (len(a["train"]), len(a["val"]), len(a["test"])) == (12, 4, 4)
 
@@ -55,7 +57,9 @@ def test_split_file_is_written_once_and_never_recomputed(tmp_path):
     path = tmp_path / "splits.json"
     subjects = [f"s{i}" for i in range(6)]
     first = write_or_check_split(path, subjects, {"train": 0.5, "val": 0.25, "test": 0.25}, 0)
-    assert write_or_check_split(path, subjects, {"train": 0.5, "val": 0.25, "test": 0.25}, 0) == first
+    assert (
+        write_or_check_split(path, subjects, {"train": 0.5, "val": 0.25, "test": 0.25}, 0) == first
+    )
     with pytest.raises(DataError, match="never recomputed silently"):
         write_or_check_split(path, subjects + ["s6"], {"train": 0.5, "val": 0.25, "test": 0.25}, 0)
     with pytest.raises(DataError, match="splits.json"):
@@ -73,7 +77,9 @@ def test_prepare_writes_a_consistent_store(phantom_store):
         assert float(images.min()) >= 0.0 and float(images.max()) <= 1.0
     # every kept slice reaches the foreground threshold, and fractions match the mask
     assert (manifest.foreground_fraction >= 0.0).all()
-    np.testing.assert_allclose(manifest.foreground_fraction, store.mask.reshape(store.n_slices, -1).mean(1))
+    np.testing.assert_allclose(
+        manifest.foreground_fraction, store.mask.reshape(store.n_slices, -1).mean(1)
+    )
     assert manifest.lesion_fraction.max() > 0  # tumour and stroke subjects carry labels
     assert store.contract("ct")["norm"] == "ct-hu-1024-3000"
     split = json.loads(split_path.read_text())
@@ -143,8 +149,15 @@ def test_nan_voxels_are_refused(phantom_copy, tmp_path):
 def test_bad_case_can_be_skipped_and_listed(phantom_copy, tmp_path):
     victim = sorted(p for p in phantom_copy.iterdir() if p.is_dir())[1]
     (victim / f"{victim.name}-t2w.nii.gz").unlink()
-    meta = prepare_dataset("phantom", phantom_copy, tmp_path / "store", ["t1n", "t2w"], (48, 48),
-                           on_bad_case="skip", skipped_csv=tmp_path / "skipped.csv")
+    meta = prepare_dataset(
+        "phantom",
+        phantom_copy,
+        tmp_path / "store",
+        ["t1n", "t2w"],
+        (48, 48),
+        on_bad_case="skip",
+        skipped_csv=tmp_path / "skipped.csv",
+    )
     assert victim.name not in meta["subjects"] and meta["skipped"] == [victim.name]
     assert victim.name in (tmp_path / "skipped.csv").read_text()
 

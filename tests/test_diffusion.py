@@ -10,7 +10,9 @@ from dfbk.diffusion import resshift as rs
 
 
 def test_schedule_matches_the_formula():
-    sched = rs.make_schedule(num_steps=15, kappa=2.0, min_noise_level=0.04, sqrt_eta_max=0.99, power=0.3)
+    sched = rs.make_schedule(
+        num_steps=15, kappa=2.0, min_noise_level=0.04, sqrt_eta_max=0.99, power=0.3
+    )
     sqrt_etas = sched.sqrt_etas
     assert sched.num_steps == 15
     assert math.isclose(sqrt_etas[0].item(), 0.02, rel_tol=1e-12)  # min(0.04 / 2, 0.04)
@@ -53,7 +55,9 @@ def test_posterior_matches_closed_form():
         alpha = eta - prev
         expected = prev / eta * x_t[i] + alpha / eta * x0[i]
         assert torch.allclose(mean[i], expected.to(mean.dtype), atol=1e-6)
-        assert math.isclose(var[i].flatten()[0].item(), 4.0 * prev / eta * alpha, rel_tol=1e-5, abs_tol=1e-12)
+        assert math.isclose(
+            var[i].flatten()[0].item(), 4.0 * prev / eta * alpha, rel_tol=1e-5, abs_tol=1e-12
+        )
     # t = 1 is deterministic and returns x0
     assert torch.allclose(mean[0], x0[0], atol=1e-6) and var[0].abs().max() == 0
 

@@ -47,8 +47,13 @@ def test_tiny_step_translate_and_checkpoint_round_trip(name):
     pred = method.translate(batch.source, batch.knowledge)
     assert pred.shape == batch.source.shape
     assert float(pred.min()) >= 0.0 and float(pred.max()) <= 1.0
-    payload = {"method": name, "preset": "tiny", "hparams": method.hparams, "module": None,
-               "state": method.state_dict()}
+    payload = {
+        "method": name,
+        "preset": "tiny",
+        "hparams": method.hparams,
+        "module": None,
+        "state": method.state_dict(),
+    }
     clone = rebuild_method(payload)
     assert torch.equal(clone.translate(batch.source, batch.knowledge), pred)
 

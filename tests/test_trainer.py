@@ -1,4 +1,4 @@
-"""The shared trainer: outputs, exact resume after a crash, NaN stop with the last checkpoint kept."""
+"""The shared trainer: outputs, exact resume after a crash, NaN stop keeping the last checkpoint."""
 
 from __future__ import annotations
 
@@ -19,11 +19,19 @@ def spec_for(phantom_store, tmp_path, name: str, **kwargs) -> TrainSpec:
     overrides = dict(OVERRIDES)
     overrides.update(kwargs.pop("overrides", {}))
     return TrainSpec(
-        dataset="phantom", direction="t1n-to-t2w", method="pix2pix", seed=0,
-        store_dir=store.root, split_path=split, out_dir=tmp_path / name / "out",
-        checkpoint_dir=tmp_path / name / "ckpt", preset="tiny",
+        dataset="phantom",
+        direction="t1n-to-t2w",
+        method="pix2pix",
+        seed=0,
+        store_dir=store.root,
+        split_path=split,
+        out_dir=tmp_path / name / "out",
+        checkpoint_dir=tmp_path / name / "ckpt",
+        preset="tiny",
         overrides={**overrides, "num_downs": 4, "ngf": 8, "ndf": 8},
-        checkpoint_every=2, device="cpu", **kwargs,
+        checkpoint_every=2,
+        device="cpu",
+        **kwargs,
     )
 
 
@@ -68,11 +76,16 @@ def test_resume_after_a_crash_is_bit_identical(phantom_store, tmp_path, monkeypa
     a, b = final_state(reference), final_state(crashed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(x)["step"] for x in (crashed.out_dir / "train_log.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(x)["step"]
+        for x in (crashed.out_dir / "train_log.jsonl").read_text().splitlines()
+    ]
     assert steps == list(range(6))  # no duplicated log lines after resume
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(phantom_store, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
+    phantom_store, tmp_path, monkeypatch
+):
     spec = spec_for(phantom_store, tmp_path, "nan")
     trainer = Trainer(spec)
     original = trainer.method.training_step
@@ -99,10 +112,17 @@ def test_resume_refuses_a_checkpoint_from_other_settings(phantom_store, tmp_path
 def test_ema_weights_are_what_inference_uses(phantom_store, tmp_path):
     store, split = phantom_store
     spec = TrainSpec(
-        dataset="phantom", direction="t1n-to-t2w", method="resshift", seed=0,
-        store_dir=store.root, split_path=split, out_dir=tmp_path / "ema" / "out",
-        checkpoint_dir=tmp_path / "ema" / "ckpt", preset="tiny",
-        overrides={"steps": 3, "batch_size": 2, "ema_decay": 0.5}, device="cpu",
+        dataset="phantom",
+        direction="t1n-to-t2w",
+        method="resshift",
+        seed=0,
+        store_dir=store.root,
+        split_path=split,
+        out_dir=tmp_path / "ema" / "out",
+        checkpoint_dir=tmp_path / "ema" / "ckpt",
+        preset="tiny",
+        overrides={"steps": 3, "batch_size": 2, "ema_decay": 0.5},
+        device="cpu",
     )
     trainer = Trainer(spec)
     trainer.run()

@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -51,9 +50,23 @@ def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedPr
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     return subprocess.run(
-        [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-         "--configfile", str(path), "--cores", "2", *args],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=1200,
+        [
+            SNAKEMAKE,
+            "--snakefile",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(workdir),
+            "--configfile",
+            str(path),
+            "--cores",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=1200,
     )
 
 
@@ -71,7 +84,10 @@ def test_table_has_every_direction_and_method_with_finite_numbers(micro_run):
     assert rows == {(d, m) for d in DIRECTIONS for m in METHODS}
     numeric = table.select_dtypes("number")
     assert {"psnr_fg_mean", "ssim_fg_mean", "mae_fg_mean"} <= set(numeric.columns)
-    assert all(math.isfinite(v) for v in numeric[["psnr_fg_mean", "ssim_fg_mean", "mae_fg_mean"]].values.ravel())
+    assert all(
+        math.isfinite(v)
+        for v in numeric[["psnr_fg_mean", "ssim_fg_mean", "mae_fg_mean"]].values.ravel()
+    )
     for ext in ("md", "tex"):
         assert "identity" in (micro_run / f"results/tables/comparison.{ext}").read_text()
     for direction in DIRECTIONS:
@@ -114,7 +130,11 @@ def test_unknown_method_and_impossible_direction_are_named(tmp_path):
     config = micro_config()
     config["datasets"]["phantom"]["directions"] = ["t1n-to-flair"]
     result = snakemake(tmp_path, config, "-n")
-    assert result.returncode != 0 and "'t1n-to-flair'" in result.stderr and "has no modality" in result.stderr
+    assert (
+        result.returncode != 0
+        and "'t1n-to-flair'" in result.stderr
+        and "has no modality" in result.stderr
+    )
 
 
 def test_lint_is_clean(tmp_path):

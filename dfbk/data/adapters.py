@@ -59,15 +59,23 @@ class CaseFolderAdapter(DatasetAdapter):
         if not raw_dir.is_dir():
             raise DataError(f"{raw_dir}: dataset folder not found")
         subjects = []
-        for case in sorted(p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for case in sorted(
+            p for p in raw_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+        ):
             images, missing = {}, []
             for modality in self.modalities:
                 path = case / f"{case.name}-{modality}{self.suffix}"
                 images[modality] = path
                 if not path.exists():
                     missing.append(str(path))
-            label = case / f"{case.name}-{self.label_suffix}{self.suffix}" if self.label_suffix else None
-            mask = case / f"{case.name}-{self.mask_suffix}{self.suffix}" if self.mask_suffix else None
+            label = (
+                case / f"{case.name}-{self.label_suffix}{self.suffix}"
+                if self.label_suffix
+                else None
+            )
+            mask = (
+                case / f"{case.name}-{self.mask_suffix}{self.suffix}" if self.mask_suffix else None
+            )
             subjects.append(
                 SubjectFiles(
                     name=case.name,

@@ -51,7 +51,10 @@ class SliceBatcher:
         idx = self.batch_indices(step)
         order = np.argsort(idx)
         idx_sorted = idx[order]
-        stack = [np.asarray(a[idx_sorted], dtype=np.float32) for a in (self.source, self.target, self.mask)]
+        stack = [
+            np.asarray(a[idx_sorted], dtype=np.float32)
+            for a in (self.source, self.target, self.mask)
+        ]
         inverse = np.argsort(order)
         src, tgt, msk = (torch.from_numpy(s[inverse]).unsqueeze(1) for s in stack)
         if self.flip:  # left-right flips: the brain is near-symmetric, anatomy stays plausible

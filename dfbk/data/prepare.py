@@ -68,7 +68,9 @@ def prepare_subject(
     """Read, check, normalise and slice one subject; DataError names the subject and file."""
     missing = [p for m, p in files.images.items() if m in modalities and not Path(p).exists()]
     if missing:
-        raise DataError(f"subject {files.name}: missing modality file(s): {', '.join(map(str, missing))}")
+        raise DataError(
+            f"subject {files.name}: missing modality file(s): {', '.join(map(str, missing))}"
+        )
     volumes = {m: read_volume(files.images[m]) for m in modalities}
     reference = volumes[modalities[0]]
     extras = {}
@@ -90,7 +92,9 @@ def prepare_subject(
     label = np.zeros(reference.data.shape, dtype=np.uint8)
     if "label" in extras:
         raw = np.rint(extras["label"].data)
-        unexpected = sorted(set(np.unique(raw).astype(int)) - set(label_values)) if label_values else []
+        unexpected = (
+            sorted(set(np.unique(raw).astype(int)) - set(label_values)) if label_values else []
+        )
         if unexpected:
             raise DataError(
                 f"subject {files.name}: {files.label}: unexpected label values {unexpected}; "
@@ -156,7 +160,10 @@ def prepare_dataset(
     handles["mask"] = open(tmp_dir / "mask.u8", "wb")
     handles["label"] = open(tmp_dir / "label.u8", "wb")
     rows, meta_subjects, skipped, index = [], {}, [], 0
-    args = [(s, modalities, tuple(size), min_foreground, adapter.label_values, on_bad_case) for s in subjects]
+    args = [
+        (s, modalities, tuple(size), min_foreground, adapter.label_values, on_bad_case)
+        for s in subjects
+    ]
     try:
         pool = get_context("spawn").Pool(jobs) if jobs > 1 else None
         results = pool.imap(_prepare_job, args) if pool else map(_prepare_job, args)
@@ -171,10 +178,20 @@ def prepare_dataset(
             n = len(prepared.slices)
             area = float(size[0] * size[1])
             for k in range(n):
-                rows.append([index + k, prepared.name, int(prepared.slices[k]),
-                             prepared.mask[k].sum() / area, (prepared.label[k] > 0).sum() / area])
-            meta_subjects[prepared.name] = {"start": index, "stop": index + n,
-                                            "affine": prepared.affine.tolist()}
+                rows.append(
+                    [
+                        index + k,
+                        prepared.name,
+                        int(prepared.slices[k]),
+                        prepared.mask[k].sum() / area,
+                        (prepared.label[k] > 0).sum() / area,
+                    ]
+                )
+            meta_subjects[prepared.name] = {
+                "start": index,
+                "stop": index + n,
+                "affine": prepared.affine.tolist(),
+            }
             index += n
         if pool:
             pool.close()

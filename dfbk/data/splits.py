@@ -18,7 +18,9 @@ from dfbk.errors import DataError
 SPLITS = ("train", "val", "test")
 
 
-def compute_split(subjects: list[str], fractions: dict[str, float], seed: int) -> dict[str, list[str]]:
+def compute_split(
+    subjects: list[str], fractions: dict[str, float], seed: int
+) -> dict[str, list[str]]:
     """Shuffle sorted subject names with `seed`; val and test get at least one subject each."""
     names = sorted(set(subjects))
     if len(names) < 3:

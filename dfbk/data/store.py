@@ -122,7 +122,9 @@ def write_store(
     root.mkdir(parents=True, exist_ok=True)
     n, h, w = next(iter(images.values())).shape
     if sum(subject_slices.values()) != n:
-        raise ValueError(f"subject slice counts sum to {sum(subject_slices.values())}, arrays hold {n}")
+        raise ValueError(
+            f"subject slice counts sum to {sum(subject_slices.values())}, arrays hold {n}"
+        )
     for modality, array in images.items():
         np.asarray(array, dtype="<f4").tofile(root / f"{modality}.f32")
     np.asarray(mask, dtype="u1").tofile(root / "mask.u8")
@@ -131,18 +133,34 @@ def write_store(
     for name, count in subject_slices.items():
         for k in range(count):
             i = start + k
-            rows.append({"index": i, "subject": name, "slice": k,
-                         "foreground_fraction": float(np.mean(mask[i] > 0)),
-                         "lesion_fraction": float(np.mean(label[i] > 0))})
+            rows.append(
+                {
+                    "index": i,
+                    "subject": name,
+                    "slice": k,
+                    "foreground_fraction": float(np.mean(mask[i] > 0)),
+                    "lesion_fraction": float(np.mean(label[i] > 0)),
+                }
+            )
         affine = (affines or {}).get(name, np.eye(4))
-        subjects[name] = {"start": start, "stop": start + count, "affine": np.asarray(affine).tolist()}
+        subjects[name] = {
+            "start": start,
+            "stop": start + count,
+            "affine": np.asarray(affine).tolist(),
+        }
         start += count
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
     meta = {
-        "version": STORE_VERSION, "dataset": dataset, "modalities": list(images),
-        "size": [h, w], "n_slices": n, "range": [0.0, 1.0],
+        "version": STORE_VERSION,
+        "dataset": dataset,
+        "modalities": list(images),
+        "size": [h, w],
+        "n_slices": n,
+        "range": [0.0, 1.0],
         "normalisation": normalisation or {m: normalisation_name(m) for m in images},
-        "min_foreground": 0.0, "subjects": subjects, "skipped": [],
+        "min_foreground": 0.0,
+        "subjects": subjects,
+        "skipped": [],
     }
     write_text(root / "store.json", json.dumps(meta, indent=1) + "\n")
     return SliceStore(root)

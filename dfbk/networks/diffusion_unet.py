@@ -31,10 +31,14 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.in_layers = nn.Sequential(group_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1))
+        self.in_layers = nn.Sequential(
+            group_norm(in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        )
         self.emb = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_ch))
         self.out_norm = group_norm(out_ch)
-        self.out_layers = nn.Sequential(nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.out_layers = nn.Sequential(
+            nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        )
         nn.init.zeros_(self.out_layers[-1].weight)
         nn.init.zeros_(self.out_layers[-1].bias)
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
@@ -61,7 +65,9 @@ class DiffusionUNet(nn.Module):
         super().__init__()
         emb_dim = channels * 4
         self.channels = channels
-        self.time_embed = nn.Sequential(nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(
+            nn.Linear(channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         self.stem = nn.Conv2d(in_channels, channels, 3, padding=1)
         self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
         widths, prev = [], channels
@@ -74,15 +80,23 @@ class DiffusionUNet(nn.Module):
             widths.append(prev)
             last = level == len(channel_mults) - 1
             self.downsamples.append(nn.Identity() if last else nn.Conv2d(prev, prev, 3, 2, 1))
-        self.middle = nn.ModuleList([ResBlock(prev, prev, emb_dim, dropout), ResBlock(prev, prev, emb_dim, dropout)])
+        self.middle = nn.ModuleList(
+            [ResBlock(prev, prev, emb_dim, dropout), ResBlock(prev, prev, emb_dim, dropout)]
+        )
         self.up_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(channel_mults))):
             blocks = nn.ModuleList()
             for i in range(num_res_blocks):
-                blocks.append(ResBlock(prev + widths[level] if i == 0 else prev, channels * mult, emb_dim, dropout))
+                blocks.append(
+                    ResBlock(
+                        prev + widths[level] if i == 0 else prev, channels * mult, emb_dim, dropout
+                    )
+                )
                 prev = channels * mult
             self.up_blocks.append(blocks)
-        self.head = nn.Sequential(group_norm(prev), nn.SiLU(), nn.Conv2d(prev, out_channels, 3, padding=1))
+        self.head = nn.Sequential(
+            group_norm(prev), nn.SiLU(), nn.Conv2d(prev, out_channels, 3, padding=1)
+        )
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         emb = self.time_embed(timestep_embedding(t, self.channels))

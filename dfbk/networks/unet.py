@@ -3,7 +3,8 @@
 Written here rather than imported: the reference lives in the authors' training repository, not
 a library. U-Net: `num_downs` stride-2 4x4 convolutions (C64-C128-C256-C512-C512...), LeakyReLU
 0.2 in the encoder, ReLU and transposed convolutions in the decoder with skip concatenation,
-dropout 0.5 in the decoder's ngf*8 blocks below the innermost (three at 256x256), tanh output in [-1, 1].
+dropout 0.5 in the decoder's ngf*8 blocks below the innermost (three at 256x256),
+tanh output in [-1, 1].
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ class UNetGenerator(nn.Module):
         for i in reversed(range(num_downs)):
             out = widths[i - 1] if i > 0 else out_channels
             in_ch = widths[i] if i == num_downs - 1 else widths[i] * 2
-            layers = [nn.ReLU(True), nn.ConvTranspose2d(in_ch, out, 4, 2, 1, bias=i == 0 or norm != "batch")]
+            layers = [
+                nn.ReLU(True),
+                nn.ConvTranspose2d(in_ch, out, 4, 2, 1, bias=i == 0 or norm != "batch"),
+            ]
             if i > 0:
                 layers.append(norm_layer(norm, out))
                 if dropout > 0 and 4 <= i <= num_downs - 2:  # pix2pix: the ngf*8 middle blocks
@@ -74,7 +78,9 @@ class UNetGenerator(nn.Module):
 class PatchDiscriminator(nn.Module):
     """PatchGAN: n_layers=3 gives the 70x70 receptive field; outputs a logit map."""
 
-    def __init__(self, in_channels: int = 2, ndf: int = 64, n_layers: int = 3, norm: str = "batch") -> None:
+    def __init__(
+        self, in_channels: int = 2, ndf: int = 64, n_layers: int = 3, norm: str = "batch"
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1), nn.LeakyReLU(0.2, True)]
         width = ndf

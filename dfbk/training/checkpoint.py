@@ -42,7 +42,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:
-        raise TrainingError(f"{path}: cannot read checkpoint ({type(err).__name__}: {err})") from err
+        raise TrainingError(
+            f"{path}: cannot read checkpoint ({type(err).__name__}: {err})"
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise TrainingError(f"{path}: not a dfbk checkpoint")
     return payload

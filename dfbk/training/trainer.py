@@ -89,7 +89,10 @@ class Trainer:
         self.device = pick_device(spec.device)
         source, target = parse_direction(spec.direction)
         self.store = SliceStore(spec.store_dir)
-        self.contracts = {"source": self.store.contract(source), "target": self.store.contract(target)}
+        self.contracts = {
+            "source": self.store.contract(source),
+            "target": self.store.contract(target),
+        }
         self.method = build_method(spec.method, spec.preset, spec.overrides, spec.module)
         self.method.to(self.device)
         self.method.amp = spec.amp and self.device.type == "cuda"
@@ -102,7 +105,9 @@ class Trainer:
         decay = self.hparams.get("ema_decay")
         self.ema = None
         if net is not None and decay:
-            self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+            self.ema = AveragedModel(
+                net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
+            )
         self.step = 0
         self.stop = _StopFlag()
         spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +116,11 @@ class Trainer:
 
     # ----- state --------------------------------------------------------------------------
     def _recipe(self) -> dict[str, Any]:
-        return {**recipe(self.method, self.spec), **self.contracts, "knowledge": self.spec.knowledge_info}
+        return {
+            **recipe(self.method, self.spec),
+            **self.contracts,
+            "knowledge": self.spec.knowledge_info,
+        }
 
     def save_training_state(self) -> None:
         state = {
@@ -166,13 +175,22 @@ class Trainer:
         start_time = time.time()
         every = max(1, int(self.spec.checkpoint_every))
         self.method.train()
-        with open(self.log_path, "a") as log, tqdm(
-            total=total, initial=self.step, desc=f"train {self.method.name}", mininterval=5,
-            file=sys.stderr,
-        ) as bar:
+        with (
+            open(self.log_path, "a") as log,
+            tqdm(
+                total=total,
+                initial=self.step,
+                desc=f"train {self.method.name}",
+                mininterval=5,
+                file=sys.stderr,
+            ) as bar,
+        ):
             while self.step < total:
                 losses = self._one_step()
-                log.write(json.dumps({"step": self.step, "time": time.time() - start_time, **losses}) + "\n")
+                log.write(
+                    json.dumps({"step": self.step, "time": time.time() - start_time, **losses})
+                    + "\n"
+                )
                 self.step += 1
                 bar.update(1)
                 if self.step % 50 == 0:
@@ -182,7 +200,9 @@ class Trainer:
                     log.flush()
                     self.save_training_state()
                 if self.stop.signal is not None:
-                    raise SystemExit(f"signal {self.stop.signal}: checkpoint saved at step {self.step}")
+                    raise SystemExit(
+                        f"signal {self.stop.signal}: checkpoint saved at step {self.step}"
+                    )
         self.save_training_state()
         return self._finish(time.time() - start_time, resumed)
 
@@ -207,9 +227,13 @@ class Trainer:
         n_parameters = count_parameters(self.method)
         if self.ema is not None:  # inference uses the averaged weights
             self.method.ema_network().load_state_dict(self.ema.module.state_dict())
-        model = {**self._recipe(), "kind": "inference", "step": self.step,
-                 "state": self.method.state_dict(),
-                 "knowledge_embedding": self.spec.knowledge}
+        model = {
+            **self._recipe(),
+            "kind": "inference",
+            "step": self.step,
+            "state": self.method.state_dict(),
+            "knowledge_embedding": self.spec.knowledge,
+        }
         save_atomic(model, out / "model.pt")
         log_text = self.log_path.read_text()
         (out / "train_log.jsonl").write_text(log_text)
