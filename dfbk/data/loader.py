@@ -28,6 +28,7 @@ class SliceBatcher:
         batch_size: int,
         seed: int,
         flip: bool = True,
+        paired: bool = True,
     ) -> None:
         self.source = store.images(source)
         self.target = store.images(target)
@@ -38,6 +39,7 @@ class SliceBatcher:
         self.batch_size = min(batch_size, self.indices.size)
         self.seed = seed
         self.flip = flip
+        self.paired = paired
         self.batches_per_epoch = self.indices.size // self.batch_size
 
     def batch_indices(self, step: int) -> np.ndarray:
@@ -47,18 +49,27 @@ class SliceBatcher:
         chosen = self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]]
         return chosen
 
+    def unpaired_indices(self, step: int) -> np.ndarray:
+        """Target indices drawn independently of the source (unpaired training, e.g. MaskGAN)."""
+        epoch, k = divmod(step, self.batches_per_epoch)
+        order = np.random.default_rng([self.seed, epoch, 2]).permutation(self.indices.size)
+        return self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]]
+
+    def _read(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        order = np.argsort(idx)  # sorted reads are sequential on the memmap
+        data = np.asarray(array[idx[order]], dtype=np.float32)[np.argsort(order)]
+        return torch.from_numpy(data).unsqueeze(1)
+
     def batch(self, step: int) -> Batch:
+        """The batch at `step`; with paired=False the targets come from other random slices."""
         idx = self.batch_indices(step)
-        order = np.argsort(idx)
-        idx_sorted = idx[order]
-        stack = [
-            np.asarray(a[idx_sorted], dtype=np.float32)
-            for a in (self.source, self.target, self.mask)
-        ]
-        inverse = np.argsort(order)
-        src, tgt, msk = (torch.from_numpy(s[inverse]).unsqueeze(1) for s in stack)
+        target_idx = idx if self.paired else self.unpaired_indices(step)
+        src, msk = self._read(self.source, idx), self._read(self.mask, idx)
+        tgt = self._read(self.target, target_idx)
         if self.flip:  # left-right flips: the brain is near-symmetric, anatomy stays plausible
-            flips = np.random.default_rng([self.seed, step, 1]).random(len(idx)) < 0.5
+            flips = torch.from_numpy(
+                np.random.default_rng([self.seed, step, 1]).random(len(idx)) < 0.5
+            )
             for t in (src, tgt, msk):
                 t[flips] = t[flips].flip(-1)
         return Batch(source=src, target=tgt, mask=msk)

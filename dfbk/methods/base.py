@@ -61,6 +61,13 @@ class Method(nn.Module):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     # Keys the trainer reads; every preset must define them.
     TRAINER_KEYS: ClassVar[tuple[str, ...]] = ("steps", "batch_size", "ema_decay")
+    # False: the trainer feeds targets from independently drawn slices (unpaired methods such
+    # as MaskGAN and SynDiff train this way by design); override per instance via hparams.
+    PAIRED: ClassVar[bool] = True
+
+    @property
+    def paired(self) -> bool:
+        return bool(self.hparams.get("paired", self.PAIRED))
 
     def __init__(self, hparams: dict[str, Any]) -> None:
         super().__init__()

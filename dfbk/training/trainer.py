@@ -99,7 +99,13 @@ class Trainer:
         self.hparams = self.method.hparams
         split = read_split(spec.split_path)
         self.batcher = SliceBatcher(
-            self.store, source, target, split["train"], int(self.hparams["batch_size"]), spec.seed
+            self.store,
+            source,
+            target,
+            split["train"],
+            int(self.hparams["batch_size"]),
+            spec.seed,
+            paired=self.method.paired,
         )
         net = self.method.ema_network()
         decay = self.hparams.get("ema_decay")
