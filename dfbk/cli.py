@@ -73,6 +73,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         preset=args.preset,
         overrides=json.loads(args.overrides),
         module=args.module,
+        stage=args.stage,
+        init_from=args.init_from,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
         amp=not args.no_amp,
@@ -207,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="method preset: tiny (CPU) or paper")
     p.add_argument("--overrides", default="{}", help="JSON object of hyperparameter overrides")
     p.add_argument("--module", help="import path of a method defined outside the package")
+    p.add_argument("--stage", help="run an extra training stage of the method (e.g. pretrain)")
+    p.add_argument("--init-from", type=Path, help="model.pt of the previous stage to start from")
     p.add_argument("--store", type=Path, required=True, help="slice store folder")
     p.add_argument("--split", type=Path, required=True, help="splits.json")
     p.add_argument("--out-dir", type=Path, required=True, help="where model.pt, run.json, log go")

@@ -116,6 +116,10 @@ class Method(nn.Module):
         """Predict target slices (B, 1, H, W) in [0, 1] from source slices in [0, 1]."""
         raise NotImplementedError
 
+    def init_from_stage(self, state: dict[str, Tensor]) -> None:
+        """Start from the weights of the previous training stage (default: matching keys)."""
+        self.load_state_dict(state, strict=False)
+
     def describe(self) -> dict[str, Any]:
         """Facts recorded with the run (deviations from the paper, training mode...)."""
         return {}

@@ -17,7 +17,18 @@ BUILTIN_METHODS: dict[str, str] = {
     "identity": "baselines.identity",
     "pix2pix": "baselines.pix2pix",
     "resshift": "dfbk.methods.resshift",
+    "dfbk": "dfbk.methods.dfbk",
+    "dfbk-no-kg": "dfbk.methods.dfbk",
+    "dfbk-no-dfb": "dfbk.methods.dfbk",
+    "dfbk-dfb-low": "dfbk.methods.dfbk",
+    "dfbk-dfb-high": "dfbk.methods.dfbk",
+    "dfbk-dfb-static": "dfbk.methods.dfbk",
 }
+
+# Extra training stages a method runs before its main training, in order (each one a DAG job
+# whose model.pt initialises the next). Kept here as data so the Snakefile builds the DAG
+# without importing torch; tests check it equals each class's `STAGES`.
+BUILTIN_STAGES: dict[str, tuple[str, ...]] = {}
 
 _REGISTRY: dict[str, type] = {}
 _EXTRA_MODULES: dict[str, str] = {}
@@ -67,15 +78,33 @@ def get_method_class(name: str, module: str | None = None) -> type:
     return _REGISTRY[name]
 
 
+def method_stages(name: str, declared: list[str] | None = None) -> tuple[str, ...]:
+    """Extra stages of method `name` (built-in table, or declared in config for new methods)."""
+    return tuple(declared) if declared is not None else BUILTIN_STAGES.get(name, ())
+
+
 def build_method(
     name: str,
     preset: str = "tiny",
     overrides: dict[str, Any] | None = None,
     module: str | None = None,
+    stage: str | None = None,
 ):
-    """Build method `name` with a preset's hyperparameters updated by `overrides`."""
+    """Build method `name` with a preset's hyperparameters updated by `overrides`.
+
+    `stage` selects an extra training stage: its `STAGES[stage]` overrides apply on top of the
+    preset, before the user's overrides.
+    """
     cls = get_method_class(name, module)
-    hparams = cls.resolve_hparams(preset, overrides)
+    if stage is not None:
+        stages = getattr(cls, "STAGES", {})
+        if stage not in stages:
+            raise ConfigError(
+                f"method '{name}' has no stage '{stage}'; stages: {', '.join(stages) or 'none'}"
+            )
+        hparams = cls.resolve_hparams(preset, {**stages[stage], **(overrides or {})})
+    else:
+        hparams = cls.resolve_hparams(preset, overrides)
     method = cls(hparams)
     method.preset = preset
     return method

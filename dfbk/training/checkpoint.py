@@ -64,6 +64,8 @@ def recipe(method, spec) -> dict[str, Any]:
         "dataset": spec.dataset,
         "direction": spec.direction,
         "seed": spec.seed,
+        "stage": spec.stage,
+        "init_from": str(spec.init_from) if spec.init_from else None,
     }
 
 

@@ -47,6 +47,10 @@ class TrainSpec:
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
     module: str | None = None
+    stage: str | None = (
+        None  # an extra stage (e.g. ResViT's CNN pretraining) instead of the main one
+    )
+    init_from: Path | None = None  # model.pt of the previous stage
     checkpoint_every: int = 500
     device: str = "auto"
     amp: bool = True
@@ -93,7 +97,9 @@ class Trainer:
             "source": self.store.contract(source),
             "target": self.store.contract(target),
         }
-        self.method = build_method(spec.method, spec.preset, spec.overrides, spec.module)
+        self.method = build_method(
+            spec.method, spec.preset, spec.overrides, spec.module, spec.stage
+        )
         self.method.to(self.device)
         self.method.amp = spec.amp and self.device.type == "cuda"
         self.hparams = self.method.hparams
@@ -176,6 +182,8 @@ class Trainer:
         resumed = self.try_resume()
         if not resumed:
             self.log_path.write_text("")
+            if self.spec.init_from is not None:
+                self.method.init_from_stage(load_checkpoint(self.spec.init_from)["state"])
         self.stop.install()
         total = int(self.hparams["steps"])
         start_time = time.time()

@@ -4,6 +4,7 @@ from pathlib import Path
 import shlex
 
 from dfbk.config_checks import check_config, method_modules
+from dfbk.methods.registry import method_stages
 
 RESULTS = config["results_dir"]
 RAW = config["raw_dir"]
@@ -15,6 +16,7 @@ wildcard_constraints:
     direction=r"[a-z0-9]+-to-[a-z0-9]+",
     method=r"[a-z0-9_\-]+",
     seed=r"\d+",
+    stage=r"[a-z0-9_]+",
 
 
 RUN = "{dataset}/{direction}/{method}/seed-{seed}"
@@ -73,3 +75,22 @@ def figure_predictions(wildcards):
         m: f"{RESULTS}/translate/{wildcards.dataset}/{wildcards.direction}/{m}/seed-{seed}"
         for m in config["methods"]
     }
+
+
+def stages_of(method):
+    return method_stages(method, config["methods"][method].get("stages"))
+
+
+def previous_stage_model(wildcards):
+    """model.pt of the stage before this one (for the main training: the last extra stage)."""
+    stages = stages_of(wildcards.method)
+    current = getattr(wildcards, "stage", None)
+    position = stages.index(current) if current is not None else len(stages)
+    if position == 0:
+        return []
+    run = RUN.format(**{k: wildcards[k] for k in ("dataset", "direction", "method", "seed")})
+    return [f"{RESULTS}/train/{run}/stage-{stages[position - 1]}/model.pt"]
+
+
+def init_from_option(wildcards, input):
+    return f"--init-from {input.init[0]}" if input.init else ""

@@ -3,10 +3,49 @@
 # preempted job resumes instead of restarting.
 
 
+rule train_method_stage:
+    input:
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+        init=previous_stage_model,
+    output:
+        model=f"{RESULTS}/train/{RUN}/stage-{{stage}}/model.pt",
+        run=f"{RESULTS}/train/{RUN}/stage-{{stage}}/run.json",
+        log=f"{RESULTS}/train/{RUN}/stage-{{stage}}/train_log.jsonl",
+    params:
+        out_dir=subpath(output.model, parent=True),
+        checkpoint_dir=f"{RESULTS}/checkpoints/{RUN}/stage-{{stage}}",
+        preset=lambda wc: method_setting(wc, "preset", "tiny"),
+        overrides=method_overrides,
+        module=method_module_option,
+        init=init_from_option,
+        device=lookup("train/device", within=config, default="auto"),
+        every=lookup("train/checkpoint_every", within=config, default=500),
+    log:
+        f"{RESULTS}/logs/train_method_stage/{RUN}/{{stage}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_method_stage/{RUN}/{{stage}}.tsv"
+    threads: lookup("train/threads", within=config, default=1)
+    resources:
+        mem_mb=lookup("train/mem_mb", within=config, default=8000),
+        runtime=lookup("train/runtime", within=config, default=1440),
+        gpu=lookup("train/gpus", within=config, default=1),
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} "
+        "--stage {wildcards.stage} {params.init} "
+        "--seed {wildcards.seed} --preset {params.preset} --overrides {params.overrides} "
+        "{params.module} --store {input.store} --split {input.split} --out-dir {params.out_dir} "
+        "--checkpoint-dir {params.checkpoint_dir} --checkpoint-every {params.every} "
+        "--device {params.device} --threads {threads} > {log} 2>&1"
+
+
 rule train_method:
     input:
         store=rules.prepare_slices.output.store,
         split=rules.split_subjects.output.split,
+        init=previous_stage_model,
     output:
         model=f"{RESULTS}/train/{RUN}/model.pt",
         run=f"{RESULTS}/train/{RUN}/run.json",
@@ -17,6 +56,7 @@ rule train_method:
         preset=lambda wc: method_setting(wc, "preset", "tiny"),
         overrides=method_overrides,
         module=method_module_option,
+        init=init_from_option,
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
     log:
@@ -31,7 +71,7 @@ rule train_method:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} "
+        "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} {params.init} "
         "--seed {wildcards.seed} --preset {params.preset} --overrides {params.overrides} "
         "{params.module} --store {input.store} --split {input.split} --out-dir {params.out_dir} "
         "--checkpoint-dir {params.checkpoint_dir} --checkpoint-every {params.every} "
