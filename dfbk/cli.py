@@ -74,6 +74,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         overrides=json.loads(args.overrides),
         module=args.module,
         stage=args.stage,
+        knowledge_path=args.knowledge,
         init_from=args.init_from,
         checkpoint_every=args.checkpoint_every,
         device=args.device,
@@ -209,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", help="method preset: tiny (CPU) or paper")
     p.add_argument("--overrides", default="{}", help="JSON object of hyperparameter overrides")
     p.add_argument("--module", help="import path of a method defined outside the package")
+    p.add_argument("--knowledge", type=Path, help="knowledge cache of the target (KG methods)")
     p.add_argument("--stage", help="run an extra training stage of the method (e.g. pretrain)")
     p.add_argument("--init-from", type=Path, help="model.pt of the previous stage to start from")
     p.add_argument("--store", type=Path, required=True, help="slice store folder")
@@ -282,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("list-methods", help="print the registered method names")
     p.set_defaults(func=cmd_list_methods)
+
+    from dfbk.knowledge.cli import register as register_knowledge
+    from dfbk.volume_translate import register as register_translate
+
+    register_knowledge(verbs)
+    register_translate(verbs)
     return parser
 
 

@@ -27,7 +27,8 @@ from dfbk.data.splits import read_split
 from dfbk.data.store import SliceStore
 from dfbk.errors import TrainingError
 from dfbk.methods.base import count_parameters
-from dfbk.methods.registry import build_method
+from dfbk.knowledge.cache import load_knowledge
+from dfbk.methods.registry import build_method, get_method_class
 from dfbk.training.checkpoint import load_checkpoint, recipe, save_atomic
 from dfbk.training.seeding import rng_state, seed_everything, set_rng_state
 
@@ -54,6 +55,7 @@ class TrainSpec:
     checkpoint_every: int = 500
     device: str = "auto"
     amp: bool = True
+    knowledge_path: Path | None = None  # cache written by `dfbk knowledge`
     knowledge: torch.Tensor | None = None
     knowledge_info: dict[str, Any] | None = None
 
@@ -97,9 +99,7 @@ class Trainer:
             "source": self.store.contract(source),
             "target": self.store.contract(target),
         }
-        self.method = build_method(
-            spec.method, spec.preset, spec.overrides, spec.module, spec.stage
-        )
+        self.method = self._build_method(spec)
         self.method.to(self.device)
         self.method.amp = spec.amp and self.device.type == "cuda"
         self.hparams = self.method.hparams
@@ -125,6 +125,23 @@ class Trainer:
         spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.last_path = spec.checkpoint_dir / "last.pt"
         self.log_path = spec.checkpoint_dir / "train_log.jsonl"
+
+    @staticmethod
+    def _build_method(spec: TrainSpec):
+        """Build the method; Knowledge Guidance methods get the cached embedding and its width."""
+        overrides = dict(spec.overrides)
+        emb = load_knowledge(spec.knowledge_path) if spec.knowledge_path else None
+        cls = get_method_class(spec.method, spec.module)
+        uses_knowledge = bool(cls.resolve_hparams(spec.preset, {}).get("kg"))
+        if uses_knowledge:
+            if emb is None or emb.tokens is None:
+                raise TrainingError(
+                    f"method '{spec.method}' uses Knowledge Guidance but no knowledge tokens were "
+                    f"given ({spec.knowledge_path or 'no --knowledge file'}; encoder 'none'?)"
+                )
+            overrides.setdefault("knowledge_dim", emb.dim)
+            spec.knowledge, spec.knowledge_info = emb.tokens, emb.info()
+        return build_method(spec.method, spec.preset, overrides, spec.module, spec.stage)
 
     # ----- state --------------------------------------------------------------------------
     def _recipe(self) -> dict[str, Any]:

@@ -94,3 +94,9 @@ def previous_stage_model(wildcards):
 
 def init_from_option(wildcards, input):
     return f"--init-from {input.init[0]}" if input.init else ""
+
+
+def knowledge_cache(wildcards):
+    """The target modality's knowledge embedding (used by Knowledge Guidance methods only)."""
+    target = wildcards.direction.split("-to-")[1]
+    return f"{RESULTS}/knowledge/{wildcards.dataset}/{target}.pt"

@@ -8,6 +8,7 @@ rule train_method_stage:
         store=rules.prepare_slices.output.store,
         split=rules.split_subjects.output.split,
         init=previous_stage_model,
+        knowledge=knowledge_cache,
     output:
         model=f"{RESULTS}/train/{RUN}/stage-{{stage}}/model.pt",
         run=f"{RESULTS}/train/{RUN}/stage-{{stage}}/run.json",
@@ -38,7 +39,7 @@ rule train_method_stage:
         "--seed {wildcards.seed} --preset {params.preset} --overrides {params.overrides} "
         "{params.module} --store {input.store} --split {input.split} --out-dir {params.out_dir} "
         "--checkpoint-dir {params.checkpoint_dir} --checkpoint-every {params.every} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "--knowledge {input.knowledge} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule train_method:
@@ -46,6 +47,7 @@ rule train_method:
         store=rules.prepare_slices.output.store,
         split=rules.split_subjects.output.split,
         init=previous_stage_model,
+        knowledge=knowledge_cache,
     output:
         model=f"{RESULTS}/train/{RUN}/model.pt",
         run=f"{RESULTS}/train/{RUN}/run.json",
@@ -75,7 +77,7 @@ rule train_method:
         "--seed {wildcards.seed} --preset {params.preset} --overrides {params.overrides} "
         "{params.module} --store {input.store} --split {input.split} --out-dir {params.out_dir} "
         "--checkpoint-dir {params.checkpoint_dir} --checkpoint-every {params.every} "
-        "--device {params.device} --threads {threads} > {log} 2>&1"
+        "--knowledge {input.knowledge} --device {params.device} --threads {threads} > {log} 2>&1"
 
 
 rule translate_test_set:
