@@ -26,8 +26,8 @@ from dfbk.data.loader import SliceBatcher
 from dfbk.data.splits import read_split
 from dfbk.data.store import SliceStore
 from dfbk.errors import TrainingError
-from dfbk.methods.base import count_parameters
 from dfbk.knowledge.cache import load_knowledge
+from dfbk.methods.base import count_parameters
 from dfbk.methods.registry import build_method, get_method_class
 from dfbk.training.checkpoint import load_checkpoint, recipe, save_atomic
 from dfbk.training.seeding import rng_state, seed_everything, set_rng_state
