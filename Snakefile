@@ -23,7 +23,7 @@ include: "workflow/rules/track.smk"
 
 rule all:
     input:
-        tables=expand(f"{RESULTS}/tables/comparison.{{ext}}", ext=("md", "csv", "tex")),
+        tables=all_tables(),
         figures=all_figures(),
         tracking=f"{RESULTS}/tracking/imported.json",
     default_target: True

@@ -128,10 +128,13 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
+    from dfbk.reporting.captions import caption_notes
     from dfbk.reporting.tables import collect_results, write_comparison_table
 
     frame = collect_results([Path(p) for p in args.metrics])
-    paths = write_comparison_table(frame, args.out_stem, caption=args.caption)
+    caption = " ".join(filter(None, [args.caption, caption_notes(args.runs)]))
+    reference = args.significance_vs if args.significance_vs in set(frame.method) else None
+    paths = write_comparison_table(frame, args.out_stem, caption=caption, significance_vs=reference)
     print("\n".join(str(p) for p in paths.values()))
 
 
@@ -262,6 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("metrics", nargs="+", help="metrics.json files of the runs")
     p.add_argument("--out-stem", type=Path, required=True, help="output path without suffix")
     p.add_argument("--caption", default="", help="table caption (protocol)")
+    p.add_argument(
+        "--runs",
+        nargs="*",
+        default=[],
+        type=Path,
+        help="run.json files whose encoder/training notes join the caption",
+    )
+    p.add_argument(
+        "--significance-vs",
+        default="dfbk",
+        help="method the paired Wilcoxon tests compare against, if present (default dfbk)",
+    )
     p.set_defaults(func=cmd_tables)
 
     p = verbs.add_parser("track", help="import finished runs into MLflow (idempotent)")

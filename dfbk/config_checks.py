@@ -23,9 +23,25 @@ def check_config(config: dict[str, Any]) -> None:
     for name, module in method_modules(config).items():
         add_method_module(name, module)
     known = list_methods()
-    for name in config["methods"]:
-        if name not in known:
-            raise ConfigError(f"methods.{name}: unknown method '{name}'; known: {', '.join(known)}")
+    ablation = config.get("ablation", {})
+    for section, names in (
+        ("methods", config["methods"]),
+        ("ablation.methods", ablation.get("methods", {})),
+    ):
+        for name in names:
+            if name not in known:
+                raise ConfigError(
+                    f"{section}.{name}: unknown method '{name}'; known: {', '.join(known)}"
+                )
+    for dataset, directions in ablation.get("directions", {}).items():
+        if dataset not in config["datasets"]:
+            raise ConfigError(f"ablation.directions.{dataset}: dataset not in datasets")
+        for direction in directions:
+            if direction not in config["datasets"][dataset]["directions"]:
+                raise ConfigError(
+                    f"ablation.directions.{dataset}: '{direction}' is not one of "
+                    f"datasets.{dataset}.directions"
+                )
     for dataset, spec in config["datasets"].items():
         try:
             adapter = get_adapter(dataset)

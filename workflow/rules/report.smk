@@ -30,19 +30,15 @@ rule plot_comparison:
 
 rule tabulate_comparison:
     input:
-        metrics=run_paths(f"{RESULTS}/evaluate/{RUN}/metrics.json"),
+        metrics=run_paths(f"{RESULTS}/evaluate/{RUN}/metrics.json", comparison_runs()),
+        runs=run_paths(f"{RESULTS}/train/{RUN}/run.json", comparison_runs()),
     output:
         md=report(f"{RESULTS}/tables/comparison.md", caption="../report/comparison.rst", category="Tables"),
         csv=f"{RESULTS}/tables/comparison.csv",
         tex=f"{RESULTS}/tables/comparison.tex",
     params:
         out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
-        caption=(
-            "Test-set mean ± std over subjects (seeds averaged per subject first). "
-            "PSNR/SSIM/MAE inside the foreground mask on [0, 1]-normalised slices "
-            "(MR: foreground 0.5/99.5 percentiles; CT: [-1024, 3000] HU); SSIM Gaussian "
-            "sigma 1.5, data range 1."
-        ),
+        caption=TABLE_CAPTION,
     log:
         f"{RESULTS}/logs/tabulate_comparison.log",
     resources:
@@ -51,5 +47,28 @@ rule tabulate_comparison:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk tables {input.metrics} --out-stem {params.out_stem} "
+        "dfbk tables {input.metrics} --runs {input.runs} --out-stem {params.out_stem} "
+        "--caption {params.caption:q} > {log} 2>&1"
+
+
+rule tabulate_ablation:
+    input:
+        metrics=run_paths(f"{RESULTS}/evaluate/{RUN}/metrics.json", ablation_runs()),
+        runs=run_paths(f"{RESULTS}/train/{RUN}/run.json", ablation_runs()),
+    output:
+        md=report(f"{RESULTS}/tables/ablation.md", caption="../report/ablation.rst", category="Tables"),
+        csv=f"{RESULTS}/tables/ablation.csv",
+        tex=f"{RESULTS}/tables/ablation.tex",
+    params:
+        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
+        caption=f"DFBK ablation. {TABLE_CAPTION}",
+    log:
+        f"{RESULTS}/logs/tabulate_ablation.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../environment.yml"
+    shell:
+        "dfbk tables {input.metrics} --runs {input.runs} --out-stem {params.out_stem} "
         "--caption {params.caption:q} > {log} 2>&1"
