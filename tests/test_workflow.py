@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -20,7 +21,44 @@ METHODS = {
     "identity": {"preset": "tiny"},
     "pix2pix": {"preset": "tiny", "overrides": {"steps": 4, "batch_size": 4}},
     "resshift": {"preset": "tiny", "overrides": {"steps": 4, "batch_size": 4}},
+    # a new baseline added only through config and a module outside the package (README
+    # "Adding a baseline"), with an extra training stage declared in config
+    "tiny_l1": {"preset": "tiny", "module": "my_baseline", "stages": ["warmup"]},
 }
+
+MY_BASELINE = '''
+"""tiny_l1: one 3x3 convolution trained with L1 (a user's baseline, outside the package)."""
+import torch
+from torch import nn
+
+from dfbk.methods.base import Method
+from dfbk.methods.registry import register_method
+
+
+@register_method("tiny_l1")
+class TinyL1(Method):
+    PRESETS = {"tiny": {"steps": 3, "batch_size": 4, "ema_decay": None, "lr": 1e-2}}
+    STAGES = {"warmup": {"steps": 2, "lr": 1e-3}}
+
+    def __init__(self, hparams):
+        super().__init__(hparams)
+        self.net = nn.Conv2d(1, 1, 3, padding=1)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=hparams["lr"])
+
+    def optimizers(self):
+        return {"net": self.opt}
+
+    def training_step(self, batch, step):
+        loss = (self.net(batch.source) - batch.target).abs().mean()
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return {"loss_l1": loss.item()}
+
+    @torch.no_grad()
+    def translate(self, source, knowledge=None):
+        return self.net(source).clamp(0, 1)
+'''
 
 
 def micro_config(**changes) -> dict:
@@ -48,7 +86,14 @@ def micro_config(**changes) -> dict:
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    extension = workdir / "ext"
+    extension.mkdir(exist_ok=True)
+    (extension / "my_baseline.py").write_text(MY_BASELINE)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(extension),
+    }
     return subprocess.run(
         [
             SNAKEMAKE,
@@ -108,6 +153,16 @@ def test_mlflow_holds_exactly_one_run_per_job(micro_run):
     assert len(client.get_metric_history(pix.info.run_id, "loss_l1")) == 4
     artifacts = [a.path for a in client.list_artifacts(pix.info.run_id, "figures")]
     assert artifacts == ["figures/t1n-to-ct.png"]
+
+
+def test_new_baseline_from_config_runs_its_stage_and_reaches_the_tables(micro_run):
+    run = micro_run / "results/train/phantom/t1n-to-t2w/tiny_l1/seed-0"
+    stage = json.loads((run / "stage-warmup/run.json").read_text())
+    main = json.loads((run / "run.json").read_text())
+    assert stage["stage"] == "warmup" and stage["hparams"]["steps"] == 2
+    assert main["stage"] is None and main["init_from"].endswith("stage-warmup/model.pt")
+    table = (micro_run / "results/tables/comparison.md").read_text()
+    assert table.count("tiny_l1") == len(DIRECTIONS)
 
 
 def test_second_run_does_nothing(micro_run):
