@@ -15,13 +15,8 @@ from torch import Tensor
 from dfbk.methods.base import Batch, Method, to_signed, to_unit
 from dfbk.methods.gan import gan_loss, set_requires_grad
 from dfbk.methods.registry import register_method
+from dfbk.methods.schedules import linear_decay
 from dfbk.networks.unet import PatchDiscriminator, UNetGenerator, init_weights
-
-
-def linear_decay(total: int, decay_start: int):
-    """pix2pix schedule: constant lr, then linear decay to 0 over the remaining steps."""
-    span = max(1, total - decay_start)
-    return lambda step: 1.0 - max(0, step - decay_start) / span
 
 
 @register_method("pix2pix")

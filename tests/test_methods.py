@@ -84,3 +84,11 @@ def test_identity_predicts_the_source():
     method = build_method("identity")
     source = torch.rand(3, 1, 8, 8)
     assert torch.equal(method.translate(source), source)
+
+
+def test_registered_stages_match_the_classes():
+    from dfbk.methods.registry import BUILTIN_STAGES, get_method_class
+
+    for name in list_methods():
+        declared = tuple(getattr(get_method_class(name), "STAGES", {}))
+        assert BUILTIN_STAGES.get(name, ()) == declared, name

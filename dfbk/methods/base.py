@@ -116,6 +116,11 @@ class Method(nn.Module):
         """Predict target slices (B, 1, H, W) in [0, 1] from source slices in [0, 1]."""
         raise NotImplementedError
 
+    @classmethod
+    def inference_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        """Hyperparameters for rebuilding from a checkpoint (drop training-only inputs)."""
+        return dict(hparams)
+
     def init_from_stage(self, state: dict[str, Tensor]) -> None:
         """Start from the weights of the previous training stage (default: matching keys)."""
         self.load_state_dict(state, strict=False)

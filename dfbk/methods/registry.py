@@ -23,12 +23,17 @@ BUILTIN_METHODS: dict[str, str] = {
     "dfbk-dfb-low": "dfbk.methods.dfbk",
     "dfbk-dfb-high": "dfbk.methods.dfbk",
     "dfbk-dfb-static": "dfbk.methods.dfbk",
+    "resvit": "baselines.resvit",
+    "ea_gan": "baselines.ea_gan",
+    "dea_gan": "baselines.ea_gan",
+    "revgan": "baselines.revgan",
+    "maskgan": "baselines.maskgan",
 }
 
 # Extra training stages a method runs before its main training, in order (each one a DAG job
 # whose model.pt initialises the next). Kept here as data so the Snakefile builds the DAG
 # without importing torch; tests check it equals each class's `STAGES`.
-BUILTIN_STAGES: dict[str, tuple[str, ...]] = {}
+BUILTIN_STAGES: dict[str, tuple[str, ...]] = {"resvit": ("pretrain",)}
 
 _REGISTRY: dict[str, type] = {}
 _EXTRA_MODULES: dict[str, str] = {}

@@ -72,7 +72,7 @@ def recipe(method, spec) -> dict[str, Any]:
 def rebuild_method(payload: dict[str, Any]):
     """Build the method a checkpoint describes and load its weights (no config needed)."""
     cls = get_method_class(payload["method"], payload.get("module"))
-    method = cls(dict(payload["hparams"]))  # the stored hparams, not today's preset
+    method = cls(cls.inference_hparams(payload["hparams"]))  # stored hparams, not today's preset
     method.preset = payload["preset"]
     method.load_state_dict(payload["state"])
     method.eval()
