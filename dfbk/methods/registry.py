@@ -28,6 +28,8 @@ BUILTIN_METHODS: dict[str, str] = {
     "dea_gan": "baselines.ea_gan",
     "revgan": "baselines.revgan",
     "maskgan": "baselines.maskgan",
+    "syndiff": "baselines.syndiff",
+    "syndiff_paired": "baselines.syndiff",
 }
 
 # Extra training stages a method runs before its main training, in order (each one a DAG job
