@@ -128,13 +128,19 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
+    from dfbk.evaluation.protocols import protocol_notes
     from dfbk.reporting.captions import caption_notes
+    from dfbk.reporting.fid import fid_columns
     from dfbk.reporting.tables import collect_results, write_comparison_table
 
     frame = collect_results([Path(p) for p in args.metrics])
-    caption = " ".join(filter(None, [args.caption, caption_notes(args.runs)]))
+    fid, fid_note = fid_columns(args.metrics)
+    notes = [args.caption, protocol_notes(args.metrics), fid_note, caption_notes(args.runs)]
+    caption = " ".join(filter(None, notes))
     reference = args.significance_vs if args.significance_vs in set(frame.method) else None
-    paths = write_comparison_table(frame, args.out_stem, caption=caption, significance_vs=reference)
+    paths = write_comparison_table(
+        frame, args.out_stem, caption=caption, significance_vs=reference, extra_columns=fid
+    )
     print("\n".join(str(p) for p in paths.values()))
 
 
@@ -300,9 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("list-methods", help="print the registered method names")
     p.set_defaults(func=cmd_list_methods)
 
+    from dfbk.data.download import register as register_download
     from dfbk.knowledge.cli import register as register_knowledge
     from dfbk.volume_translate import register as register_translate
 
+    register_download(verbs)
     register_knowledge(verbs)
     register_translate(verbs)
     return parser

@@ -16,13 +16,19 @@ from dfbk.errors import ConfigError, DataError
 
 @dataclass
 class SubjectFiles:
-    """Paths of one subject's volumes; `label` and `mask` are optional."""
+    """Paths of one subject's volumes; `label` and `mask` are optional.
+
+    `problems` says what an adapter found wrong with the case folder itself, keyed by the
+    modality, "label" or "mask" concerned (an ambiguous or missing file); prepare refuses or
+    skips such a subject like any other bad case when the key is one it needs.
+    """
 
     name: str
     images: dict[str, Path]
     label: Path | None = None
     mask: Path | None = None
     missing: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
 
 
 class DatasetAdapter(ABC):
@@ -102,8 +108,16 @@ class PhantomAdapter(CaseFolderAdapter):
 ADAPTERS: dict[str, type[DatasetAdapter]] = {"phantom": PhantomAdapter}
 
 
+def register_adapter(cls: type[DatasetAdapter]) -> type[DatasetAdapter]:
+    """Class decorator: make a dataset layout buildable by its `name`."""
+    ADAPTERS[cls.name] = cls
+    return cls
+
+
 def get_adapter(name: str) -> DatasetAdapter:
     """The adapter for dataset layout `name`; unknown names list the known ones."""
+    import dfbk.data.datasets  # noqa: F401  (registers brats2023, isles2015, synthrad2023)
+
     if name not in ADAPTERS:
-        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(sorted(ADAPTERS))}")
+        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(ADAPTERS)}")
     return ADAPTERS[name]()

@@ -45,6 +45,14 @@ def _same_geometry(reference, other) -> str | None:
     return None
 
 
+def _read(subject: str, path: Path):
+    """read_volume, with the subject named in the error (the file alone may be ambiguous)."""
+    try:
+        return read_volume(path)
+    except DataError as err:
+        raise DataError(f"subject {subject}: {err}") from err
+
+
 def _crop_or_pad(volume: np.ndarray, start: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """In-plane window [start, start+size) of an (X, Y, Z) volume, zero outside."""
     out = np.zeros((size[0], size[1], volume.shape[2]), dtype=volume.dtype)
@@ -66,18 +74,21 @@ def prepare_subject(
     label_values: tuple[int, ...] = (),
 ) -> PreparedSubject:
     """Read, check, normalise and slice one subject; DataError names the subject and file."""
+    problems = [v for k, v in files.problems.items() if k in modalities or k in ("label", "mask")]
+    if problems:
+        raise DataError(f"subject {files.name}: {'; '.join(problems)}")
     missing = [p for m, p in files.images.items() if m in modalities and not Path(p).exists()]
     if missing:
         raise DataError(
             f"subject {files.name}: missing modality file(s): {', '.join(map(str, missing))}"
         )
-    volumes = {m: read_volume(files.images[m]) for m in modalities}
+    volumes = {m: _read(files.name, files.images[m]) for m in modalities}
     reference = volumes[modalities[0]]
     extras = {}
     if files.label is not None:
-        extras["label"] = read_volume(files.label)
+        extras["label"] = _read(files.name, files.label)
     if files.mask is not None:
-        extras["mask"] = read_volume(files.mask)
+        extras["mask"] = _read(files.name, files.mask)
     for volume in [*volumes.values(), *extras.values()]:
         problem = _same_geometry(reference, volume)
         if problem:
@@ -92,8 +103,12 @@ def prepare_subject(
     label = np.zeros(reference.data.shape, dtype=np.uint8)
     if "label" in extras:
         raw = np.rint(extras["label"].data)
+        if not np.allclose(raw, extras["label"].data, atol=1e-3):  # float-stored labels are fine
+            raise DataError(
+                f"subject {files.name}: {files.label}: label volume has non-integer values"
+            )
         unexpected = (
-            sorted(set(np.unique(raw).astype(int)) - set(label_values)) if label_values else []
+            sorted({int(v) for v in np.unique(raw)} - set(label_values)) if label_values else []
         )
         if unexpected:
             raise DataError(

@@ -10,8 +10,11 @@ Outputs in `out_dir`, each written atomically:
 - `subjects.csv`: subject, then `{metric}_{region}`, computed on the whole subject volume
   (PSNR from the volume MSE, SSIM averaged over the region pixels of all slices, MAE over the
   region voxels) — not a mean of slice values, so slices with little foreground weigh little;
-- `metrics.json`: the run info, the protocol used, and mean/std/n over subjects.
-Predictions are clipped to [0, 1] (the data range PSNR and SSIM assume) before scoring.
+- `metrics.json`: the run info, the protocol used, mean/std/n over subjects, and FID (or why
+  it is absent).
+Predictions are clipped to [0, 1] (the data range PSNR and SSIM assume) before scoring. The
+phantom is scored by the generic protocol below; BraTS, ISLES and SynthRAD by their own
+(`dfbk.evaluation.protocols`), named in metrics.json and the table caption.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from dfbk.data.normalise import ct_to_hu, is_ct
 from dfbk.data.splits import read_split
 from dfbk.data.store import SliceStore
 from dfbk.errors import DataError
-from dfbk.evaluation.metrics import PROTOCOL, psnr_from_mse, ssim_interior, ssim_map
+from dfbk.evaluation.metrics import PROTOCOL, ssim_map
+from dfbk.evaluation.protocols import Protocol, protocol_for, region_scores
 
 METRICS = ("psnr", "ssim", "mae")
 REGIONS = {
@@ -73,29 +77,8 @@ def load_prediction(store: SliceStore, pred_dir: Path, subject: str) -> np.ndarr
 def _region_scores(
     sq: np.ndarray, ab: np.ndarray, smap: np.ndarray, region: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Per-slice arrays and whole-volume values of PSNR, SSIM and MAE over one region.
-
-    Sums and counts are taken per slice first so the volume values are exact pooled means.
-    """
-    inside = region & ssim_interior(region.shape)
-    n = region.sum(axis=(1, 2)).astype(float)
-    n_in = inside.sum(axis=(1, 2)).astype(float)
-    sq_sum = (sq * region).sum(axis=(1, 2))
-    ab_sum = (ab * region).sum(axis=(1, 2))
-    ss_sum = (smap * inside).sum(axis=(1, 2))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_slice = {
-            "psnr": np.array([psnr_from_mse(m) for m in sq_sum / n]),
-            "ssim": ss_sum / n_in,
-            "mae": ab_sum / n,
-        }
-    total, total_in = n.sum(), n_in.sum()
-    volume = {
-        "psnr": psnr_from_mse(sq_sum.sum() / total) if total else math.nan,
-        "ssim": float(ss_sum.sum() / total_in) if total_in else math.nan,
-        "mae": float(ab_sum.sum() / total) if total else math.nan,
-    }
-    return per_slice, volume
+    """Per-slice arrays and whole-volume values of PSNR, SSIM and MAE over one region."""
+    return region_scores(sq, ab, smap, region, data_range=1.0)
 
 
 def score_subject(
@@ -150,6 +133,27 @@ def _protocol(store: SliceStore, target: str, ct_target: bool) -> dict:
     return protocol
 
 
+def _score(
+    store: SliceStore,
+    protocol: Protocol | None,
+    subject: str,
+    pred: np.ndarray,
+    ref: np.ndarray,
+    ct_target: bool,
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """One subject's scores by the dataset's protocol, or the generic [0, 1] one (phantom)."""
+    start, stop = store.subject_range(subject)
+    mask = np.asarray(store.mask[start:stop]) > 0
+    label = np.asarray(store.label[start:stop]) > 0
+    if protocol is None:
+        regions = {"full": np.ones(ref.shape, dtype=bool), "fg": mask, "lesion": label}
+        return score_subject(pred, ref, regions, ct_target)
+    try:
+        return protocol.score(pred, ref, mask, label)
+    except DataError as err:
+        raise DataError(f"{store.root}: subject '{subject}': {err}") from err
+
+
 def evaluate_predictions(
     store_dir: Path,
     pred_dir: Path,
@@ -157,30 +161,37 @@ def evaluate_predictions(
     direction: str,
     out_dir: Path,
     run_info: dict,
+    fid: bool | None = None,
 ) -> dict:
     """Score every test subject's prediction; write slices.csv, subjects.csv, metrics.json.
 
-    Returns the metrics.json content: {**run_info, "protocol", "summary", "n_subjects"}.
+    The protocol follows the store's dataset (`dfbk.evaluation.protocols`; the generic one
+    for the phantom). FID over all test slices is added when `fid` is True, or with None when
+    pytorch-fid's Inception weights are present (`dfbk.reporting.fid`); otherwise metrics.json
+    says why it is absent. Returns the metrics.json content:
+    {**run_info, "protocol", "summary", "n_subjects", "fid"}.
     """
+    from dfbk.reporting.fid import FidAccumulator, fid_unavailable_reason
+
     store = SliceStore(store_dir)
     _, target = parse_direction(direction)
     reference = store.images(target)
     ct_target = is_ct(target)
+    protocol = protocol_for(store.meta.get("dataset"), target)
     test = read_split(split_path)["test"]
     if not test:
         raise DataError(f"{split_path}: the test split is empty")
+    reason = fid_unavailable_reason() if fid is not False else "FID disabled for this run"
+    accumulator = FidAccumulator() if reason is None else None
     slice_index = store.manifest.set_index("index")["slice"]
     slice_frames, subject_rows = [], []
     for subject in test:
         start, stop = store.subject_range(subject)
         pred = load_prediction(store, pred_dir, subject)
         ref = np.asarray(reference[start:stop], dtype=np.float64)
-        regions = {
-            "full": np.ones(ref.shape, dtype=bool),
-            "fg": np.asarray(store.mask[start:stop]) > 0,
-            "lesion": np.asarray(store.label[start:stop]) > 0,
-        }
-        frame, volume = score_subject(pred, ref, regions, ct_target)
+        frame, volume = _score(store, protocol, subject, pred, ref, ct_target)
+        if accumulator is not None:
+            accumulator.add(ref, pred)
         frame.insert(0, "slice", slice_index.loc[start : stop - 1].to_numpy())
         frame.insert(0, "store_index", np.arange(start, stop))
         frame.insert(0, "subject", subject)
@@ -193,8 +204,13 @@ def evaluate_predictions(
         "direction": direction,
         **run_info,
         "n_subjects": len(test),
-        "protocol": _protocol(store, target, ct_target),
+        "protocol": (
+            _protocol(store, target, ct_target)
+            if protocol is None
+            else {**protocol.describe(), "normalisation": store.meta["normalisation"][target]}
+        ),
         "summary": summarise(subjects, metric_cols),
+        "fid": {"value": None, "reason": reason} if accumulator is None else accumulator.result(),
     }
     out_dir = Path(out_dir)
     write_text(out_dir / "slices.csv", slices.to_csv(index=False))

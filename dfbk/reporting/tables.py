@@ -239,6 +239,7 @@ def write_comparison_table(
     metrics: Sequence[str] = ("psnr_fg", "ssim_fg", "mae_fg"),
     caption: str = "",
     significance_vs: str | None = None,
+    extra_columns: pd.DataFrame | None = None,
 ) -> dict[str, Path]:
     """The methods comparison table: one row per dataset × direction × method.
 
@@ -256,4 +257,7 @@ def write_comparison_table(
             p = p.rename(columns={"p_value": f"p ({label} vs {significance_vs})"})
             p = p.drop(columns="n_pairs")
             extra = p if extra is None else extra.merge(p, on=list(COMPARISON_GROUPS))
+    if extra_columns is not None:  # e.g. FID per dataset × direction × method
+        keys = list(COMPARISON_GROUPS)
+        extra = extra_columns if extra is None else extra.merge(extra_columns, on=keys, how="left")
     return write_table(df, out_stem, COMPARISON_GROUPS, metrics, caption, extra=extra)

@@ -135,10 +135,8 @@ def knowledge_cache(wildcards):
 
 
 TABLE_CAPTION = (
-    "Test-set mean ± std over subjects (seeds averaged per subject first). "
-    "PSNR/SSIM/MAE inside the foreground mask on [0, 1]-normalised slices "
-    "(MR: foreground 0.5/99.5 percentiles; CT: [-1024, 3000] HU); SSIM Gaussian "
-    "sigma 1.5, data range 1."
+    "Test-set mean ± std over subjects (seeds averaged per subject first); "
+    "each dataset's evaluation protocol follows."
 )
 
 
