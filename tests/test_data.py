@@ -197,7 +197,9 @@ def test_unpaired_batches_draw_targets_from_other_slices(phantom_store):
     store, split_path = phantom_store
     train = json.loads(split_path.read_text())["train"]
     paired = SliceBatcher(store, "t1n", "t2w", train, batch_size=4, seed=1, flip=False)
-    unpaired = SliceBatcher(store, "t1n", "t2w", train, batch_size=4, seed=1, flip=False, paired=False)
+    unpaired = SliceBatcher(
+        store, "t1n", "t2w", train, batch_size=4, seed=1, flip=False, paired=False
+    )
     assert torch_equal(paired.batch(0).source, unpaired.batch(0).source)
     assert not torch_equal(paired.batch(0).target, unpaired.batch(0).target)
     assert set(unpaired.unpaired_indices(0).tolist()) <= set(store.indices(train).tolist())
