@@ -156,7 +156,7 @@ class MaskGAN(Method):
         # head barely moves in 400 steps (phantom T1->T2 at 48x48, 300 steps: SSIM 0.73 at 1e-3,
         # 0.66 at 2e-4, identity 0.63).
         "tiny": {
-            "steps": 400,
+            "steps": 250,
             "batch_size": 8,
             "ema_decay": None,
             "ngf": 8,
@@ -167,7 +167,7 @@ class MaskGAN(Method):
             "norm": "instance",
             "lr": 1e-3,
             "beta1": 0.5,
-            "decay_start": 200,
+            "decay_start": 125,
             "grad_clip": 1.0,
             "gan_mode": "lsgan",
             "lambda_cycle": 10.0,

@@ -23,11 +23,11 @@ from dfbk.networks.unet import PatchDiscriminator, UNetGenerator, init_weights
 class Pix2Pix(Method):
     PRESETS = {
         "tiny": {
-            "steps": 600,
+            "steps": 400,
             "batch_size": 16,
             "ema_decay": None,
-            "ngf": 32,
-            "ndf": 32,
+            "ngf": 16,
+            "ndf": 16,
             "num_downs": 6,
             "norm": "batch",
             "dropout": 0.5,
@@ -35,7 +35,7 @@ class Pix2Pix(Method):
             "beta1": 0.5,
             "lambda_l1": 100.0,
             "gan_mode": "vanilla",
-            "decay_start": 300,
+            "decay_start": 200,
         },
         "paper": {
             "steps": 200_000,

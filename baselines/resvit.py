@@ -302,7 +302,7 @@ class ResViT(Method):
         "tiny": {
             **_PUBLISHED,
             "steps": 250,  # per stage: pretrain, then full
-            "batch_size": 16,
+            "batch_size": 8,
             "ngf": 8,
             "ndf": 16,
             "img_size": 64,

@@ -16,20 +16,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-import torch
 from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
 from tqdm import tqdm
 
 from dfbk.data.io import load_image, write_nifti
 from dfbk.data.normalise import ct_to_hu, is_ct, normalisation_name, normalise
 from dfbk.errors import ConfigError, DataError
-from dfbk.training.checkpoint import load_checkpoint, rebuild_method
-from dfbk.training.trainer import pick_device
-from dfbk.translation import translate_slices
+
+if TYPE_CHECKING:  # torch is imported when a volume is translated, not to build the CLI
+    import torch
 
 RAS = axcodes2ornt("RAS")
 NIFTI_OUT = (".nii", ".nii.gz")
@@ -144,6 +143,10 @@ def _foreground(data: np.ndarray, image: nib.Nifti1Image, mask: Path | None) -> 
 
 def _device(name: str) -> torch.device:
     """`auto` picks the GPU when there is one; asking for an absent GPU is a ConfigError."""
+    import torch
+
+    from dfbk.training.trainer import pick_device
+
     chosen = pick_device(name)
     if chosen.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {name}: no CUDA GPU is available here (use auto or cpu)")
@@ -152,6 +155,8 @@ def _device(name: str) -> torch.device:
 
 def _translate_windows(method, slices, keep, batch_size, knowledge, desc) -> np.ndarray:
     """Run the model on the kept slices in batches, with a progress bar; others stay zero."""
+    from dfbk.translation import translate_slices
+
     out = np.zeros_like(slices)
     todo = np.flatnonzero(keep)
     with tqdm(total=len(todo), desc=desc, unit="slice", file=sys.stderr, mininterval=2) as bar:
@@ -180,6 +185,8 @@ def translate_volume(
     mask: Path | None = None,
 ) -> dict[str, Any]:
     """Translate `source` with `checkpoint` into `output` (same grid, affine and header)."""
+    from dfbk.training.checkpoint import load_checkpoint, rebuild_method
+
     checkpoint, source, output = Path(checkpoint), Path(source), Path(output)
     if not output.name.endswith(NIFTI_OUT):
         raise DataError(f"{output}: output must end in .nii or .nii.gz")
@@ -239,6 +246,8 @@ example:
 def cmd_translate(args: argparse.Namespace) -> None:
     """Thin wrapper over `translate_volume` that prints a one-line summary."""
     if args.threads:
+        import torch
+
         torch.set_num_threads(args.threads)
     info = translate_volume(
         args.checkpoint,

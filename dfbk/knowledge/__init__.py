@@ -7,28 +7,26 @@ prompts change. Encoder `none` gives `tokens = pooled = None` (the explicit "no 
 marker that methods receive as `knowledge=None`).
 """
 
-from dfbk.knowledge.cache import encode_or_load, load_knowledge, save_knowledge
-from dfbk.knowledge.encoders import (
-    BIOMEDCLIP_ID,
-    DEFAULT_PROMPTS,
-    ENCODERS,
-    EncoderUnavailable,
-    KnowledgeEmbedding,
-    encode_prompts,
-    prompt_hash,
-    prompts_for,
-)
+import importlib
 
-__all__ = [
-    "BIOMEDCLIP_ID",
-    "DEFAULT_PROMPTS",
-    "ENCODERS",
-    "EncoderUnavailable",
-    "KnowledgeEmbedding",
-    "encode_or_load",
-    "encode_prompts",
-    "load_knowledge",
-    "prompt_hash",
-    "prompts_for",
-    "save_knowledge",
-]
+# Resolved on first access (PEP 562) so `dfbk.knowledge.prompts` and the CLI stay torch-free.
+_EXPORTS = {
+    "encode_or_load": "cache",
+    "load_knowledge": "cache",
+    "save_knowledge": "cache",
+    "BIOMEDCLIP_ID": "encoders",
+    "EncoderUnavailable": "encoders",
+    "KnowledgeEmbedding": "encoders",
+    "encode_prompts": "encoders",
+    "prompt_hash": "encoders",
+    "prompts_for": "encoders",
+    "DEFAULT_PROMPTS": "prompts",
+    "ENCODERS": "prompts",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"dfbk.knowledge.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'dfbk.knowledge' has no attribute {name!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dfbk.knowledge.encoders import DEFAULT_PROMPTS, ENCODERS
+from dfbk.knowledge.prompts import DEFAULT_PROMPTS, ENCODERS
 
 EPILOG = f"""\
 encoders:

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 
 from dfbk.errors import ConfigError
+from dfbk.knowledge.prompts import DEFAULT_PROMPTS, ENCODERS  # noqa: F401 (re-exported)
 
-ENCODERS = ("auto", "biomedclip", "minilm", "none")
 BIOMEDCLIP_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOMEDCLIP_FILES = ("open_clip_config.json", "open_clip_pytorch_model.bin")
 # The text tower's own files (open_clip_config.json names this repo as `hf_model_name`).
@@ -38,34 +38,6 @@ TEXT_MODEL_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json", "toke
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
 # METHOD.md §5; config `knowledge.prompts.<modality>` replaces a modality's list.
-DEFAULT_PROMPTS: dict[str, list[str]] = {
-    "t1n": [
-        "axial T1-weighted brain MRI; white matter brighter than grey matter, "
-        "cerebrospinal fluid dark"
-    ],
-    "t1c": [
-        "axial contrast-enhanced T1-weighted brain MRI; enhancing tumour rim and vessels bright"
-    ],
-    "t2w": [
-        "axial T2-weighted brain MRI; cerebrospinal fluid and oedema bright, "
-        "white matter darker than grey"
-    ],
-    "t2f": [
-        "axial T2-FLAIR brain MRI; cerebrospinal fluid suppressed and dark, "
-        "oedema and lesions bright"
-    ],
-    "dwi": [
-        "axial diffusion-weighted brain MRI; acute ischaemic lesions with restricted "
-        "diffusion bright"
-    ],
-    "ct": [
-        "axial head CT; bone bright white, brain parenchyma grey, cerebrospinal fluid and air dark"
-    ],
-    "pd": [
-        "axial proton-density-weighted brain MRI; grey matter brighter than white matter, "
-        "cerebrospinal fluid bright"
-    ],
-}
 
 
 class EncoderUnavailable(ConfigError):
