@@ -4,7 +4,8 @@ Nobody subclasses it; a method plugs in through `Method.training_step`. Resume r
 method (weights, optimisers, schedulers), the EMA, the step and every RNG state; batches are a
 pure function of (seed, step) (`SliceBatcher`), so a resumed run continues bit-identically.
 SIGTERM/SIGUSR1 (sent by SLURM before preemption or the time limit) save a checkpoint at the
-next step boundary and exit with status 143, so a requeued job resumes.
+next step boundary and exit with status 128 + signal (143 for SIGTERM, 138 for SIGUSR1), so a
+requeued or retried job resumes; after SIGKILL a rerun resumes from the last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -231,9 +232,12 @@ class Trainer:
                     log.flush()
                     self.save_training_state()
                 if self.stop.signal is not None:
-                    raise SystemExit(
-                        f"signal {self.stop.signal}: checkpoint saved at step {self.step}"
+                    bar.write(
+                        f"signal {self.stop.signal}: checkpoint saved at step {self.step} "
+                        f"({self.last_path}); rerun to resume",
+                        file=sys.stderr,
                     )
+                    raise SystemExit(128 + self.stop.signal)  # 143 for SIGTERM, as if killed
         self.save_training_state()
         return self._finish(time.time() - start_time, resumed)
 

@@ -1,0 +1,189 @@
+"""MLflow under cluster concurrency: many jobs finish at once, the import loses nothing.
+
+Jobs only write their JSON/JSONL files; `dfbk track` (the serialised track rule) imports them.
+Eight job processes finish at the same moment, then the import runs twice (the second time as
+two racing processes): exactly eight runs, none duplicated, every metric point present. The same
+import also goes to an `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts, in tmp).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+DFBK = str(Path(sys.executable).with_name("dfbk"))
+EXPERIMENT = "concurrency"
+DIRECTIONS = ["t1n-to-t2w", "t1n-to-ct"]
+METHODS = ["pix2pix", "resshift"]
+SEEDS = [0, 1]
+JOBS = [(d, m, s) for d in DIRECTIONS for m in METHODS for s in SEEDS]  # 8 runs
+LOG_STEPS = 25
+LOSSES = ("loss_g", "loss_d", "loss_l1")
+SUMMARY = ("psnr_fg", "ssim_fg", "mae_fg")
+
+
+def finish_job(root: str, direction: str, method: str, seed: int, barrier) -> None:
+    """One training+evaluation job writing its outputs; all eight pass the barrier together."""
+    root = Path(root)
+    run_dir = f"phantom/{direction}/{method}/seed-{seed}"
+    train_dir, eval_dir = root / "train" / run_dir, root / "evaluate" / run_dir
+    train_dir.mkdir(parents=True)
+    eval_dir.mkdir(parents=True)
+    identity = {"dataset": "phantom", "direction": direction, "method": method, "seed": seed}
+    barrier.wait(timeout=60)
+    lines = [
+        json.dumps({"step": step, "time": 0.1 * step, **{k: 1.0 / (step + 1) for k in LOSSES}})
+        for step in range(LOG_STEPS)
+    ]
+    (train_dir / "train_log.jsonl").write_text("".join(line + "\n" for line in lines))
+    run = {**identity, "preset": "tiny", "hparams": {"steps": LOG_STEPS}, "steps": LOG_STEPS}
+    (train_dir / "run.json").write_text(json.dumps({**run, "wall_seconds": 2.5}))
+    summary = {k: {"mean": 0.5 + seed, "std": 0.1, "n": 2} for k in SUMMARY}
+    (eval_dir / "metrics.json").write_text(json.dumps({**identity, "summary": summary}))
+    (eval_dir / "subjects.csv").write_text("subject,psnr_fg\nphantom-000,0.5\n")
+
+
+@pytest.fixture(scope="module")
+def finished_jobs(tmp_path_factory) -> Path:
+    """Eight processes that finish at the same moment, as a full SLURM array would."""
+    root = tmp_path_factory.mktemp("results")
+    for direction in DIRECTIONS:
+        figure = root / "figures" / "phantom" / f"{direction}.png"
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        figure.write_bytes(b"\x89PNG\r\n\x1a\n" + direction.encode())
+    context = multiprocessing.get_context("fork")
+    barrier = context.Barrier(len(JOBS))
+    processes = [
+        context.Process(target=finish_job, args=(str(root), *job, barrier)) for job in JOBS
+    ]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=120)
+    assert [p.exitcode for p in processes] == [0] * len(JOBS)
+    return root
+
+
+def track(root: Path, uri: str, out: Path) -> subprocess.Popen:
+    """`dfbk track` exactly as the track rule calls it, started in the background."""
+    runs = [f"phantom/{d}/{m}/seed-{s}" for d, m, s in JOBS]
+    figures = [f"--figure=phantom:{d}:{root}/figures/phantom/{d}.png" for d in DIRECTIONS]
+    command = [DFBK, "track", "--train-dirs", *(str(root / "train" / r) for r in runs)]
+    command += ["--eval-dirs", *(str(root / "evaluate" / r) for r in runs), *figures]
+    command += ["--uri", uri, "--experiment", EXPERIMENT, "--out", str(out)]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root
+    )
+
+
+def wait_ok(process: subprocess.Popen) -> list[dict]:
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+    out = Path(process.args[process.args.index("--out") + 1])
+    return json.loads(out.read_text())
+
+
+def check_store(uri: str) -> dict[str, str]:
+    """Exactly one active run per job, none deleted, every metric point there; key -> run id."""
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    active = client.search_runs(
+        [experiment.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000
+    )
+    deleted = client.search_runs(
+        [experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY, max_results=1000
+    )
+    keys = sorted(run.data.tags["dfbk.run_key"] for run in active)
+    assert keys == sorted(f"phantom/{d}/{m}/seed-{s}" for d, m, s in JOBS)  # 8, no duplicate
+    assert deleted == []
+    for run in active:
+        for loss in LOSSES:
+            history = client.get_metric_history(run.info.run_id, loss)
+            assert sorted(point.step for point in history) == list(range(LOG_STEPS))
+        expected = {f"{k}_{s}" for k in SUMMARY for s in ("mean", "std")} | {"wall_seconds"}
+        assert expected | set(LOSSES) == set(run.data.metrics)
+        figures = [item.path for item in client.list_artifacts(run.info.run_id, "figures")]
+        assert figures == [f"figures/{run.data.tags['direction']}.png"]
+    return {run.data.tags["dfbk.run_key"]: run.info.run_id for run in active}
+
+
+def test_eight_jobs_at_once_then_import_twice(finished_jobs, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    first = wait_ok(track(finished_jobs, uri, tmp_path / "first.json"))
+    after_first = check_store(uri)
+    assert len(first) == 8 and len(after_first) == 8
+    assert {record["n_metrics"] for record in first} == {len(LOSSES) + 2 * len(SUMMARY) + 1}
+    # the second import, started twice at once (two Snakemake invocations racing on one
+    # store): the file lock serialises them and both find every run already imported
+    racing = [track(finished_jobs, uri, tmp_path / f"second-{i}.json") for i in range(2)]
+    assert [wait_ok(process) for process in racing] == [first, first]
+    assert check_store(uri) == after_first  # same 8 runs, untouched
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """`mlflow server` on 127.0.0.1 (own process group); yields its URI, stopped by PID."""
+    port = _free_port()
+    command = [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--workers", "1"]
+    command += ["--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}"]
+    command += ["--serve-artifacts", "--artifacts-destination", str(tmp_path / "artifacts")]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 (closed after the server stops)
+    server = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+    )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow server did not start:\n{(tmp_path / 'server.log').read_text()}"
+                )
+            time.sleep(0.5)
+        yield uri, tmp_path / "artifacts"
+    finally:
+        if server.poll() is None:  # the CLI and its uvicorn worker share the session we made
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(timeout=30)
+        log.close()
+
+
+def test_import_into_an_mlflow_server(finished_jobs, mlflow_server, tmp_path):
+    uri, artifacts = mlflow_server
+    first = wait_ok(track(finished_jobs, uri, tmp_path / "first.json"))
+    after_first = check_store(uri)
+    second = wait_ok(track(finished_jobs, uri, tmp_path / "second.json"))
+    assert check_store(uri) == after_first and first == second
+    stored = sorted(p.name for p in artifacts.rglob("*.png"))
+    assert stored == sorted(f"{d}.png" for d, _, _ in JOBS)  # uploaded through the server
