@@ -143,7 +143,7 @@ PAPER = {**_SHARED, "steps": 125_000, "batch_size": 1, "ema_decay": 0.999,
 # tiny: CPU-sized widths at 64x64 (an unpaired step runs four diffusive-generator passes, so
 # batch 4 and nf 8; the paper trains at batch 1); higher lr and EMA 0.99 so that a few hundred
 # steps mean something; the cosine decay spans `steps` (lr_decay_steps None).
-TINY = {**_SHARED, "steps": 300, "batch_size": 4, "ema_decay": 0.99,
+TINY = {**_SHARED, "steps": 250, "batch_size": 4, "ema_decay": 0.99,
         "lr_g": 1e-3, "lr_d": 5e-4, "lr_min": 1e-5, "lr_decay_steps": None,
         "nf": 8, "ch_mult": [1, 2, 4], "num_res_blocks": 1, "attn_resolutions": [],
         "image_size": 64, "nz": 16, "z_emb_dim": 32, "n_mlp": 2,

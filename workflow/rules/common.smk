@@ -40,12 +40,21 @@ def ablation_methods():
     return list(dict.fromkeys(m for m in wanted if m in known))
 
 
+def compared_methods(direction):
+    """Methods of the comparison that run on `direction` (methods.<name>.directions limits it)."""
+    return [
+        m
+        for m, settings in config["methods"].items()
+        if settings.get("directions") is None or direction in settings["directions"]
+    ]
+
+
 def comparison_runs():
     return [
         dict(dataset=d, direction=r, method=m, seed=s)
         for d, spec in config["datasets"].items()
         for r in spec["directions"]
-        for m in config["methods"]
+        for m in compared_methods(r)
         for s in config["seeds"]
     ]
 
@@ -105,7 +114,7 @@ def figure_predictions(wildcards):
     seed = config["seeds"][0]
     return {
         m: f"{RESULTS}/translate/{wildcards.dataset}/{wildcards.direction}/{m}/seed-{seed}"
-        for m in config["methods"]
+        for m in compared_methods(wildcards.direction)
     }
 
 

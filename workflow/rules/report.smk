@@ -15,7 +15,9 @@ rule plot_comparison:
             labels={"dataset": "{dataset}", "direction": "{direction}"},
         ),
     params:
-        predictions=lambda wc, input: " ".join(f"--prediction {m}={input[m]}" for m in config["methods"]),
+        predictions=lambda wc, input: " ".join(
+            f"--prediction {m}={input[m]}" for m in compared_methods(wc.direction)
+        ),
     log:
         f"{RESULTS}/logs/plot_comparison/{{dataset}}/{{direction}}.log",
     resources:
