@@ -319,3 +319,14 @@ def test_default_tracking_uri_honours_env(monkeypatch, tmp_path):
     assert (
         default_tracking_uri(Path("results")) == f"sqlite:///{tmp_path.resolve()}/results/mlflow.db"
     )
+
+
+def test_long_curves_are_window_means_with_at_most_the_cap():
+    from dfbk.tracking.mlflow_import import _window_means
+
+    rows = [{"step": i, "time": float(i), "loss": float(i)} for i in range(2500)]
+    merged = _window_means(rows, 1000)
+    assert len(merged) <= 1000
+    assert merged[0] == {"step": 2, "time": 2.0, "loss": 1.0}  # mean of steps 0, 1, 2
+    assert merged[-1]["step"] == 2499
+    assert _window_means(rows[:10], 1000) == rows[:10]

@@ -44,7 +44,11 @@ RUN_KEY_TAG = "dfbk.run_key"
 DATA_SHA_TAG = "dfbk.imported_sha"
 ARTIFACTS_SHA_TAG = "dfbk.artifacts_sha"
 # Bump when the mapping from files to params/metrics changes: every run is then re-imported.
-IMPORT_FORMAT = "1"
+IMPORT_FORMAT = "2"
+# Loss curves are imported as at most this many points per loss (means over equal windows of
+# steps): a paper-scale run logs 300k steps, and the whole grid would otherwise put ~10^8
+# points into the database. The full per-step log stays in train_log.jsonl beside the run.
+MAX_CURVE_POINTS = 1000
 # MLflow limits (mlflow.utils.validation): param value length, entities per log_batch call.
 MAX_PARAM_CHARS = 6000
 MAX_METRICS_PER_BATCH = 1000
@@ -217,7 +221,7 @@ def _curve_metrics(inputs: _RunInputs) -> list[Metric]:
     wall = inputs.run.get("wall_seconds")
     start_ms = inputs.train_end_ms - int(1000 * wall if _finite(wall) else 0)
     metrics = []
-    for row in inputs.train_log:
+    for row in _window_means(inputs.train_log, MAX_CURVE_POINTS):
         elapsed = row.get("time")
         if not _finite(elapsed):
             timestamp = start_ms
@@ -229,6 +233,26 @@ def _curve_metrics(inputs: _RunInputs) -> list[Metric]:
             if name not in ("step", "time") and _finite(value):
                 metrics.append(Metric(name, float(value), timestamp, row["step"]))
     return metrics
+
+
+def _window_means(rows: list[dict[str, Any]], max_points: int) -> list[dict[str, Any]]:
+    """Rows averaged over consecutive windows so at most `max_points` remain.
+
+    Each window is reported at its last step and time; short logs pass through unchanged.
+    """
+    if len(rows) <= max_points:
+        return rows
+    size = -(-len(rows) // max_points)  # ceil
+    merged = []
+    for start in range(0, len(rows), size):
+        window = rows[start : start + size]
+        out = {"step": window[-1]["step"], "time": window[-1].get("time")}
+        for name in {k for row in window for k in row} - {"step", "time"}:
+            values = [row[name] for row in window if _finite(row.get(name))]
+            if values:
+                out[name] = sum(values) / len(values)
+        merged.append(out)
+    return merged
 
 
 def _final_metrics(inputs: _RunInputs) -> list[Metric]:
