@@ -37,6 +37,9 @@ BUILTIN_METHODS: dict[str, str] = {
 # without importing torch; tests check it equals each class's `STAGES`.
 BUILTIN_STAGES: dict[str, tuple[str, ...]] = {"resvit": ("pretrain",)}
 
+# Methods with no network to run: their jobs never ask the cluster for a GPU.
+CPU_ONLY_METHODS: frozenset[str] = frozenset({"identity"})
+
 _REGISTRY: dict[str, type] = {}
 _EXTRA_MODULES: dict[str, str] = {}
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import shlex
 
 from dfbk.config_checks import check_config, method_modules
-from dfbk.methods.registry import method_stages
+from dfbk.methods.registry import CPU_ONLY_METHODS, method_stages
 
 RESULTS = config["results_dir"]
 RAW = config["raw_dir"]
@@ -154,3 +154,10 @@ def all_tables():
     if ablation_runs():
         tables += expand(f"{RESULTS}/tables/ablation.{{ext}}", ext=("md", "csv", "tex"))
     return tables
+
+
+def method_gpus(wildcards):
+    """GPUs per train/translate job: train.gpus, or none for methods without a network."""
+    if wildcards.method in CPU_ONLY_METHODS:
+        return 0
+    return lookup("train/gpus", within=config, default=1)

@@ -30,7 +30,7 @@ rule train_method_stage:
     resources:
         mem_mb=lookup("train/mem_mb", within=config, default=8000),
         runtime=lookup("train/runtime", within=config, default=1440),
-        gpu=lookup("train/gpus", within=config, default=1),
+        gpu=method_gpus,
     conda:
         "../../environment.yml"
     shell:
@@ -69,7 +69,7 @@ rule train_method:
     resources:
         mem_mb=lookup("train/mem_mb", within=config, default=8000),
         runtime=lookup("train/runtime", within=config, default=1440),
-        gpu=lookup("train/gpus", within=config, default=1),
+        gpu=method_gpus,
     conda:
         "../../environment.yml"
     shell:
@@ -98,7 +98,7 @@ rule translate_test_set:
     resources:
         mem_mb=lookup("train/mem_mb", within=config, default=8000),
         runtime=240,
-        gpu=lookup("train/gpus", within=config, default=1),
+        gpu=method_gpus,
     conda:
         "../../environment.yml"
     shell:
