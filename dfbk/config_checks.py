@@ -33,13 +33,6 @@ def check_config(config: dict[str, Any]) -> None:
                 raise ConfigError(
                     f"{section}.{name}: unknown method '{name}'; known: {', '.join(known)}"
                 )
-    configured = {r for spec in config["datasets"].values() for r in spec["directions"]}
-    for name, settings in config["methods"].items():
-        for direction in settings.get("directions") or []:
-            if direction not in configured:
-                raise ConfigError(
-                    f"methods.{name}.directions: '{direction}' is not a configured direction"
-                )
     for dataset, directions in ablation.get("directions", {}).items():
         if dataset not in config["datasets"]:
             raise ConfigError(f"ablation.directions.{dataset}: dataset not in datasets")
@@ -68,3 +61,10 @@ def check_config(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"datasets.{dataset}.phantom: synthesis settings only apply to 'phantom'"
             )
+    configured = {r for spec in config["datasets"].values() for r in spec["directions"]}
+    for name, settings in config["methods"].items():
+        for direction in settings.get("directions") or []:
+            if direction not in configured:
+                raise ConfigError(
+                    f"methods.{name}.directions: '{direction}' is not a configured direction"
+                )

@@ -104,7 +104,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(
 def test_resume_refuses_a_checkpoint_from_other_settings(phantom_store, tmp_path):
     spec = spec_for(phantom_store, tmp_path, "changed")
     Trainer(spec).run()
-    other = spec_for(phantom_store, tmp_path, "changed", overrides={"lr": 1e-3})
+    other = spec_for(phantom_store, tmp_path, "changed", overrides={"lr": 5e-4})
     with pytest.raises(TrainingError, match="other settings"):
         Trainer(other).run()
 
