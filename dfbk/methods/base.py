@@ -20,22 +20,54 @@ from dfbk.errors import ConfigError
 
 
 @dataclass
+class Knowledge:
+    """Knowledge Guidance's text keys/values for one target modality, shared by every sample.
+
+    tokens: (K, D) float32 token states of the encoded prompts (several prompts, their tokens
+        concatenated); mask: (K,) bool, True for a real token, False for padding (None: all
+        real). Per-sample visual tokens are not here: a method that uses them computes them from
+        the source slices it is given.
+    """
+
+    tokens: Tensor
+    mask: Tensor | None = None
+
+    def to(self, device: torch.device) -> Knowledge:
+        mask = None if self.mask is None else self.mask.to(device)
+        return Knowledge(self.tokens.to(device), mask)
+
+    @property
+    def dim(self) -> int:
+        return int(self.tokens.shape[-1])
+
+    def to_payload(self) -> dict[str, Tensor | None]:
+        """Tensors only, so a checkpoint holding them loads with `weights_only=True`."""
+        return {"knowledge_tokens": self.tokens.cpu(), "knowledge_mask": self.mask}
+
+    @staticmethod
+    def from_payload(payload: dict[str, Any]) -> Knowledge | None:
+        tokens = payload.get("knowledge_tokens")
+        return None if tokens is None else Knowledge(tokens, payload.get("knowledge_mask"))
+
+
+@dataclass
 class Batch:
     """One training batch of aligned axial slices.
 
     source, target: (B, 1, H, W) float32 in [0, 1] (the slice store's range).
     mask: (B, 1, H, W) float32 in {0, 1}, the foreground (head/body) mask.
-    knowledge: optional (K, D) knowledge tokens for the target modality (issue 3).
+    knowledge: optional knowledge tokens of the target modality (`Knowledge`).
     """
 
     source: Tensor
     target: Tensor
     mask: Tensor
-    knowledge: Tensor | None = None
+    knowledge: Knowledge | None = None
 
     def to(self, device: torch.device) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.source), move(self.target), move(self.mask), move(self.knowledge))
+        knowledge = None if self.knowledge is None else self.knowledge.to(device)
+        return Batch(move(self.source), move(self.target), move(self.mask), knowledge)
 
 
 def to_signed(x: Tensor) -> Tensor:
@@ -112,9 +144,20 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:
-        """Predict target slices (B, 1, H, W) in [0, 1] from source slices in [0, 1]."""
+    def translate(
+        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+    ) -> Tensor:
+        """Predict target slices (B, 1, H, W) in [0, 1] from source slices in [0, 1].
+
+        `seeds` (B,) int64: one noise seed per slice, derived by the caller from (run seed,
+        subject, slice index), so a stochastic sampler gives a slice the same prediction
+        whatever batch it is in. Deterministic methods ignore it.
+        """
         raise NotImplementedError
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars the trainer logs beside the losses (e.g. module gates); default none."""
+        return {}
 
     @classmethod
     def inference_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
