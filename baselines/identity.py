@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from dfbk.methods.base import Batch, Method
+from dfbk.methods.base import Batch, Knowledge, Method
 from dfbk.methods.registry import register_method
 
 
@@ -24,5 +24,7 @@ class Identity(Method):
     def training_step(self, batch: Batch, step: int) -> dict[str, float]:
         return {}
 
-    def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:
+    def translate(
+        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+    ) -> Tensor:
         return source.clamp(0.0, 1.0)

@@ -44,7 +44,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 from dfbk.errors import ConfigError, TrainingError
-from dfbk.methods.base import Batch, Method, to_signed, to_unit
+from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
 from dfbk.methods.gan import gan_loss, set_requires_grad
 from dfbk.methods.registry import register_method
 from dfbk.methods.schedules import linear_decay
@@ -393,7 +393,9 @@ class ResViT(Method):
         }
 
     @torch.no_grad()
-    def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:
+    def translate(
+        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+    ) -> Tensor:
         with self.autocast():
             return to_unit(self.generator(to_signed(source)).float())
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfbk.methods.base import Batch, Method, to_signed, to_unit
+from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
 from dfbk.methods.gan import gan_loss, set_requires_grad
 from dfbk.methods.registry import register_method
 from dfbk.methods.schedules import linear_decay
@@ -341,6 +341,8 @@ class RevGAN(Method):
         return out
 
     @torch.no_grad()
-    def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:
+    def translate(
+        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+    ) -> Tensor:
         with self.autocast():
             return to_unit(self.generator.a_to_b(to_signed(source)).float())

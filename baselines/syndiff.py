@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.syndiff_networks import DiffusiveGenerator, TimeDiscriminator
-from dfbk.methods.base import Batch, Method, to_signed, to_unit
+from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
 from dfbk.methods.gan import set_requires_grad
 from dfbk.methods.registry import register_method
 from dfbk.networks.resnet import ResnetGenerator
@@ -362,7 +362,9 @@ class SynDiff(Method):
         return losses
 
     @torch.no_grad()
-    def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:
+    def translate(
+        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+    ) -> Tensor:
         rng = torch.Generator(device=source.device).manual_seed(int(self.hparams["sample_seed"]))
 
         def generator(x_t: Tensor, cond: Tensor, k: Tensor, z: Tensor) -> Tensor:

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from dfbk.errors import ConfigError
+from dfbk.methods.base import Knowledge
 from dfbk.knowledge.prompts import DEFAULT_PROMPTS, ENCODERS  # noqa: F401 (re-exported)
 
 BIOMEDCLIP_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
@@ -70,6 +71,10 @@ class KnowledgeEmbedding:
     def dim(self) -> int:
         """Embedding width D (0 for encoder `none`)."""
         return 0 if self.tokens is None else int(self.tokens.shape[-1])
+
+    def as_knowledge(self) -> Knowledge | None:
+        """The keys/values Knowledge Guidance attends over (None for encoder `none`)."""
+        return None if self.tokens is None else Knowledge(self.tokens)
 
     def info(self) -> dict[str, Any]:
         """JSON-safe facts for checkpoints and run.json (`knowledge_info`)."""

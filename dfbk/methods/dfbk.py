@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from dfbk.errors import ConfigError
-from dfbk.methods.base import Batch
+from dfbk.methods.base import Batch, Knowledge
 from dfbk.methods.registry import register_method
 from dfbk.methods.resshift import SWIN_UNET_PRESETS, ResShiftBase
 from dfbk.networks.swin_unet import SwinUNet, SwinUNetConfig
@@ -83,9 +83,11 @@ class DFBK(ResShiftBase):
         return super().training_step(batch, step)
 
     @torch.no_grad()
-    def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:
+    def translate(
+        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+    ) -> Tensor:
         self._require_knowledge(knowledge)
-        return super().translate(source, knowledge)
+        return super().translate(source, knowledge, seeds)
 
     def describe(self) -> dict[str, Any]:
         h = self.hparams

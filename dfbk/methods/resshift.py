@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from dfbk.diffusion import resshift as rs
-from dfbk.methods.base import Batch, Method, to_signed, to_unit
+from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
 from dfbk.methods.registry import register_method
 from dfbk.networks.swin_unet import SwinUNet, SwinUNetConfig
 
@@ -133,7 +133,9 @@ class ResShiftBase(Method):
         return {"loss_mse": loss.item()}
 
     @torch.no_grad()
-    def translate(self, source: Tensor, knowledge: Tensor | None = None) -> Tensor:
+    def translate(
+        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+    ) -> Tensor:
         y = to_signed(source)
         denoiser = lambda x_t, y_, t: self.denoise(x_t, y_, t, knowledge)  # noqa: E731
         generator = torch.Generator(device=y.device).manual_seed(
