@@ -80,12 +80,33 @@ def to_unit(x: Tensor) -> Tensor:
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+# Data settings every method has, read by the shared loader; a preset overrides them (MaskGAN's
+# and SynDiff's released code train without flips, so their presets say `augment: none`).
+# augment: "hflip" (random left-right flips of source, target and mask together) or "none";
+# patch_size: None (whole slices) or the side of random square crops taken at one position.
+COMMON_DEFAULTS: dict[str, Any] = {"augment": "hflip", "patch_size": None}
+AUGMENTATIONS = ("hflip", "none")
+
+
+def _check_common(name: str, hparams: dict[str, Any]) -> None:
+    """Refuse a common data setting the loader cannot honour, naming the key."""
+    if hparams["augment"] not in AUGMENTATIONS:
+        raise ConfigError(
+            f"method '{name}': augment '{hparams['augment']}' unknown; known: "
+            f"{', '.join(AUGMENTATIONS)}"
+        )
+    size = hparams["patch_size"]
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"method '{name}': patch_size must be a positive integer or null")
+
+
 class Method(nn.Module):
     """Base class: build from hyperparameters, take a training step, translate a batch.
 
     Subclasses set `PRESETS` (name -> hyperparameters) and implement `training_step` and
     `translate`. Shared hyperparameters read by the trainer: `steps`, `batch_size`, and
-    `ema_decay` (None: no EMA). `ema_network()` names the module whose EMA is used at
+    `ema_decay` (None: no EMA); the loader reads `augment` and `patch_size` (`COMMON_DEFAULTS`,
+    which every preset inherits). `ema_network()` names the module whose EMA is used at
     inference.
     """
 
@@ -116,7 +137,7 @@ class Method(nn.Module):
             raise ConfigError(
                 f"method '{cls.name}' has no preset '{preset}'; known: {', '.join(cls.PRESETS)}"
             )
-        hparams = dict(cls.PRESETS[preset])
+        hparams = {**COMMON_DEFAULTS, **cls.PRESETS[preset]}
         for key, value in (overrides or {}).items():
             if key not in hparams:
                 raise ConfigError(
@@ -124,6 +145,7 @@ class Method(nn.Module):
                     f"known: {', '.join(sorted(hparams))}"
                 )
             hparams[key] = value
+        _check_common(cls.name, hparams)
         return hparams
 
     # ----- the interface ------------------------------------------------------------------
