@@ -1,5 +1,7 @@
 """config/paper.yaml: the paper's whole DAG dry-runs from a clean folder with no data, lists
-every job, never schedules a download whose output is already there; config errors are named."""
+every job, never schedules a download whose output is already there; config errors are named.
+The README's exact command, run from the repository root, gets the paper grid and nothing of
+the demo config (a given config file replaces config/config.yaml, never merges into it)."""
 
 from __future__ import annotations
 
@@ -36,6 +38,27 @@ def dry_run(workdir: Path, config_path: Path) -> tuple[subprocess.CompletedProce
         capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
     )  # fmt: skip
     return result, time.perf_counter() - start
+
+
+def readme_dry_run() -> subprocess.CompletedProcess:
+    """The README's cluster command, from the repository root, as a dry run."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return subprocess.run(
+        [SNAKEMAKE, "--profile", "profiles/slurm", "--configfile", "config/paper.yaml", "-n"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
+    )  # fmt: skip
+
+
+def planned_runs(output: str, rule: str = "train_method") -> set[tuple[str, str, str]]:
+    """(dataset, direction, method) of every `rule` job a dry run lists."""
+    runs = set()
+    for block in output.split("\nrule ")[1:]:
+        if block.startswith(f"{rule}:"):
+            wildcards = dict(
+                item.split("=", 1) for item in re.search(r"wildcards: (.*)", block)[1].split(", ")
+            )
+            runs.add((wildcards["dataset"], wildcards["direction"], wildcards["method"]))
+    return runs
 
 
 def job_stats(output: str) -> dict[str, int]:
@@ -127,3 +150,24 @@ def test_impossible_direction_stops_snakemake_with_the_message(tmp_path):
     output = result.stdout + result.stderr  # Snakemake's own choice of stream varies
     assert result.returncode != 0
     assert "'t1n-to-dwi'" in output and "has no modality 'dwi'" in output
+
+
+def test_readme_paper_command_from_the_repository_root_runs_the_paper_grid_only():
+    result = readme_dry_run()
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    stats = job_stats(result.stdout)
+    config = paper()
+    expected = expected_jobs(config)
+    for dataset in config["datasets"]:  # data already placed in the checkout is not fetched
+        if (REPO / config["raw_dir"] / dataset).exists():
+            expected[f"download_{dataset}"] = 0
+    for rule, count in expected.items():
+        assert stats.get(rule, 0) == count, (rule, stats)
+    assert "synthesise_phantom" not in stats
+    assert "dataset=phantom" not in result.stdout
+    directions = {(d, r) for d, spec in config["datasets"].items() for r in spec["directions"]}
+    assert len(directions) == 6
+    planned = planned_runs(result.stdout)
+    for method in config["methods"]:  # every baseline on all six directions
+        assert {(d, r) for d, r, m in planned if m == method} == directions, method
+    assert "config.yaml" not in result.stdout.split("Config file(s):")[1].splitlines()[0]
