@@ -132,7 +132,11 @@ def test_brats_ssim_inside_and_outside_the_tumour():
 
 
 def test_protocol_choice_by_dataset_and_target():
-    assert protocol_for("brats2023", "t2w").name == "brats2023-brasyn"
+    assert protocol_for("brats2023", "t2w").name == "brats2023-slice2d"
+    assert protocol_for("brats2023", "t2w").official == "brasyn-official"
+    assert protocol_for("isles2015", "dwi").official == "brasyn-official"
+    assert protocol_for("synthrad2023", "ct").official == "synthrad2023-official"
+    assert protocol_for("synthrad2023", "mr").official is None
     assert "stroke lesion" in protocol_for("isles2015", "dwi").caption
     assert protocol_for("synthrad2023", "ct").hu and not protocol_for("synthrad2023", "mr").hu
     assert protocol_for("phantom", "t2w") is None and protocol_for(None, "ct") is None
@@ -185,10 +189,32 @@ def _evaluate(tmp_path, store, direction, out="ev", fid=False):
 @pytest.mark.parametrize(
     ("dataset", "direction", "name", "columns"),
     [
-        ("brats2023", "t1n-to-t2w", "brats2023-brasyn", {"ssim_lesion", "ssim_nonlesion"}),
-        ("isles2015", "t2f-to-dwi", "isles2015-brasyn", {"ssim_lesion", "ssim_nonlesion"}),
-        ("synthrad2023", "mr-to-ct", "synthrad2023-hu", {"mae_hu_fg"}),
-        ("synthrad2023", "ct-to-mr", "synthrad2023-mr", set()),
+        (
+            "brats2023",
+            "t1n-to-t2w",
+            "brats2023-slice2d",
+            {
+                "ssim_lesion",
+                "ssim_nonlesion",
+                "official_ssim_fg",
+                "official_psnr_fg",
+                "official_ssim_lesion",
+                "official_ssim_nonlesion",
+            },
+        ),
+        (
+            "isles2015",
+            "t2f-to-dwi",
+            "isles2015-slice2d",
+            {"ssim_lesion", "ssim_nonlesion", "official_ssim_lesion"},
+        ),
+        (
+            "synthrad2023",
+            "mr-to-ct",
+            "synthrad2023-slice2d",
+            {"mae_hu_fg", "official_mae_hu_fg", "official_psnr_fg", "official_ssim_fg"},
+        ),
+        ("synthrad2023", "ct-to-mr", "synthrad2023-mr-slice2d", set()),
     ],
 )
 def test_evaluate_applies_the_dataset_protocol(tmp_path, dataset, direction, name, columns):
@@ -198,19 +224,28 @@ def test_evaluate_applies_the_dataset_protocol(tmp_path, dataset, direction, nam
     result = _evaluate(tmp_path, store, direction)
     assert result["protocol"]["name"] == name and result["protocol"]["caption"]
     subjects = pd.read_csv(tmp_path / "ev" / "subjects.csv")
-    assert {"psnr_fg", "ssim_fg", "mae_fg"} | columns <= set(subjects.columns)
+    structure = {"hfen_fg", "gmsd_fg", "hfen_lesion", "gmsd_lesion"}
+    assert {"psnr_fg", "ssim_fg", "mae_fg"} | columns | structure <= set(subjects.columns)
+    assert structure <= set(pd.read_csv(tmp_path / "ev" / "slices.csv").columns)
     assert "psnr_full" not in subjects.columns  # the protocol scores inside the mask only
     assert result["fid"] == {"value": None, "reason": "FID disabled for this run"}
     caption = protocol_notes([tmp_path / "ev" / "metrics.json"])
-    assert caption == result["protocol"]["caption"]
+    assert caption.startswith(result["protocol"]["caption"]) and "HFEN" in caption
+    official = result["protocol"]["official"]
+    assert (official is None) == (not any(c.startswith("official_") for c in columns))
+    if official:
+        assert official["name"] in caption and "[official]" in caption
 
 
 def test_phantom_keeps_the_generic_protocol(tmp_path):
     store = _store(tmp_path, "phantom", "t2w")
     _predict(store, "t2w", tmp_path / "pred", noise=0.05)
     result = _evaluate(tmp_path, store, "t1n-to-t2w")
-    assert "name" not in result["protocol"] and result["protocol"]["range"] == [0.0, 1.0]
-    assert {"psnr_full", "ssim_fg", "mae_lesion"} <= set(result["summary"])
+    assert result["protocol"]["name"] == "slice2d" and result["protocol"]["range"] == [0.0, 1.0]
+    assert {"psnr_full", "ssim_fg", "mae_lesion", "hfen_fg", "gmsd_lesion"} <= set(
+        result["summary"]
+    )
+    assert not any(k.startswith("official_") for k in result["summary"])
 
 
 # ---------------------------------------------------------------- FID plumbing

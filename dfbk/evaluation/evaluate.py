@@ -10,6 +10,8 @@ Outputs in `out_dir`, each written atomically:
 - `subjects.csv`: subject, then `{metric}_{region}`, computed on the whole subject volume
   (PSNR from the volume MSE, SSIM averaged over the region pixels of all slices, MAE over the
   region voxels) — not a mean of slice values, so slices with little foreground weigh little;
+  for BraTS, ISLES and SynthRAD CT also the challenge's own volume scores (`official_*`);
+  HFEN and GMSD (`hfen_*`, `gmsd_*`, foreground and lesion) for every dataset;
 - `metrics.json`: the run info, the protocol used, mean/std/n over subjects, and FID (or why
   it is absent).
 Predictions are clipped to [0, 1] (the data range PSNR and SSIM assume) before scoring. The
@@ -32,7 +34,15 @@ from dfbk.data.splits import read_split
 from dfbk.data.store import SliceStore
 from dfbk.errors import DataError
 from dfbk.evaluation.metrics import PROTOCOL, ssim_map
-from dfbk.evaluation.protocols import Protocol, protocol_for, region_scores
+from dfbk.evaluation.protocols import (
+    GENERIC_CAPTION,
+    GENERIC_NAME,
+    Protocol,
+    protocol_for,
+    region_scores,
+)
+from dfbk.evaluation.structure import PROTOCOL as STRUCTURE_PROTOCOL
+from dfbk.evaluation.structure import structure_scores
 
 METRICS = ("psnr", "ssim", "mae")
 REGIONS = {
@@ -122,6 +132,8 @@ def summarise(subjects: pd.DataFrame, columns: list[str]) -> dict[str, dict]:
 
 def _protocol(store: SliceStore, target: str, ct_target: bool) -> dict:
     protocol = {
+        "name": GENERIC_NAME,
+        "caption": GENERIC_CAPTION,
         **PROTOCOL,
         "normalisation": store.meta["normalisation"][target],
         "regions": dict(REGIONS),
@@ -147,11 +159,17 @@ def _score(
     label = np.asarray(store.label[start:stop]) > 0
     if protocol is None:
         regions = {"full": np.ones(ref.shape, dtype=bool), "fg": mask, "lesion": label}
-        return score_subject(pred, ref, regions, ct_target)
-    try:
-        return protocol.score(pred, ref, mask, label)
-    except DataError as err:
-        raise DataError(f"{store.root}: subject '{subject}': {err}") from err
+        frame, volume = score_subject(pred, ref, regions, ct_target)
+    else:
+        try:
+            frame, volume = protocol.score(pred, ref, mask, label)
+            volume |= protocol.score_official(pred, ref, mask, label)
+        except DataError as err:
+            raise DataError(f"{store.root}: subject '{subject}': {err}") from err
+    per_slice, whole = structure_scores(pred, ref, {"fg": mask, "lesion": label})
+    for column, values in per_slice.items():
+        frame[column] = values
+    return frame, volume | whole
 
 
 def evaluate_predictions(
@@ -208,7 +226,8 @@ def evaluate_predictions(
             _protocol(store, target, ct_target)
             if protocol is None
             else {**protocol.describe(), "normalisation": store.meta["normalisation"][target]}
-        ),
+        )
+        | {"structure": STRUCTURE_PROTOCOL},
         "summary": summarise(subjects, metric_cols),
         "fid": {"value": None, "reason": reason} if accumulator is None else accumulator.result(),
     }
