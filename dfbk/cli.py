@@ -42,7 +42,12 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         args.skipped_csv,
         args.jobs,
     )
-    print(f"{args.out_dir}: {len(meta['subjects'])} subjects, {meta['n_slices']} slices")
+    from dfbk.data.store import store_fingerprint
+
+    print(
+        f"{args.out_dir}: {len(meta['subjects'])} subjects, {meta['n_slices']} slices, "
+        f"fingerprint {store_fingerprint(args.out_dir)}"
+    )
 
 
 def cmd_split(args: argparse.Namespace) -> None:

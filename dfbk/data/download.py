@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dfbk.data.archives import extract_archive
+from dfbk.data.archives import MAX_EXTRACT_BYTES, MAX_RATIO, extract_archive
 from dfbk.data.fetch import USER_AGENT, DownloadError, fetch, parse_checksum
 from dfbk.data.io import write_text
 from dfbk.data.synapse import fetch_synapse_file
@@ -59,7 +59,30 @@ SOURCES: dict[str, dict[str, Any]] = {
         "include": [],
     },
 }
-COMMON_KEYS = {"zenodo_api", "keep_archive", "retries"}
+COMMON_KEYS = {"zenodo_api", "keep_archive", "retries", "max_extract_gb", "max_ratio"}
+
+
+def safe_file_name(name: object, where: str) -> str:
+    """`name` if it is a plain file name; a record's key is never used as a path.
+
+    A Zenodo key like `../../../x_SISS.zip` or `/etc/x.zip` would otherwise be joined onto the
+    downloads folder and write wherever it points; keys with separators are refused, not
+    rewritten, since a record that needs them is not one this tool knows how to read.
+    """
+    text = str(name)
+    if (
+        not text
+        or text in (".", "..")
+        or "/" in text
+        or "\\" in text
+        or "\x00" in text
+        or text != Path(text).name
+    ):
+        raise DownloadError(
+            f"{where}: file name {text!r} is not a plain file name (separators, '..' or "
+            "empty); refusing to use it as a path"
+        )
+    return text
 
 
 def source_settings(dataset: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -68,7 +91,14 @@ def source_settings(dataset: str, overrides: dict[str, Any] | None = None) -> di
         raise ConfigError(
             f"dataset '{dataset}' has no download source; downloadable: {', '.join(SOURCES)}"
         )
-    settings = {"zenodo_api": ZENODO_API, "keep_archive": True, "retries": 3, **SOURCES[dataset]}
+    settings = {
+        "zenodo_api": ZENODO_API,
+        "keep_archive": True,
+        "retries": 3,
+        "max_extract_gb": MAX_EXTRACT_BYTES / 2**30,
+        "max_ratio": MAX_RATIO,
+        **SOURCES[dataset],
+    }
     unknown = set(overrides or {}) - set(settings) - COMMON_KEYS
     if unknown:
         raise ConfigError(
@@ -130,6 +160,7 @@ def record_files(data: dict) -> list[dict[str, Any]]:
         key = entry.get("key") or entry.get("filename")
         if not (key and url and entry.get("checksum")):
             raise DownloadError(f"Zenodo record {data.get('id')}: file entry without key/url/md5")
+        safe_file_name(key, f"Zenodo record {data.get('id')}")
         out.append(
             {"key": key, "url": url, "size": entry.get("size"), "checksum": entry["checksum"]}
         )
@@ -171,11 +202,12 @@ def zenodo_archives(settings: dict[str, Any], work: Path) -> list[Path]:
     for entry in manifest["files"]:
         if entry["key"] not in manifest["selected"]:
             continue
-        print(f"{entry['key']}: from {entry['url']}")
+        name = safe_file_name(entry["key"], str(work / RECORD_FILE))
+        print(f"{name}: from {entry['url']}")
         paths.append(
             fetch(
                 entry["url"],
-                work / entry["key"],
+                work / name,
                 parse_checksum(entry["checksum"]),
                 entry.get("size"),
                 retries=int(settings["retries"]),
@@ -196,16 +228,21 @@ def download_dataset(
     if settings["source"] == "zenodo":
         archives = zenodo_archives(settings, work)
     else:
+        name = safe_file_name(settings["synapse_file"], f"datasets.{dataset}.download.synapse_file")
         archives = [
-            fetch_synapse_file(
-                settings["synapse_id"], settings["synapse_file"], work, settings["md5"], out_dir
-            )
+            fetch_synapse_file(settings["synapse_id"], name, work, settings["md5"], out_dir)
         ]
     staging = out_dir.with_name(f".{out_dir.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         for archive in archives:
-            count = extract_archive(archive, staging, settings["include"] or None)
+            count = extract_archive(
+                archive,
+                staging,
+                settings["include"] or None,
+                max_bytes=int(float(settings["max_extract_gb"]) * 2**30),
+                max_ratio=float(settings["max_ratio"]),
+            )
             print(f"{archive.name}: extracted {count} entries")
         if (work / RECORD_FILE).exists():
             shutil.copyfile(work / RECORD_FILE, staging / RECORD_FILE)
@@ -219,6 +256,11 @@ def download_dataset(
         if out_dir.exists():
             out_dir.rmdir()
         staging.replace(out_dir)
+    except OSError as err:  # disk full, permissions: one line naming the path, staging removed
+        where = err.filename or staging
+        raise DownloadError(
+            f"{where}: cannot write the extracted dataset ({err.strerror or err})"
+        ) from err
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if not settings["keep_archive"]:

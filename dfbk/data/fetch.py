@@ -109,7 +109,11 @@ def _transfer(url: str, part: Path, size: int | None, timeout: float) -> None:
 def _copy_body(response, part: Path, mode: str, expected: int | None) -> None:
     """Stream the response body into `part`, printing progress every 256 MB."""
     next_report = 256 * CHUNK
-    with open(part, mode) as out:
+    try:
+        out = open(part, mode)  # noqa: SIM115 (closed below; OSError must name the file)
+    except OSError as err:
+        raise DownloadError(f"{part}: cannot write the download ({err.strerror or err})") from None
+    with out:
         while True:
             try:
                 block = response.read(CHUNK)
@@ -117,7 +121,14 @@ def _copy_body(response, part: Path, mode: str, expected: int | None) -> None:
                 raise _Interrupted(f"connection lost: {err}") from err
             if not block:
                 return
-            out.write(block)
+            try:
+                out.write(block)
+                out.flush()
+            except OSError as err:  # disk full: the bytes already written stay for a resume
+                raise DownloadError(
+                    f"{part}: cannot write the download ({err.strerror or err}); the part "
+                    "written so far is kept — free space and run the same command to resume"
+                ) from None
             if out.tell() >= next_report:
                 total = f" of {expected / 2**20:.0f}" if expected else ""
                 print(f"  {part.name}: {out.tell() / 2**20:.0f}{total} MiB", file=sys.stderr)

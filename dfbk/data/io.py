@@ -3,11 +3,18 @@
 Everything downstream works on canonical RAS+ arrays (axial slices along the last axis):
 `read_volume` reorients with nibabel, so an LPS or oblique-stored scan is sliced the same way
 as the template. `.mha`/`.mhd`/`.nrrd` files (ISLES 2015) are read with SimpleITK.
+
+A header's declared size is checked before any voxel is read: against `MAX_VOXELS`, and
+against what the file can hold (an uncompressed file must be at least as long as its data;
+deflate cannot expand more than `MAX_DEFLATE_RATIO` times), so a 4 KB file claiming 2 GB of
+voxels is refused in one line instead of allocating memory first.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +26,8 @@ from dfbk.errors import DataError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
+MAX_VOXELS = 2**29  # 2 GiB as float32: a 1024 x 1024 x 512 CT; BraTS volumes are 9 M voxels
+MAX_DEFLATE_RATIO = 1032  # deflate's largest possible expansion (zlib technical details)
 
 
 @dataclass
@@ -30,11 +39,67 @@ class Volume:
     path: Path
 
 
+def check_declared_size(path: Path, shape: tuple[int, ...], itemsize: int, offset: int) -> None:
+    """Refuse a header whose data cannot fit `MAX_VOXELS` or cannot be in the file.
+
+    `offset` is where the voxels start in the file (0 when they live in another file). For an
+    uncompressed file the data must be inside the file; for gzip or deflate-compressed data
+    it can be at most `MAX_DEFLATE_RATIO` times the file's length.
+    """
+    path = Path(path)
+    voxels = math.prod(int(d) for d in shape)
+    described = f"{' x '.join(str(int(d)) for d in shape)} voxels of {itemsize} bytes"
+    if voxels <= 0:
+        raise DataError(f"{path}: header declares an empty volume ({described})")
+    if voxels > MAX_VOXELS:
+        raise DataError(
+            f"{path}: header declares {described}, over the limit of {MAX_VOXELS} voxels; "
+            "refusing to read it"
+        )
+    if offset < 0:
+        return  # data in a separate file (.mhd + .raw): only the limit applies
+    nbytes, length = voxels * itemsize, path.stat().st_size
+    compressed = path.name.endswith(".gz") or _itk_compressed(path)
+    can_hold = length * MAX_DEFLATE_RATIO if compressed else length - offset
+    if nbytes > can_hold:
+        raise DataError(
+            f"{path}: header declares {described} ({nbytes} bytes) but the file "
+            f"({length} bytes{', compressed' if compressed else ''}) cannot hold them; "
+            "truncated or corrupt header"
+        )
+
+
+def _itk_compressed(path: Path) -> bool:
+    """Whether a MetaImage/NRRD header says its data is compressed."""
+    if not path.name.endswith((".mha", ".nrrd")):
+        return False
+    with open(path, "rb") as f:
+        head = f.read(4096).lower()
+    return re.search(rb"compresseddata\s*=\s*true|encoding:\s*(gz|bz)", head) is not None
+
+
+def _check_nifti_header(path: Path, image) -> None:
+    header = image.header
+    offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+    check_declared_size(path, header.get_data_shape(), header.get_data_dtype().itemsize, offset)
+
+
 def _read_itk(path: Path) -> nib.Nifti1Image:
     """Read an ITK image (LPS world) into a NIfTI image (RAS world) without resampling."""
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(str(path))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()  # the header only
+    components = reader.GetNumberOfComponents()
+    try:
+        probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), components)
+        itemsize = probe.GetSizeOfPixelComponent() * components
+    except RuntimeError:
+        itemsize = components
+    separate = path.name.endswith(".mhd")
+    check_declared_size(path, reader.GetSize(), itemsize, -1 if separate else 0)
+    image = reader.Execute()
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)  # ITK z,y,x -> x,y,z
     direction = np.array(image.GetDirection()).reshape(3, 3)
     affine = np.eye(4)
@@ -53,6 +118,7 @@ def load_image(path: Path) -> nib.Nifti1Image:
         if path.name.endswith(ITK_SUFFIXES):
             return _read_itk(path)
         image = nib.load(str(path))
+        _check_nifti_header(path, image)
         image.get_fdata(dtype=np.float32)  # force a full read: truncated gzip fails here
         return image
     except DataError:
@@ -103,8 +169,11 @@ def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, header=None) -
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write a text file atomically."""
+    """Write a text file atomically; on failure (disk full) no temporary file is left."""
     tmp = atomic_path(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return Path(path)

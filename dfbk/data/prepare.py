@@ -10,16 +10,19 @@ read by a process pool), so memory does not grow with the dataset.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+import dfbk
 from dfbk.data.adapters import DatasetAdapter, SubjectFiles, get_adapter
 from dfbk.data.io import read_volume, write_text
 from dfbk.data.normalise import normalisation_name, normalise
@@ -129,6 +132,13 @@ def prepare_subject(
     def window(vol: np.ndarray) -> np.ndarray:  # (X, Y, Z) -> (S, H, W)
         return np.moveaxis(_crop_or_pad(vol[:, :, z0:z1], start, size), 2, 0)
 
+    for modality, volume in volumes.items():
+        inside = volume.data[foreground]
+        if inside.min() == inside.max():  # blank or constant: nothing to learn, MR unscalable
+            raise DataError(
+                f"subject {files.name}: {volume.path}: modality {modality} is constant "
+                f"({float(inside.min()):g}) over the foreground (blank or broken scan)"
+            )
     images = {m: window(normalise(v.data, m, foreground)) for m, v in volumes.items()}
     shift = np.eye(4)
     shift[:3, 3] = [start[0], start[1], z0]
@@ -145,11 +155,83 @@ def prepare_subject(
 def _prepare_job(args):
     files, modalities, size, min_foreground, label_values, on_bad_case = args
     try:
-        return prepare_subject(files, modalities, size, min_foreground, label_values), None
+        try:
+            return prepare_subject(files, modalities, size, min_foreground, label_values), None
+        except (ValueError, MemoryError) as err:  # numpy on a pathological volume
+            raise DataError(f"subject {files.name}: {type(err).__name__}: {err}") from None
     except DataError as err:
         if on_bad_case == "skip":
             return None, (files.name, str(err))
         raise
+
+
+class _ArrayFiles:
+    """The store's raw array files, appended subject by subject, with running SHA-256s.
+
+    A failed write (disk full) becomes a DataError naming the file; the digests go into
+    store.json so the store's fingerprint follows its content, not file dates.
+    """
+
+    def __init__(self, folder: Path, names: list[str]) -> None:
+        self.paths = {name: folder / name for name in names}
+        self.hashes = {name: hashlib.sha256() for name in names}
+        self.handles: dict[str, object] = {}
+        for name, path in self.paths.items():
+            try:
+                self.handles[name] = open(path, "wb")  # noqa: SIM115 (closed in close())
+            except OSError as err:
+                self.close()
+                raise DataError(f"{path}: cannot create ({err.strerror or err})") from None
+
+    def write(self, name: str, array: np.ndarray) -> None:
+        data = array.tobytes()
+        try:
+            self.handles[name].write(data)
+        except OSError as err:
+            raise DataError(
+                f"{self.paths[name]}: cannot write the slice store ({err.strerror or err})"
+            ) from None
+        self.hashes[name].update(data)
+
+    def close(self) -> None:
+        problems = []
+        for name, handle in self.handles.items():
+            try:
+                handle.close()
+            except OSError as err:
+                problems.append(f"{self.paths[name]}: cannot write ({err.strerror or err})")
+        self.handles = {}
+        if problems:
+            raise DataError(problems[0])
+
+    def digests(self) -> dict[str, str]:
+        return {name: f"sha256:{h.hexdigest()}" for name, h in self.hashes.items()}
+
+
+def _inputs(subject: SubjectFiles, raw_dir: Path) -> list[dict]:
+    """The raw files a subject was made from: path under raw_dir, size, modification time."""
+    paths = [*subject.images.values(), subject.label, subject.mask]
+    out = []
+    for path in sorted({Path(p) for p in paths if p is not None}):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        try:
+            name = str(path.relative_to(raw_dir))
+        except ValueError:
+            name = str(path)
+        out.append({"path": name, "bytes": info.st_size, "mtime_ns": info.st_mtime_ns})
+    return out
+
+
+def _remove_stale(out_dir: Path, skipped_csv: Path | None) -> None:
+    """Temporaries left by a killed or failed earlier run (atomic writes, the staging folder)."""
+    shutil.rmtree(out_dir.with_name(f".{out_dir.name}.tmp"), ignore_errors=True)
+    for path in [out_dir, skipped_csv]:
+        if path is not None:
+            for stale in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
+                stale.unlink(missing_ok=True)
 
 
 def prepare_dataset(
@@ -166,32 +248,75 @@ def prepare_dataset(
     """Build the slice store for `dataset` in `out_dir` atomically; returns its metadata."""
     adapter: DatasetAdapter = get_adapter(dataset)
     adapter.check_modalities(modalities)
-    subjects = adapter.find_subjects(Path(raw_dir))
-    out_dir = Path(out_dir)
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    subjects = adapter.find_subjects(raw_dir)
     tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    tmp_dir.mkdir(parents=True)
-    handles = {m: open(tmp_dir / f"{m}.f32", "wb") for m in modalities}
-    handles["mask"] = open(tmp_dir / "mask.u8", "wb")
-    handles["label"] = open(tmp_dir / "label.u8", "wb")
-    rows, meta_subjects, skipped, index = [], {}, [], 0
+    _remove_stale(out_dir, skipped_csv)
+    try:
+        try:
+            tmp_dir.mkdir(parents=True)
+            meta, skipped = _write_store(
+                dataset,
+                raw_dir,
+                tmp_dir,
+                subjects,
+                adapter,
+                modalities,
+                size,
+                min_foreground,
+                on_bad_case,
+                jobs,
+            )
+            if skipped_csv is not None:
+                rows = [f'{n},"{r.replace(chr(34), chr(39))}"' for n, r in skipped]
+                write_text(Path(skipped_csv), "\n".join(["subject,reason", *rows]) + "\n")
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            os.replace(tmp_dir, out_dir)
+        except OSError as err:  # disk full, permissions: one line naming the path
+            where = err.filename or tmp_dir
+            raise DataError(
+                f"{where}: cannot write the slice store ({err.strerror or err})"
+            ) from None
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return meta
+
+
+def _write_store(
+    dataset: str,
+    raw_dir: Path,
+    tmp_dir: Path,
+    subjects: list[SubjectFiles],
+    adapter: DatasetAdapter,
+    modalities: list[str],
+    size: tuple[int, int],
+    min_foreground: float,
+    on_bad_case: str,
+    jobs: int,
+) -> tuple[dict, list[tuple[str, str]]]:
+    """Stream every usable subject into the array files of `tmp_dir`; returns (meta, skipped)."""
+    names = [f"{m}.f32" for m in modalities] + ["mask.u8", "label.u8"]
+    rows, meta_subjects, skipped, inputs, index = [], {}, [], {}, 0
     args = [
         (s, modalities, tuple(size), min_foreground, adapter.label_values, on_bad_case)
         for s in subjects
     ]
+    files = _ArrayFiles(tmp_dir, names)
+    pool = get_context("spawn").Pool(jobs) if jobs > 1 else None
     try:
-        pool = get_context("spawn").Pool(jobs) if jobs > 1 else None
         results = pool.imap(_prepare_job, args) if pool else map(_prepare_job, args)
+        by_name = {s.name: s for s in subjects}
+        area = float(size[0] * size[1])
         for prepared, problem in tqdm(results, total=len(args), desc=f"prepare {dataset}"):
             if problem is not None:
                 skipped.append(problem)
                 continue
             for m in modalities:
-                handles[m].write(prepared.images[m].astype("<f4").tobytes())
-            handles["mask"].write(prepared.mask.astype("u1").tobytes())
-            handles["label"].write(prepared.label.astype("u1").tobytes())
+                files.write(f"{m}.f32", prepared.images[m].astype("<f4"))
+            files.write("mask.u8", prepared.mask.astype("u1"))
+            files.write("label.u8", prepared.label.astype("u1"))
             n = len(prepared.slices)
-            area = float(size[0] * size[1])
             for k in range(n):
                 rows.append(
                     [
@@ -207,15 +332,16 @@ def prepare_dataset(
                 "stop": index + n,
                 "affine": prepared.affine.tolist(),
             }
+            inputs[prepared.name] = _inputs(by_name[prepared.name], raw_dir)
             index += n
-        if pool:
-            pool.close()
     finally:
-        for handle in handles.values():
-            handle.close()
+        if pool:
+            pool.terminate()
+        files.close()
     if not meta_subjects:
         raise DataError(f"{raw_dir}: no usable subject (all {len(skipped)} skipped)")
-    with open(tmp_dir / "manifest.csv", "w", newline="") as f:
+    manifest = tmp_dir / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "subject", "slice", "foreground_fraction", "lesion_fraction"])
         writer.writerows(rows)
@@ -230,12 +356,21 @@ def prepare_dataset(
         "min_foreground": min_foreground,
         "subjects": meta_subjects,
         "skipped": [name for name, _ in skipped],
+        "digests": files.digests(),
+        "provenance": {
+            "raw_dir": str(raw_dir),
+            "inputs": inputs,
+            "config": {
+                "modalities": list(modalities),
+                "size": list(size),
+                "min_foreground": min_foreground,
+                "on_bad_case": on_bad_case,
+                "label_values": list(adapter.label_values),
+                "adapter": adapter.name,
+            },
+            "code_version": dfbk.__version__,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
     }
     write_text(tmp_dir / "store.json", json.dumps(meta, indent=1) + "\n")
-    if skipped_csv is not None:
-        lines = ["subject,reason"] + [f'{n},"{r.replace(chr(34), chr(39))}"' for n, r in skipped]
-        write_text(Path(skipped_csv), "\n".join(lines) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp_dir, out_dir)
-    return meta
+    return meta, skipped

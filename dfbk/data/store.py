@@ -5,14 +5,21 @@ Layout of `results/prepare/{dataset}/`:
 - `mask.u8` (foreground) and `label.u8` (lesion labels, 0 where none), shape (N, H, W);
 - `manifest.csv`: one row per slice: index, subject, slice (axial index in the canonical
   volume), foreground_fraction, lesion_fraction;
-- `store.json`: the data contract (modalities, range, normalisation, size, dtype, N) and per
-  subject its slice range and the affine of the prepared grid.
+- `store.json`: the data contract (modalities, range, normalisation, size, dtype, N), per
+  subject its slice range and the affine of the prepared grid, the SHA-256 of each array file
+  (`digests`, computed while writing) and `provenance`: the raw files each subject was made
+  from (path, bytes, mtime), the prepare settings, the code version and the creation time.
+
+`store_fingerprint` hashes store.json (less `provenance`) and manifest.csv: it changes when
+the prepared content or the contract changes, not when a store is rebuilt identically from
+touched files, and costs no pass over the data.
 Raw arrays rather than `.npy` so prepare can stream subjects to disk without holding the
 dataset in memory; `np.memmap` then gives O(1) random access to any slice.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
@@ -23,6 +30,28 @@ import pandas as pd
 from dfbk.errors import DataError
 
 STORE_VERSION = 1
+FINGERPRINT_IGNORES = ("provenance",)  # where and when it was made, not what it holds
+
+
+def store_fingerprint(store_dir: Path) -> str:
+    """'sha256:<hex>' of the store's contract and content digests (store.json less
+    provenance, plus manifest.csv); cheap, so a trainer can check it at every start/resume."""
+    root = Path(store_dir)
+    meta_path = root / "store.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        manifest = (root / "manifest.csv").read_bytes()
+    except FileNotFoundError as err:
+        raise DataError(f"{err.filename}: slice store file not found") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{meta_path}: unreadable slice store ({err})") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: not a slice store description")
+    contract = {k: v for k, v in meta.items() if k not in FINGERPRINT_IGNORES}
+    digest = hashlib.sha256(json.dumps(contract, sort_keys=True).encode())
+    digest.update(b"\0manifest.csv\0")
+    digest.update(manifest)
+    return f"sha256:{digest.hexdigest()}"
 
 
 class SliceStore:
@@ -39,6 +68,11 @@ class SliceStore:
         self.size: tuple[int, int] = tuple(self.meta["size"])
         self.n_slices: int = int(self.meta["n_slices"])
         self.modalities: list[str] = list(self.meta["modalities"])
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """`store_fingerprint` of this store (see there)."""
+        return store_fingerprint(self.root)
 
     def _array(self, name: str, dtype: str) -> np.ndarray:
         path = self.root / name
@@ -125,10 +159,14 @@ def write_store(
         raise ValueError(
             f"subject slice counts sum to {sum(subject_slices.values())}, arrays hold {n}"
         )
-    for modality, array in images.items():
-        np.asarray(array, dtype="<f4").tofile(root / f"{modality}.f32")
-    np.asarray(mask, dtype="u1").tofile(root / "mask.u8")
-    np.asarray(label, dtype="u1").tofile(root / "label.u8")
+    arrays = {f"{m}.f32": np.asarray(a, dtype="<f4") for m, a in images.items()}
+    arrays["mask.u8"] = np.asarray(mask, dtype="u1")
+    arrays["label.u8"] = np.asarray(label, dtype="u1")
+    digests = {}
+    for name, array in arrays.items():
+        data = np.ascontiguousarray(array).tobytes()
+        (root / name).write_bytes(data)
+        digests[name] = f"sha256:{hashlib.sha256(data).hexdigest()}"
     rows, subjects, start = [], {}, 0
     for name, count in subject_slices.items():
         for k in range(count):
@@ -161,6 +199,7 @@ def write_store(
         "min_foreground": 0.0,
         "subjects": subjects,
         "skipped": [],
+        "digests": digests,
     }
     write_text(root / "store.json", json.dumps(meta, indent=1) + "\n")
     return SliceStore(root)
