@@ -1,9 +1,13 @@
 """Training batches from the slice store, a pure function of (seed, step).
 
 The batch at step s is fixed by the seed and s alone (epoch = s // batches_per_epoch, a
-seeded permutation per epoch), so a resumed run sees exactly the data an uninterrupted run
-would have seen, with no loader state to checkpoint. Slices are read from memory maps in the
-main process: at 256x256 a batch is a few MB of page-cache reads, far below a GPU step.
+seeded permutation per epoch; flips, crop positions and unpaired partners drawn from
+generators seeded with (seed, step)), so a resumed run sees exactly the data an uninterrupted
+run would have seen, with no loader state to checkpoint. Slices are read from memory maps in
+the main process: at 256x256 a batch is a few MB of page-cache reads, far below a GPU step.
+
+Per-method data settings (`augment`, `patch_size`, `paired`) come from the method's
+hyperparameters, so every method is fed by the same code and differs only where its preset says.
 """
 
 from __future__ import annotations
@@ -15,9 +19,18 @@ from dfbk.data.store import SliceStore
 from dfbk.errors import DataError
 from dfbk.methods.base import Batch
 
+# Unpaired partners come from this many slices either side of the same relative position.
+PARTNER_WINDOW = 2
+
 
 class SliceBatcher:
-    """Yields `Batch`es of (source, target, mask) slices of the given subjects."""
+    """Yields `Batch`es of (source, target, mask) slices of the given subjects.
+
+    flip: random left-right flips (the same for source, target and mask of a sample);
+    patch_size: None for whole slices, else random square crops at one position per sample;
+    paired=False: each target comes from another subject, at a similar relative axial position
+    (unpaired training, as MaskGAN and SynDiff do): same anatomy level, different head.
+    """
 
     def __init__(
         self,
@@ -29,6 +42,7 @@ class SliceBatcher:
         seed: int,
         flip: bool = True,
         paired: bool = True,
+        patch_size: int | None = None,
     ) -> None:
         self.source = store.images(source)
         self.target = store.images(target)
@@ -36,32 +50,58 @@ class SliceBatcher:
         self.indices = store.indices(subjects)
         if self.indices.size == 0:
             raise DataError(f"{store.root}: no slices for subjects {subjects}")
+        if patch_size is not None and not 0 < patch_size <= min(store.size):
+            raise DataError(
+                f"{store.root}: patch_size {patch_size} does not fit slices of size "
+                f"{store.size[0]}x{store.size[1]}"
+            )
         self.batch_size = min(batch_size, self.indices.size)
         self.seed = seed
         self.flip = flip
         self.paired = paired
+        self.patch_size = patch_size
+        self.size = tuple(store.size)
         self.batches_per_epoch = self.indices.size // self.batch_size
+        self.ranges = [store.subject_range(s) for s in subjects]
 
     def batch_indices(self, step: int) -> np.ndarray:
-        """Store indices of the batch at `step` (sorted for sequential memmap reads)."""
+        """Store indices of the batch at `step`."""
         epoch, k = divmod(step, self.batches_per_epoch)
         order = np.random.default_rng([self.seed, epoch]).permutation(self.indices.size)
-        chosen = self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]]
-        return chosen
+        return self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]]
 
     def unpaired_indices(self, step: int) -> np.ndarray:
-        """Target indices drawn independently of the source (unpaired training, e.g. MaskGAN)."""
-        epoch, k = divmod(step, self.batches_per_epoch)
-        order = np.random.default_rng([self.seed, epoch, 2]).permutation(self.indices.size)
-        return self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]]
+        """Partner (target) indices of the batch at `step` for unpaired training.
+
+        For a source slice at relative position r in its subject, the partner is drawn from
+        another training subject (when there is one) at round(r * (n - 1)) +- PARTNER_WINDOW.
+        """
+        rng = np.random.default_rng([self.seed, step, 2])
+        partners = []
+        for index in self.batch_indices(step):
+            own = next(i for i, (a, b) in enumerate(self.ranges) if a <= index < b)
+            start, stop = self.ranges[own]
+            relative = (index - start) / max(1, stop - start - 1)
+            others = [i for i in range(len(self.ranges)) if i != own] or [own]
+            start, stop = self.ranges[others[rng.integers(len(others))]]
+            centre = round(relative * (stop - start - 1))
+            offset = int(rng.integers(-PARTNER_WINDOW, PARTNER_WINDOW + 1))
+            partners.append(start + min(max(centre + offset, 0), stop - start - 1))
+        return np.asarray(partners, dtype=self.indices.dtype)
 
     def _read(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
         order = np.argsort(idx)  # sorted reads are sequential on the memmap
         data = np.asarray(array[idx[order]], dtype=np.float32)[np.argsort(order)]
         return torch.from_numpy(data).unsqueeze(1)
 
+    def crop_corners(self, step: int, n: int) -> np.ndarray:
+        """(n, 2) top-left corners of the step's patches, uniform over valid positions."""
+        rng = np.random.default_rng([self.seed, step, 3])
+        high = np.array(self.size) - self.patch_size + 1
+        return rng.integers(0, high, size=(n, 2))
+
     def batch(self, step: int) -> Batch:
-        """The batch at `step`; with paired=False the targets come from other random slices."""
+        """The batch at `step`; with paired=False the targets come from partner slices."""
         idx = self.batch_indices(step)
         target_idx = idx if self.paired else self.unpaired_indices(step)
         src, msk = self._read(self.source, idx), self._read(self.mask, idx)
@@ -72,4 +112,11 @@ class SliceBatcher:
             )
             for t in (src, tgt, msk):
                 t[flips] = t[flips].flip(-1)
+        if self.patch_size is not None:
+            p = self.patch_size
+            corners = self.crop_corners(step, len(idx))
+            src, tgt, msk = (
+                torch.stack([t[i, :, y : y + p, x : x + p] for i, (y, x) in enumerate(corners)])
+                for t in (src, tgt, msk)
+            )
         return Batch(source=src, target=tgt, mask=msk)

@@ -3,9 +3,12 @@
 Nobody subclasses it; a method plugs in through `Method.training_step`. Resume restores the
 method (weights, optimisers, schedulers), the EMA, the step and every RNG state; batches are a
 pure function of (seed, step) (`SliceBatcher`), so a resumed run continues bit-identically.
+It resumes only a `last.pt` whose fingerprint (data, split, seed, settings) equals this run's.
 SIGTERM/SIGUSR1 (sent by SLURM before preemption or the time limit) save a checkpoint at the
 next step boundary and exit with status 128 + signal (143 for SIGTERM, 138 for SIGUSR1), so a
 requeued or retried job resumes; after SIGKILL a rerun resumes from the last periodic checkpoint.
+One trainer at a time holds the checkpoint folder (`guard.FolderLock`), and a trainer started
+by Snakemake stops when Snakemake does (`guard.stop_with_workflow`).
 """
 
 from __future__ import annotations
@@ -21,17 +24,24 @@ from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from dfbk.data.loader import SliceBatcher
 from dfbk.data.splits import read_split
 from dfbk.data.store import SliceStore
-from dfbk.errors import TrainingError
+from dfbk.errors import ConfigError, TrainingError
 from dfbk.knowledge.cache import load_knowledge
-from dfbk.methods.base import count_parameters
+from dfbk.methods.base import Knowledge, count_parameters
 from dfbk.methods.registry import build_method, get_method_class
-from dfbk.training.checkpoint import load_checkpoint, recipe, save_atomic
+from dfbk.training import checkpoint as ckpt
+from dfbk.training.guard import FolderLock, stop_with_workflow
+from dfbk.training.logfile import append_line, flush_log, truncate_log, write_text_atomic
 from dfbk.training.seeding import rng_state, seed_everything, set_rng_state
+from dfbk.training.validation import Validator, default_val_every
+
+EVALUATED = ("last", "best")
+NO_KNOWLEDGE = {"knowledge_tokens": None, "knowledge_mask": None}
 
 
 @dataclass
@@ -44,21 +54,22 @@ class TrainSpec:
     seed: int
     store_dir: Path
     split_path: Path
-    out_dir: Path  # rule outputs: model.pt, run.json, train_log.jsonl
+    out_dir: Path  # rule outputs: model.pt, best.pt, run.json, train_log.jsonl
     checkpoint_dir: Path  # not a rule output: last.pt survives failed jobs
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
     module: str | None = None
-    stage: str | None = (
-        None  # an extra stage (e.g. ResViT's CNN pretraining) instead of the main one
-    )
+    stage: str | None = None  # an extra stage (e.g. ResViT's CNN pretraining)
     init_from: Path | None = None  # model.pt of the previous stage
     checkpoint_every: int = 500
     device: str = "auto"
     amp: bool = True
     knowledge_path: Path | None = None  # cache written by `dfbk knowledge`
-    knowledge: torch.Tensor | None = None
+    knowledge: Knowledge | None = None
     knowledge_info: dict[str, Any] | None = None
+    val_every: int | None = None  # None: about 5 validations per run; 0: only at the end
+    val_slices: int = 8
+    evaluate: str = "last"  # which checkpoint becomes model.pt: "last" or "best" (val SSIM)
 
 
 def parse_direction(direction: str) -> tuple[str, str]:
@@ -91,6 +102,8 @@ class _StopFlag:
 
 class Trainer:
     def __init__(self, spec: TrainSpec) -> None:
+        if spec.evaluate not in EVALUATED:
+            raise ConfigError(f"evaluate '{spec.evaluate}' unknown; known: last, best")
         self.spec = spec
         seed_everything(spec.seed)
         self.device = pick_device(spec.device)
@@ -112,8 +125,15 @@ class Trainer:
             split["train"],
             int(self.hparams["batch_size"]),
             spec.seed,
+            flip=self.hparams["augment"] == "hflip",
             paired=self.method.paired,
+            patch_size=self.hparams["patch_size"],
         )
+        self.validator = Validator(
+            self.store, source, target, split["val"], spec.seed, spec.val_slices
+        )
+        total = int(self.hparams["steps"])
+        self.val_every = default_val_every(total) if spec.val_every is None else spec.val_every
         net = self.method.ema_network()
         decay = self.hparams.get("ema_decay")
         self.ema = None
@@ -122,34 +142,67 @@ class Trainer:
                 net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
             )
         self.step = 0
+        self.best: dict[str, Any] = {"step": None, "val_ssim": None}
+        self.flops: int | None = None
         self.stop = _StopFlag()
-        spec.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         self.last_path = spec.checkpoint_dir / "last.pt"
+        self.best_path = spec.checkpoint_dir / "best.pt"
         self.log_path = spec.checkpoint_dir / "train_log.jsonl"
+        self.init_payload = (
+            ckpt.load_checkpoint(spec.init_from) if spec.init_from is not None else None
+        )
+        if self.init_payload is not None:
+            ckpt.check_fingerprint(
+                self.init_payload, spec.store_dir, spec.split_path, spec.init_from
+            )
+        self.fingerprint = self._fingerprint()
 
     @staticmethod
     def _build_method(spec: TrainSpec):
-        """Build the method; Knowledge Guidance methods get the cached embedding and its width."""
+        """Build the method; Knowledge Guidance methods get the cached tokens and their width."""
         overrides = dict(spec.overrides)
         emb = load_knowledge(spec.knowledge_path) if spec.knowledge_path else None
         cls = get_method_class(spec.method, spec.module)
         uses_knowledge = bool(cls.resolve_hparams(spec.preset, {}).get("kg"))
         if uses_knowledge:
-            if emb is None or emb.tokens is None:
+            knowledge = emb.as_knowledge() if emb is not None else None
+            if knowledge is None:
                 raise TrainingError(
                     f"method '{spec.method}' uses Knowledge Guidance but no knowledge tokens were "
                     f"given ({spec.knowledge_path or 'no --knowledge file'}; encoder 'none'?)"
                 )
-            overrides.setdefault("knowledge_dim", emb.dim)
-            spec.knowledge, spec.knowledge_info = emb.tokens, emb.info()
+            overrides.setdefault("knowledge_dim", knowledge.dim)
+            spec.knowledge, spec.knowledge_info = knowledge, emb.info()
         return build_method(spec.method, spec.preset, overrides, spec.module, spec.stage)
 
     # ----- state --------------------------------------------------------------------------
+    def _fingerprint(self) -> dict[str, Any]:
+        """What the weights are trained on: resuming or evaluating on anything else is refused."""
+        knowledge = self.spec.knowledge
+        return {
+            "dataset": self.spec.dataset,
+            "direction": self.spec.direction,
+            "seed": self.spec.seed,
+            "method": self.method.name,
+            "module": self.spec.module,
+            "preset": self.spec.preset,
+            "stage": self.spec.stage,
+            "hparams": self.hparams,
+            **ckpt.data_fingerprint(self.spec.store_dir, self.spec.split_path),
+            "knowledge_sha256": None
+            if knowledge is None
+            else ckpt.tensors_identity(knowledge.tokens, knowledge.mask),
+            "init_from_sha256": None
+            if self.init_payload is None
+            else self.init_payload[ckpt.HASH_KEY],
+        }
+
     def _recipe(self) -> dict[str, Any]:
         return {
-            **recipe(self.method, self.spec),
+            **ckpt.recipe(self.method, self.spec),
             **self.contracts,
             "knowledge": self.spec.knowledge_info,
+            "fingerprint": self.fingerprint,
         }
 
     def save_training_state(self) -> None:
@@ -157,22 +210,27 @@ class Trainer:
             **self._recipe(),
             "kind": "training-state",
             "step": self.step,
+            "best": self.best,
+            "train_flops_per_step": self.flops,
             "state": self.method.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.method.optimizers().items()},
             "schedulers": {k: s.state_dict() for k, s in self.method.schedulers().items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": rng_state(),
         }
-        save_atomic(state, self.last_path)
+        ckpt.save_atomic(state, self.last_path)
 
     def try_resume(self) -> bool:
         if not self.last_path.exists():
             return False
-        payload = load_checkpoint(self.last_path)
-        if payload["method"] != self.method.name or payload["hparams"] != self.hparams:
+        payload = ckpt.load_checkpoint(self.last_path)
+        stored = payload.get("fingerprint")
+        diff = ckpt.fingerprint_differences(stored or {}, self.fingerprint)
+        if diff:
             raise TrainingError(
-                f"{self.last_path}: checkpoint was made with other settings "
-                f"(method {payload['method']}, hparams differ); delete it to start over"
+                f"{self.last_path}: checkpoint was trained on other data or settings "
+                f"({'; '.join(diff)}); it is not reused — delete {self.spec.checkpoint_dir} "
+                "to train from scratch"
             )
         self.method.load_state_dict(payload["state"])
         for key, opt in self.method.optimizers().items():
@@ -183,25 +241,27 @@ class Trainer:
             self.ema.load_state_dict(payload["ema"])
         set_rng_state(payload["rng"])
         self.step = int(payload["step"])
-        self._truncate_log(self.step)
+        self.best = dict(payload["best"])
+        self.flops = payload.get("train_flops_per_step")
+        truncate_log(self.log_path, self.step)
         return True
-
-    def _truncate_log(self, step: int) -> None:
-        """Drop log lines at or after `step` (written after the checkpoint we resume from)."""
-        if not self.log_path.exists():
-            return
-        lines = [ln for ln in self.log_path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in lines if json.loads(ln)["step"] < step]
-        self.log_path.write_text("".join(ln + "\n" for ln in kept))
 
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> Path:
-        """Train to `steps`, then write model.pt, run.json and the log into out_dir."""
+        """Train to `steps`, then write model.pt, best.pt, run.json and the log into out_dir."""
+        with FolderLock(self.spec.checkpoint_dir):
+            for folder in (self.spec.checkpoint_dir, self.spec.out_dir):
+                ckpt.remove_stale_temporaries(folder)
+            stop_with_workflow()
+            return self._run_locked()
+
+    def _run_locked(self) -> Path:
         resumed = self.try_resume()
         if not resumed:
-            self.log_path.write_text("")
-            if self.spec.init_from is not None:
-                self.method.init_from_stage(load_checkpoint(self.spec.init_from)["state"])
+            write_text_atomic(self.log_path, "")
+            self.best_path.unlink(missing_ok=True)  # from a run that never checkpointed
+            if self.init_payload is not None:
+                self.method.init_from_stage(self.init_payload["state"])
         self.stop.install()
         total = int(self.hparams["steps"])
         start_time = time.time()
@@ -219,17 +279,17 @@ class Trainer:
         ):
             while self.step < total:
                 losses = self._one_step()
-                log.write(
-                    json.dumps({"step": self.step, "time": time.time() - start_time, **losses})
-                    + "\n"
-                )
+                line = {"step": self.step, "time": time.time() - start_time, **losses}
+                line.update({f"diag_{k}": float(v) for k, v in self.method.diagnostics().items()})
                 self.step += 1
+                if self.step == total or (self.val_every and self.step % self.val_every == 0):
+                    line.update(self._validate())
+                append_line(log, self.log_path, json.dumps(line), flush=self.step % 50 == 0)
                 bar.update(1)
                 if self.step % 50 == 0:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
-                    log.flush()
                 if self.step % every == 0 or self.stop.signal is not None:
-                    log.flush()
+                    flush_log(log, self.log_path)
                     self.save_training_state()
                 if self.stop.signal is not None:
                     bar.write(
@@ -245,7 +305,12 @@ class Trainer:
         batch = self.batcher.batch(self.step).to(self.device)
         if self.spec.knowledge is not None:
             batch.knowledge = self.spec.knowledge.to(self.device)
-        losses = self.method.training_step(batch, self.step)
+        if self.step == 0 and self.flops is None:  # the real step, counted (same numerics)
+            with FlopCounterMode(display=False) as counter:
+                losses = self.method.training_step(batch, self.step)
+            self.flops = int(counter.get_total_flops())
+        else:
+            losses = self.method.training_step(batch, self.step)
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
             raise TrainingError(
@@ -256,35 +321,82 @@ class Trainer:
             self.ema.update_parameters(self.method.ema_network())
         return losses
 
+    # ----- validation and outputs ---------------------------------------------------------
+    def _inference_state(self) -> dict[str, torch.Tensor]:
+        """The method's state with the EMA weights in place of the raw ones (used by inference)."""
+        state = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+        if self.ema is not None:
+            net = self.method.ema_network()
+            prefix = next(n for n, m in self.method.named_modules() if m is net)
+            for key, value in self.ema.module.state_dict().items():
+                state[f"{prefix}.{key}" if prefix else key] = value.detach().clone()
+        return state
+
+    def _validate(self) -> dict[str, float]:
+        """Score the inference weights on the validation slices; keep best.pt by SSIM."""
+        state = self._inference_state()
+        saved = None
+        if self.ema is not None:
+            saved = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+            self.method.load_state_dict(state)
+        try:
+            knowledge = None if self.spec.knowledge is None else self.spec.knowledge.to(self.device)
+            metrics = self.validator.evaluate(self.method, knowledge)
+        finally:
+            if saved is not None:
+                self.method.load_state_dict(saved)
+        best = self.best["val_ssim"]
+        if math.isfinite(metrics["val_ssim"]) and (best is None or metrics["val_ssim"] > best):
+            self.best = {"step": self.step, "val_ssim": metrics["val_ssim"]}
+            ckpt.save_atomic(self._model_payload(state, "best"), self.best_path)
+        return metrics
+
+    def _model_payload(self, state: dict[str, torch.Tensor], which: str) -> dict[str, Any]:
+        knowledge = self.spec.knowledge
+        return {
+            **self._recipe(),
+            "kind": "inference",
+            "checkpoint": which,
+            "step": self.step,
+            "state": state,
+            **(knowledge.to_payload() if knowledge else NO_KNOWLEDGE),
+        }
+
     def _finish(self, wall_seconds: float, resumed: bool) -> Path:
         out = self.spec.out_dir
         out.mkdir(parents=True, exist_ok=True)
-        n_parameters = count_parameters(self.method)
-        if self.ema is not None:  # inference uses the averaged weights
-            self.method.ema_network().load_state_dict(self.ema.module.state_dict())
-        model = {
-            **self._recipe(),
-            "kind": "inference",
-            "step": self.step,
-            "state": self.method.state_dict(),
-            "knowledge_embedding": self.spec.knowledge,
-        }
-        save_atomic(model, out / "model.pt")
-        log_text = self.log_path.read_text()
-        (out / "train_log.jsonl").write_text(log_text)
+        last = self._model_payload(self._inference_state(), "last")
+        best = ckpt.load_checkpoint(self.best_path) if self.best_path.exists() else None
+        if best is None:
+            raise TrainingError(
+                f"{self.best_path}: no validation score was finite, so there is no best step"
+            )
+        evaluated = best if self.spec.evaluate == "best" else last
+        ckpt.save_atomic(evaluated, out / "model.pt")
+        ckpt.save_atomic(best, out / "best.pt")
+        write_text_atomic(out / "train_log.jsonl", self.log_path.read_text())
         info = {
             **{k: v for k, v in self._recipe().items() if k not in ("format", "format_version")},
             "describe": self.method.describe(),
-            "n_parameters": n_parameters,
+            "n_parameters": count_parameters(self.method),
+            "train_flops_per_step": self.flops,
             "steps": self.step,
+            "batch_size": int(self.hparams["batch_size"]),
+            "patch_size": self.hparams["patch_size"],
+            "augment": self.hparams["augment"],
+            "paired": self.method.paired,
+            "val_every": self.val_every,
+            "val_slices": len(self.validator.indices),
+            "evaluated_checkpoint": self.spec.evaluate,
+            "evaluated_step": int(evaluated["step"]),
+            "best_step": self.best["step"],
+            "best_val_ssim": self.best["val_ssim"],
             "wall_seconds": round(wall_seconds, 2),
             "resumed": resumed,
             "device": str(self.device),
             "knowledge_encoder": (self.spec.knowledge_info or {}).get("encoder"),
         }
-        from dfbk.data.io import write_text
-
-        write_text(out / "run.json", json.dumps(info, indent=2, default=str) + "\n")
+        write_text_atomic(out / "run.json", json.dumps(info, indent=2, default=str) + "\n")
         return out / "model.pt"
 
 
