@@ -84,6 +84,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every,
         device=args.device,
         amp=not args.no_amp,
+        val_every=args.val_every,
+        val_slices=args.val_slices,
+        evaluate=args.evaluate,
     )
     print(f"wrote {train(spec)}")
 
@@ -235,6 +238,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--val-every",
+        type=int,
+        help="steps between validations (default: 5 per run; 0: only at the last step)",
+    )
+    p.add_argument("--val-slices", type=int, default=8, help="validation slices scored (default 8)")
+    p.add_argument(
+        "--evaluate",
+        choices=("last", "best"),
+        default="last",
+        help="which checkpoint becomes model.pt: last (default) or best validation SSIM",
+    )
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("predict", help="translate the test split with a checkpoint")
