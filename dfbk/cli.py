@@ -137,7 +137,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
 
 def cmd_tables(args: argparse.Namespace) -> None:
     from dfbk.evaluation.protocols import protocol_notes
-    from dfbk.reporting.captions import caption_notes
+    from dfbk.reporting.captions import caption_notes, training_frame
     from dfbk.reporting.fid import fid_columns
     from dfbk.reporting.tables import collect_results, write_comparison_table
 
@@ -147,7 +147,13 @@ def cmd_tables(args: argparse.Namespace) -> None:
     caption = " ".join(filter(None, notes))
     reference = args.significance_vs if args.significance_vs in set(frame.method) else None
     paths = write_comparison_table(
-        frame, args.out_stem, caption=caption, significance_vs=reference, extra_columns=fid
+        frame,
+        args.out_stem,
+        caption=caption,
+        significance_vs=reference,
+        extra_columns=fid,
+        training=training_frame(args.runs),
+        capacity=args.capacity,
     )
     print("\n".join(str(p) for p in paths.values()))
 
@@ -302,6 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--significance-vs",
         default="dfbk",
         help="method the paired Wilcoxon tests compare against, if present (default dfbk)",
+    )
+    p.add_argument(
+        "--capacity",
+        action="store_true",
+        help="show each row's parameter count and training FLOPs (the ablation table)",
     )
     p.set_defaults(func=cmd_tables)
 

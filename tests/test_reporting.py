@@ -13,8 +13,16 @@ from scipy.stats import wilcoxon
 from dfbk.data.io import write_nifti
 from dfbk.data.store import write_store
 from dfbk.errors import DataError
+from dfbk.evaluation.statistics import holm
+from dfbk.reporting.captions import caption_notes, training_frame
 from dfbk.reporting.figures import make_comparison_figure, pick_slice, pick_subject
-from dfbk.reporting.tables import collect_results, wilcoxon_vs, write_comparison_table
+from dfbk.reporting.tables import (
+    collect_results,
+    metric_header,
+    table_metrics,
+    wilcoxon_vs,
+    write_comparison_table,
+)
 
 
 def _write_run(root, method, seed, rows, dataset="phantom", direction="t1n-to-t2w"):
@@ -114,12 +122,88 @@ def test_comparison_table_significance_column(tmp_path):
         _paired_frame(8), tmp_path / "t", ("psnr_fg", "ssim_fg"), significance_vs="dfbk"
     )
     md = paths["md"].read_text()
-    assert "p (SSIM vs dfbk)" in md and "p (PSNR vs dfbk)" in md
+    assert "p_Holm (SSIM vs dfbk)" in md and "p_Holm (PSNR vs dfbk)" in md
+    assert "p (SSIM vs dfbk)" not in md  # raw p in the csv only
+    assert "Holm-adjusted over the 2 comparisons" in md  # PSNR's p are undefined (NaN)
     csv = pd.read_csv(paths["csv"]).set_index("method")
     assert np.isnan(csv.loc["dfbk", "p (SSIM vs dfbk)"])
-    assert 0 < csv.loc["pix2pix", "p (SSIM vs dfbk)"] < 0.05
+    raw = csv.loc[["pix2pix", "same"], "p (SSIM vs dfbk)"].to_numpy()
+    assert 0 < raw[0] < 0.05
+    lo, hi = sorted(raw)  # two finite p: Holm gives 2 lo and max(2 lo, hi)
+    adjusted = csv.loc[["pix2pix", "same"], "p_Holm (SSIM vs dfbk)"].to_numpy()
+    np.testing.assert_allclose(sorted(adjusted), [min(1, 2 * lo), min(1, max(2 * lo, hi))])
     with pytest.raises(DataError, match="mae_hu_fg"):
         write_comparison_table(_paired_frame(2), tmp_path / "u", ("mae_hu_fg",))
+
+
+def test_holm_family_spans_datasets_and_metrics(tmp_path):
+    """Two directions x two metrics x two methods: one family of up to 8 p-values."""
+    a = _paired_frame(8, seed=1)
+    b = _paired_frame(8, seed=2).assign(direction="b-to-a")
+    df = pd.concat([a, b], ignore_index=True)
+    df["psnr_fg"] += np.where(df.method == "dfbk", 1.0, 0.0) + np.arange(len(df)) * 1e-3
+    paths = write_comparison_table(df, tmp_path / "t", ("psnr_fg", "ssim_fg"), "", "dfbk")
+    csv = pd.read_csv(paths["csv"])
+    raw_cols = ["p (SSIM vs dfbk)", "p (PSNR vs dfbk)"]
+    raw = csv[raw_cols].to_numpy().ravel()
+    adjusted = csv[[c.replace("p (", "p_Holm (") for c in raw_cols]].to_numpy().ravel()
+    np.testing.assert_allclose(adjusted, holm(raw))
+    assert np.isfinite(raw).sum() == 8 and f"over the {8} comparisons" in paths["md"].read_text()
+
+
+def test_metric_headers_name_the_protocol():
+    assert metric_header("official_ssim_fg") == "SSIM fg [official] ↑"
+    assert metric_header("official_mae_hu_fg") == "MAE fg (HU) [official] ↓"
+    assert (
+        metric_header("hfen_lesion") == "HFEN lesion ↓" and metric_header("gmsd_fg") == "GMSD fg ↓"
+    )
+    df = pd.DataFrame({"psnr_fg": [1.0], "official_ssim_fg": [np.nan], "gmsd_fg": [0.1],
+                       "hfen_lesion": [0.2]})  # fmt: skip
+    assert table_metrics(df) == ["psnr_fg", "gmsd_fg", "hfen_lesion"]  # all-NaN column dropped
+
+
+def _write_run_json(root, method, seed, **fields):
+    path = root / "train" / method / f"seed-{seed}" / "run.json"
+    path.parent.mkdir(parents=True)
+    info = {"dataset": "phantom", "direction": "t1n-to-t2w", "method": method, "seed": seed,
+            "hparams": {"batch_size": 4}, **fields}  # fmt: skip
+    path.write_text(json.dumps(info))
+    return path
+
+
+def test_training_budget_columns_and_caption(two_methods, tmp_path):
+    runs = [
+        _write_run_json(tmp_path, "dfbk", 0, steps=600, batch_size=8, n_parameters=1_234_567,
+                        train_flops_per_step=2.5e12, evaluated_checkpoint="last"),
+        _write_run_json(tmp_path, "dfbk", 1, steps=600, batch_size=8, n_parameters=1_234_567,
+                        train_flops_per_step=2.5e12, evaluated_checkpoint="last"),
+        _write_run_json(tmp_path, "pix2pix", 0, steps=200),  # an older run.json: fields absent
+    ]  # fmt: skip
+    training = training_frame(runs)
+    caption = caption_notes(runs)
+    assert "Training budget (steps × batch size): dfbk 600 × 8; pix2pix 200 × 4." in caption
+    assert "Evaluated checkpoint differs between runs: dfbk last; pix2pix not recorded." in caption
+    paths = write_comparison_table(
+        two_methods, tmp_path / "abl", caption=caption, training=training, capacity=True
+    )
+    md = paths["md"].read_text()
+    assert "| Params" in md and "Train FLOPs/step" in md
+    assert "1.23 M" in md and "2.5 TFLOP" in md and md.count("n/a") >= 2
+    csv = pd.read_csv(paths["csv"]).set_index("method")
+    assert csv.loc["dfbk", "steps"] == 600 and csv.loc["dfbk", "batch_size"] == 8
+    assert csv.loc["dfbk", "n_parameters"] == 1_234_567
+    assert csv.loc["pix2pix", "batch_size"] == 4 and np.isnan(csv.loc["pix2pix", "n_parameters"])
+    comparison = write_comparison_table(two_methods, tmp_path / "cmp", training=training)
+    assert "Params" not in comparison["md"].read_text()  # comparison: csv and caption only
+    assert "steps" in pd.read_csv(comparison["csv"]).columns
+
+
+def test_same_checkpoint_rule_is_stated(tmp_path):
+    runs = [_write_run_json(tmp_path, m, 0, steps=10, evaluated_checkpoint="best")
+            for m in ("a", "b")]  # fmt: skip
+    assert "Evaluated checkpoint: best, the same rule for every method." in caption_notes(runs)
+    old = [_write_run_json(tmp_path / "old", "a", 0, steps=10)]
+    assert "Evaluated checkpoint: not recorded in run.json." in caption_notes(old)
 
 
 # ---------------------------------------------------------------- figure

@@ -5,7 +5,12 @@ run group, then mean ± std (ddof 1) is taken over test subjects — subjects, n
 slices, are the independent samples, so the std says how much the method varies across
 patients. Significance is a paired Wilcoxon signed-rank test over the same subjects (paired
 because every method translates the same test subjects; non-parametric because per-subject
-SSIM differences are bounded and skewed). The best mean per dataset × direction is bold.
+SSIM differences are bounded and skewed). All p-values of one table form one family and are
+Holm-adjusted (`dfbk.evaluation.statistics.holm`); the Markdown/LaTeX tables show the adjusted
+p, the csv keeps both. The best mean per dataset × direction is bold.
+
+Columns `official_*` come from the dataset's challenge protocol, all others from its 2-D slice
+protocol (`dfbk.evaluation.protocols`); their headers carry "[official]".
 """
 
 from __future__ import annotations
@@ -20,13 +25,23 @@ from scipy.stats import wilcoxon
 
 from dfbk.data.io import write_text
 from dfbk.errors import DataError
+from dfbk.evaluation.statistics import holm
 
 RUN_KEYS = ("dataset", "direction", "method", "seed")
 COMPARISON_GROUPS = ("dataset", "direction", "method")
-LABELS = {"psnr": "PSNR", "ssim": "SSIM", "mae": "MAE", "mae_hu": "MAE"}
+LABELS = {"psnr": "PSNR", "ssim": "SSIM", "mae": "MAE", "mae_hu": "MAE", "hfen": "HFEN",
+          "gmsd": "GMSD"}  # fmt: skip
 UNITS = {"psnr": "dB", "mae_hu": "HU"}
-DECIMALS = {"psnr": 2, "ssim": 4, "mae": 4, "mae_hu": 1}
+DECIMALS = {"psnr": 2, "ssim": 4, "mae": 4, "mae_hu": 1, "hfen": 4, "gmsd": 4}
 HIGHER_IS_BETTER = {"psnr", "ssim"}
+OFFICIAL = "official_"
+# the tables' columns, in this order, where the runs have them (a column all NaN is dropped)
+TABLE_METRICS = (
+    "psnr_fg", "ssim_fg", "mae_fg", "mae_hu_fg", "hfen_fg", "gmsd_fg", "hfen_lesion",
+    "gmsd_lesion", "official_psnr_fg", "official_ssim_fg", "official_mae_hu_fg",
+    "official_ssim_lesion", "official_ssim_nonlesion",
+)  # fmt: skip
+SIGNIFICANCE_METRICS = (("SSIM", "ssim_fg"), ("PSNR", "psnr_fg"))
 DEFAULT_CAPTION = (
     "Intensities in [0, 1]; PSNR with data range 1 (MSE over the region); SSIM with a Gaussian "
     "window (sigma 1.5, K1 0.01, K2 0.03, data range 1); MAE in [0, 1] units."
@@ -60,17 +75,23 @@ def collect_results(metrics_files: list[Path]) -> pd.DataFrame:
 
 
 def split_metric(metric: str) -> tuple[str, str]:
-    """'mae_hu_fg' -> ('mae_hu', 'fg')."""
-    base, _, region = metric.rpartition("_")
+    """'mae_hu_fg' -> ('mae_hu', 'fg'); 'official_ssim_fg' -> ('ssim', 'fg')."""
+    base, _, region = metric.removeprefix(OFFICIAL).rpartition("_")
     return base, region
 
 
 def metric_header(metric: str) -> str:
-    """'psnr_fg' -> 'PSNR fg (dB) ↑'."""
+    """'psnr_fg' -> 'PSNR fg (dB) ↑'; 'official_ssim_fg' -> 'SSIM fg [official] ↑'."""
     base, region = split_metric(metric)
     unit = f" ({UNITS[base]})" if base in UNITS else ""
+    tag = " [official]" if metric.startswith(OFFICIAL) else ""
     arrow = "↑" if base in HIGHER_IS_BETTER else "↓"
-    return f"{LABELS.get(base, base.upper())} {region}{unit} {arrow}"
+    return f"{LABELS.get(base, base.upper())} {region}{unit}{tag} {arrow}"
+
+
+def table_metrics(df: pd.DataFrame) -> list[str]:
+    """The TABLE_METRICS columns that at least one run has a value for, in table order."""
+    return [m for m in TABLE_METRICS if m in df.columns and df[m].notna().any()]
 
 
 def subject_means(
@@ -143,10 +164,26 @@ def _format_p(p: float) -> str:
     return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def _format_value(value) -> str:
+    """A non-metric extra cell: p-values and FID as numbers, anything else as text."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return "n/a"
+    return str(value)
+
+
+def _formatter(column: str):
+    if column.startswith("p"):
+        return _format_p
+    if column == "FID":
+        return lambda v: "—" if not np.isfinite(v) else f"{v:.2f}"
+    return _format_value
+
+
 def _cells(summary, group_cols, metrics, best_within, extra_cols) -> tuple[list, list]:
     """Header and rows of (text, bold) cells shared by the Markdown and LaTeX writers."""
     header = [*group_cols, *(metric_header(m) for m in metrics), *extra_cols]
     bold = {m: _best_flags(summary, m, best_within) for m in metrics}
+    formats = {c: _formatter(c) for c in extra_cols}
     rows = []
     for i, row in summary.iterrows():
         cells = [(str(row[c]), False) for c in group_cols]
@@ -155,7 +192,7 @@ def _cells(summary, group_cols, metrics, best_within, extra_cols) -> tuple[list,
             mean, std = row[f"{m}_mean"], row[f"{m}_std"]
             text = "—" if pd.isna(mean) else f"{mean:.{d}f} ± {std:.{d}f}"
             cells.append((text, bool(bold[m][i])))
-        cells.extend((_format_p(row[c]), False) for c in extra_cols)
+        cells.extend((formats[c](row[c]), False) for c in extra_cols)
         rows.append(cells)
     return header, rows
 
@@ -195,11 +232,13 @@ def write_table(
     caption: str = "",
     best_within: Sequence[str] = ("dataset", "direction"),
     extra: pd.DataFrame | None = None,
+    csv_only: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write `{out_stem}.md`, `.csv`, `.tex`: one row per group, mean ± std over subjects.
 
-    `extra` holds further numeric columns (p-values) keyed by `group_cols`; they are shown as
-    p-values. The caption given (the protocol) is completed with how the numbers aggregate.
+    `extra` holds further columns keyed by `group_cols` (p-values, FID, training budget);
+    those named in `csv_only` go to the csv alone. The caption given (the protocol) is
+    completed with how the numbers aggregate.
     """
     out_stem = Path(out_stem)
     missing = [m for m in metrics if m not in df.columns]
@@ -211,14 +250,15 @@ def write_table(
     summary = summarise_groups(df, group_cols, metrics)
     extra_cols: list[str] = []
     if extra is not None:
-        extra_cols = [c for c in extra.columns if c not in group_cols]
+        extra_cols = [c for c in extra.columns if c not in group_cols and c not in csv_only]
         summary = summary.merge(extra, on=list(group_cols), how="left")
     lo, hi = int(summary["n_seeds"].min()), int(summary["n_seeds"].max())
     seed_text = f"{lo} seed{'s' * (hi > 1)}" if lo == hi else f"{lo} to {hi} seeds"
     caption = (
         f"{caption or DEFAULT_CAPTION} Mean ± std over test subjects; each subject's value is "
         f"first averaged over seeds ({seed_text} per method). Bold: best per "
-        f"{' × '.join(best_within) or 'table'} (higher is better for PSNR and SSIM, lower for MAE)."
+        f"{' × '.join(best_within) or 'table'} (higher is better for PSNR and SSIM, lower for "
+        "MAE, HFEN and GMSD)."
     )
     header, rows = _cells(summary, list(group_cols), list(metrics), best_within, extra_cols)
     md_rows = [[f"**{t}**" if b else t for t, b in cells] for cells in rows]
@@ -233,31 +273,61 @@ def write_table(
     return paths
 
 
+def significance_columns(df: pd.DataFrame, reference_method: str) -> tuple[pd.DataFrame, int]:
+    """Raw and Holm-adjusted Wilcoxon p of `reference_method` vs each method, one family.
+
+    Columns "p (SSIM vs X)", "p (PSNR vs X)" (raw) and "p_Holm (… vs X)"; the family is every
+    finite p of the table (all datasets, directions, methods and both metrics). Returns the
+    frame and the family size.
+    """
+    frame = None
+    for label, metric in SIGNIFICANCE_METRICS:
+        p = wilcoxon_vs(df, reference_method, metric).drop(columns="n_pairs")
+        p = p.rename(columns={"p_value": f"p ({label} vs {reference_method})"})
+        frame = p if frame is None else frame.merge(p, on=list(COMPARISON_GROUPS), how="outer")
+    raw = [f"p ({label} vs {reference_method})" for label, _ in SIGNIFICANCE_METRICS]
+    values = frame[raw].to_numpy(dtype=float)
+    adjusted = holm(values.ravel()).reshape(values.shape)
+    for k, column in enumerate(raw):
+        frame[column.replace("p (", "p_Holm (", 1)] = adjusted[:, k]
+    return frame, int(np.isfinite(values).sum())
+
+
 def write_comparison_table(
     df: pd.DataFrame,
     out_stem: Path,
-    metrics: Sequence[str] = ("psnr_fg", "ssim_fg", "mae_fg"),
+    metrics: Sequence[str] | None = None,
     caption: str = "",
     significance_vs: str | None = None,
     extra_columns: pd.DataFrame | None = None,
+    training: pd.DataFrame | None = None,
+    capacity: bool = False,
 ) -> dict[str, Path]:
-    """The methods comparison table: one row per dataset × direction × method.
+    """The methods comparison (or ablation) table: one row per dataset × direction × method.
 
-    With `significance_vs`, adds "p (SSIM vs X)" and "p (PSNR vs X)": paired Wilcoxon p-values
-    of method X against each row's method over test subjects (fg region).
+    `metrics` defaults to every TABLE_METRICS column the runs have. With `significance_vs`,
+    adds paired Wilcoxon p-values of method X against each row's method over test subjects
+    (fg region), Holm-adjusted over the table; the raw p-values go to the csv only.
+    `training` (from `dfbk.reporting.captions.training_frame`) adds each row's steps, batch
+    size, parameters, training FLOPs and evaluated checkpoint to the csv; with `capacity`
+    the parameter count and FLOPs are also table columns (the ablation table).
     """
-    extra = None
+    metrics = table_metrics(df) if metrics is None else list(metrics)
+    keys = list(COMPARISON_GROUPS)
+    extra, csv_only = None, []
     if significance_vs is not None:
+        extra, family = significance_columns(df, significance_vs)
+        csv_only += [c for c in extra.columns if c.startswith("p (")]
         caption = (
             f"{caption or DEFAULT_CAPTION} p: paired Wilcoxon signed-rank test against "
-            f"{significance_vs} over the same test subjects (fg region)."
+            f"{significance_vs} over the same test subjects (fg region), Holm-adjusted over "
+            f"the {family} comparisons of this table (raw p in the csv)."
         )
-        for label, metric in (("SSIM", "ssim_fg"), ("PSNR", "psnr_fg")):
-            p = wilcoxon_vs(df, significance_vs, metric)
-            p = p.rename(columns={"p_value": f"p ({label} vs {significance_vs})"})
-            p = p.drop(columns="n_pairs")
-            extra = p if extra is None else extra.merge(p, on=list(COMPARISON_GROUPS))
-    if extra_columns is not None:  # e.g. FID per dataset × direction × method
-        keys = list(COMPARISON_GROUPS)
-        extra = extra_columns if extra is None else extra.merge(extra_columns, on=keys, how="left")
-    return write_table(df, out_stem, COMPARISON_GROUPS, metrics, caption, extra=extra)
+    for frame in (extra_columns, training):  # e.g. FID; training budget
+        if frame is not None:
+            extra = frame if extra is None else extra.merge(frame, on=keys, how="left")
+    if training is not None:
+        shown = ["Params", "Train FLOPs/step"] if capacity else []
+        csv_only += [c for c in training.columns if c not in keys and c not in shown]
+    return write_table(df, out_stem, COMPARISON_GROUPS, metrics, caption, extra=extra,
+                       csv_only=csv_only)  # fmt: skip
