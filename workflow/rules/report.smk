@@ -73,4 +73,4 @@ rule tabulate_ablation:
         "../../environment.yml"
     shell:
         "dfbk tables {input.metrics} --runs {input.runs} --out-stem {params.out_stem} "
-        "--caption {params.caption:q} > {log} 2>&1"
+        "--caption {params.caption:q} --capacity > {log} 2>&1"
