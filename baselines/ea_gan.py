@@ -18,10 +18,25 @@ Deviations from the published (3-D, PyTorch) code, recorded in `describe()`:
   kernel divided by 4, as the published code does, gives the same 4*h response to a step of h).
 - Edge map as in the paper, the raw magnitude: the code additionally squashes it to
   2*tanh(S) - 1 and pads with -1; we pad by replicating the border (no spurious border edges).
-- No image pool and no random label smoothing: in the published code the pool is also queried in
-  the generator step (which then often sees a stored image without gradient), and the "smoothed"
-  label tensor is drawn once and cached, i.e. a fixed random target. The paper's plain LSGAN
-  targets 1/0 are used.
+- Image pool on the discriminator's fake input only, for both variants. The released gEa-GAN
+  does exactly this (`gea_gan_model.py`: a pool of `--pool_size` 4 images, queried for the fake
+  pair in `backward_D`). The released dEa-GAN (`dea_gan_model.py`) also pushes the *real*
+  triplets through that same pool in `backward_D`, and queries it again in `backward_G`; the
+  pool rebuilds its output from `.data`, so there the generator's adversarial loss carries no
+  gradient at all and dEa-GAN's generator is trained by the L1 and edge terms alone. We keep
+  the adversarial gradient (the paper's objective) and the gEa-GAN pool.
+- No random label smoothing: the released `GANLoss_smooth` draws a random target once and
+  caches it, i.e. a fixed random target. The paper's plain LSGAN targets 1/0 are used.
+
+Checked against the released code (github.com/by-lab/Ea-GANs: `models/`, `data/aligned_dataset.py`,
+`options/`, `train_*.sh`, `test.py`), and followed here:
+- Augmentation: the aligned loader flips source and target together along the last image axis
+  with probability 1/2 unless `--no_flip`, which the training scripts do not pass
+  (`augment: hflip`).
+- Initialisation: `init_net` / `weights_init`, N(0, 0.02) convolution weights, N(1, 0.02) norm
+  scales, convolution biases left at PyTorch's default.
+- Inference: the test model calls `netG.eval()` (`inference: eval`: running batch-norm
+  statistics, no dropout).
 """
 
 from __future__ import annotations
@@ -34,7 +49,13 @@ from torch import Tensor
 
 from dfbk.errors import ConfigError
 from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
-from dfbk.methods.gan import gan_loss, set_requires_grad
+from dfbk.methods.gan import (
+    ImagePool,
+    check_inference_mode,
+    gan_loss,
+    run_generator,
+    set_requires_grad,
+)
 from dfbk.methods.registry import register_method
 from dfbk.methods.schedules import linear_decay
 from dfbk.networks.unet import PatchDiscriminator, UNetGenerator, init_weights
@@ -75,6 +96,9 @@ def edge_weight(step: int, full_weight: float, ramp_steps: int) -> float:
 
 _BASE_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {
+        "augment": "hflip",  # released loader flips unless --no_flip
+        "inference": "eval",  # released test: netG.eval()
+        "pool_size": 4,  # released --pool_size default; D's fake input only
         "steps": 400,
         "batch_size": 16,
         "ema_decay": None,
@@ -92,6 +116,9 @@ _BASE_PRESETS: dict[str, dict[str, Any]] = {
         "gan_mode": "lsgan",
     },
     "paper": {
+        "augment": "hflip",  # released loader flips unless --no_flip
+        "inference": "eval",  # released test: netG.eval()
+        "pool_size": 4,  # released --pool_size default; D's fake input only
         # Epochs -> steps at a nominal 1,000 steps per epoch (set `steps`, `decay_start` and
         # `edge_ramp_steps` from the training-set size: epoch = n_train_slices / batch_size).
         "steps": 150_000,  # 100 epochs constant + 50 epochs linear decay
@@ -133,7 +160,9 @@ class EaGAN(Method):
         self.generator = UNetGenerator(1, 1, h["num_downs"], h["ngf"], h["norm"], h["dropout"])
         d_channels = 3 if h["variant"] == "d" else 2  # (source, image[, edges(image)])
         self.discriminator = PatchDiscriminator(d_channels, h["ndf"], 3, h["norm"])
-        init_weights(self)
+        init_weights(self, zero_bias=False)  # released: biases keep PyTorch's default
+        check_inference_mode(self.name, self.inference)
+        self.pool = ImagePool(h["pool_size"])
         betas = (h["beta1"], 0.999)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=h["lr"], betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=h["lr"], betas=betas)
@@ -150,12 +179,17 @@ class EaGAN(Method):
     def describe(self) -> dict[str, Any]:
         return {
             "variant": "dEa-GAN" if self.hparams["variant"] == "d" else "gEa-GAN",
+            "augment": self.hparams["augment"],
+            "inference": f"{self.inference} mode (released test: eval)",
+            "init": "N(0, 0.02) weights, default biases, N(1, 0.02) norm scales (released)",
             "deviations": [
                 "2-D port of the 3-D method: 2-D U-Net/PatchGAN, 2-D Sobel magnitude "
                 "sqrt(Gx^2+Gy^2)",
                 "raw Sobel magnitude as in the paper (code: 2*tanh(S)-1, -1 padding); "
                 "replicate padding",
-                "no image pool, no label smoothing (buggy in the published code): plain LSGAN",
+                "image pool on D's fake input only (released dEa-GAN also pools real inputs "
+                "and detaches the generator's adversarial term); no label smoothing (a fixed "
+                "random target in the released code): plain LSGAN targets",
                 "edge-weight ramp continuous in steps instead of once per epoch",
             ],
         }
@@ -196,7 +230,7 @@ class EaGAN(Method):
         self.opt_d.zero_grad(set_to_none=True)
         with self.autocast():
             d_real = self.discriminator(self.discriminator_input(source, target))
-            d_fake = self.discriminator(self.discriminator_input(source, fake.detach()))
+            d_fake = self.discriminator(self.pool.query(self.discriminator_input(source, fake)))
         loss_d = 0.5 * (
             gan_loss(d_real.float(), True, mode) + gan_loss(d_fake.float(), False, mode)
         )
@@ -230,7 +264,15 @@ class EaGAN(Method):
         self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
     ) -> Tensor:
         with self.autocast():
-            return to_unit(self.generator(to_signed(source)).float())
+            out = run_generator(
+                self.generator, self.generator, to_signed(source), self.inference, seeds
+            )
+        return to_unit(out.float())
+
+    @property
+    def inference(self) -> str:
+        # checkpoints written before the key existed were translated in eval mode
+        return self.hparams.get("inference", "eval")
 
 
 @register_method("dea_gan")

@@ -31,6 +31,24 @@ training (the released code ramps it once per epoch, here per step). Adam 2e-4, 
 (0.5, 0.999), gradient-norm clipping at 1.0, image history pools of 50 for the discriminators,
 40 epochs constant + 40 epochs linear decay at batch size 4.
 
+Checked against the released code (github.com/HieuPhan33/MaskGAN, `models/networks.py`,
+`data/unaligned_dataset.py`, `data/base_dataset.py`, `README.md`, `test.py`):
+- Initialisation: `init_net` has its `init_weights` call commented out, so the encoder, both
+  heads and the discriminators keep PyTorch's default initialisation; only the residual blocks
+  of the attention generator draw N(0, 0.02) weights with zero biases (`resnet_block.weight_init`
+  called by `ResnetGenerator_Att`). Followed here.
+- Augmentation: the README's training command passes `--no_flip` (and `--preprocess
+  resize_pad_crop`, a deterministic resize/pad/centre crop to 224): no flips (`augment: none`).
+- Unpaired partners ("position-based selection", commit "position based strategy", 2024): the
+  preprocessing writes every slice i of an n-slice volume (after resampling to 214 slices and
+  padding 5 each side: n = 224) with its relative position round(i / n, 2); the loader draws the
+  partner B uniformly among all training B slices, of any volume, whose rounded relative
+  position lies within +-0.03 (inclusive; `--position_based_range 3`, percent) of A's. The
+  shared loader's unpaired mode implements the partner draw (`dfbk.data.loader`).
+- Inference: `test.py` calls `model.eval()` only with `--eval` (not in the README), so it runs
+  in training mode; with instance norm without running statistics and no dropout (the attention
+  generator has none) the two modes give the same output, so `translate` simply runs it.
+
 Deviations, also in `describe()`:
 - Masks are computed on the fly per batch on CPU with scipy.ndimage (threshold, closing, hole
   filling, largest component, a 1-pixel dilation) for both domains instead of being precomputed
@@ -51,7 +69,7 @@ from torch import Tensor, nn
 
 from baselines.maskgan_masks import batch_masks
 from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
-from dfbk.methods.gan import gan_loss, set_requires_grad
+from dfbk.methods.gan import ImagePool, gan_loss, set_requires_grad
 from dfbk.methods.registry import register_method
 from dfbk.methods.schedules import linear_decay
 from dfbk.networks.resnet import ResnetBlock, resnet_decoder, resnet_encoder
@@ -110,42 +128,6 @@ class AttentionResnetGenerator(nn.Module):
         return AttentionOutput(image, content, attention)
 
 
-class ImagePool(nn.Module):
-    """History of generated images for the discriminator (Shrivastava et al. 2017; CycleGAN).
-
-    Each queried image is returned as is, or, once the pool is full, with probability 1/2 swapped
-    for a stored one (which it then replaces). Kept in the state dict so a resumed run
-    continues with the same history.
-    """
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-        self.images: list[Tensor] = []
-
-    def query(self, images: Tensor) -> Tensor:
-        if self.size <= 0:
-            return images
-        out = []
-        for image in images.detach():
-            if len(self.images) < self.size:
-                self.images.append(image.clone())
-                out.append(image)
-            elif float(torch.rand(())) < 0.5:
-                k = int(torch.randint(len(self.images), ()))
-                out.append(self.images[k].to(image.device))
-                self.images[k] = image.clone()
-            else:
-                out.append(image)
-        return torch.stack(out)
-
-    def get_extra_state(self) -> list[Tensor]:
-        return [t.clone() for t in self.images]
-
-    def set_extra_state(self, state: list[Tensor]) -> None:
-        self.images = [t.clone() for t in state]
-
-
 @register_method("maskgan")
 class MaskGAN(Method):
     PAIRED = False  # unpaired by design: the trainer draws targets independently of sources
@@ -156,6 +138,7 @@ class MaskGAN(Method):
         # head barely moves in 400 steps (phantom T1->T2 at 48x48, 300 steps: SSIM 0.73 at 1e-3,
         # 0.66 at 2e-4, identity 0.63).
         "tiny": {
+            "augment": "none",  # released training command: --no_flip
             "steps": 250,
             "batch_size": 8,
             "ema_decay": None,
@@ -183,6 +166,7 @@ class MaskGAN(Method):
         # linear decay). Epochs -> steps: 80 * n_train_slices / 4; 200k steps = 80 epochs of 10k
         # slices (set `steps` and `decay_start` = steps / 2 to the dataset's size).
         "paper": {
+            "augment": "none",  # released training command: --no_flip
             "steps": 200_000,
             "batch_size": 4,
             "ema_decay": None,
@@ -215,7 +199,8 @@ class MaskGAN(Method):
         disc = lambda: PatchDiscriminator(1, h["ndf"], h["n_layers_d"], h["norm"])  # noqa: E731
         self.gen_ab, self.gen_ba = gen(), gen()
         self.disc_a, self.disc_b = disc(), disc()  # D_A judges domain A (source), D_B domain B
-        init_weights(self)
+        for generator in (self.gen_ab, self.gen_ba):  # released init: see the module docstring
+            init_weights(generator.blocks)
         self.pool_a, self.pool_b = ImagePool(h["pool_size"]), ImagePool(h["pool_size"])
         betas = (h["beta1"], 0.999)
         self.opt_g = torch.optim.Adam(self.generator_parameters(), lr=h["lr"], betas=betas)
@@ -342,7 +327,8 @@ class MaskGAN(Method):
     def describe(self) -> dict[str, Any]:
         h = self.hparams
         return {
-            "training": "unpaired (shuffled pairing), as published",
+            "training": "unpaired: partner slice from another subject at a similar relative "
+            "position (released position-based selection)",
             "generator": f"ResNet-{h['n_blocks']} trunk, {h['n_content']} content maps + "
             f"{h['n_content'] + 1} softmax attention maps (last one copies the input)",
             "identity_weight": "lambda_identity * lambda_cycle (CycleGAN convention): "
@@ -350,6 +336,10 @@ class MaskGAN(Method):
             "shape_loss": "L1 between the reverse generator's foreground attention on the "
             "translated image and the forward generator's on the source; weight ramped "
             "linearly 0 -> lambda_shape over `steps`",
+            "init": "as released: PyTorch default, N(0, 0.02) in the generators' residual blocks",
+            "augment": h["augment"],
+            "inference": "mode-independent: instance norm without running statistics and no "
+            "dropout, so the released train-mode test gives the same output",
             "deviations": [
                 "masks computed on the fly per batch (scipy.ndimage on CPU: threshold "
                 f"{h['mask_threshold']}, closing {h['mask_closing']}, hole filling, largest "

@@ -4,6 +4,18 @@ Loss: vanilla GAN (BCE) + 100 * L1; the discriminator sees (source, target) pair
 loss is halved, as published. Adam lr 2e-4, betas (0.5, 0.999); `paper` keeps the published
 batch size 1 and 200 epochs (100 constant + 100 linear decay, expressed in steps by the user's
 dataset size via `steps`), `tiny` is a CPU-sized version with the same losses.
+
+Checked against the released code (github.com/junyanz/pytorch-CycleGAN-and-pix2pix:
+`data/base_dataset.py`, `models/networks.py`, `test.py`) and the paper:
+- Augmentation: `get_transform` flips left-right with probability 1/2 unless `--no_flip`
+  (the same flip for source and target of a pair), on by default: `augment: hflip`.
+- Initialisation: `init_net` -> `init_weights`, N(0, 0.02) weights, zero biases, N(1, 0.02)
+  batch-norm scales (`dfbk.networks.unet.init_weights`).
+- Inference: `test.py` calls `model.eval()` only with `--eval` (off by default), and the paper
+  (Sec. 3.3) runs the generator "in exactly the same manner as during the training phase":
+  dropout on, batch norm on the statistics of the test batch of size 1. `inference: train`
+  does this slice by slice (dropout from the slice's seed); `inference: eval` uses running
+  statistics and no dropout.
 """
 
 from __future__ import annotations
@@ -13,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
-from dfbk.methods.gan import gan_loss, set_requires_grad
+from dfbk.methods.gan import check_inference_mode, gan_loss, run_generator, set_requires_grad
 from dfbk.methods.registry import register_method
 from dfbk.methods.schedules import linear_decay
 from dfbk.networks.unet import PatchDiscriminator, UNetGenerator, init_weights
@@ -23,6 +35,8 @@ from dfbk.networks.unet import PatchDiscriminator, UNetGenerator, init_weights
 class Pix2Pix(Method):
     PRESETS = {
         "tiny": {
+            "augment": "hflip",  # released default (no --no_flip)
+            "inference": "train",  # the paper and released test.py
             "steps": 400,
             "batch_size": 16,
             "ema_decay": None,
@@ -38,6 +52,8 @@ class Pix2Pix(Method):
             "decay_start": 200,
         },
         "paper": {
+            "augment": "hflip",  # released default (no --no_flip)
+            "inference": "train",  # the paper and released test.py
             "steps": 200_000,
             "batch_size": 1,
             "ema_decay": None,
@@ -60,6 +76,7 @@ class Pix2Pix(Method):
         self.generator = UNetGenerator(1, 1, h["num_downs"], h["ngf"], h["norm"], h["dropout"])
         self.discriminator = PatchDiscriminator(2, h["ndf"], 3, h["norm"])
         init_weights(self)
+        check_inference_mode(self.name, self.inference)
         betas = (h["beta1"], 0.999)
         self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=h["lr"], betas=betas)
         self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=h["lr"], betas=betas)
@@ -114,4 +131,26 @@ class Pix2Pix(Method):
         self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
     ) -> Tensor:
         with self.autocast():
-            return to_unit(self.generator(to_signed(source)).float())
+            out = run_generator(
+                self.generator, self.generator, to_signed(source), self.inference, seeds
+            )
+        return to_unit(out.float())
+
+    @property
+    def inference(self) -> str:
+        # checkpoints written before the key existed were translated in eval mode
+        return self.hparams.get("inference", "eval")
+
+    def describe(self) -> dict:
+        return {
+            "augment": self.hparams["augment"],
+            "inference": INFERENCE_NOTES[self.inference],
+            "init": "N(0, 0.02) weights, zero biases, N(1, 0.02) batch-norm scales (released)",
+        }
+
+
+INFERENCE_NOTES = {
+    "train": "train mode, slice by slice, as the paper and the released test.py: dropout "
+    "active with the slice's seed, batch norm on the slice's own statistics",
+    "eval": "eval mode: running batch-norm statistics, no dropout (released test.py: train mode)",
+}

@@ -8,7 +8,7 @@ transformer path, and both use ONE shared ViT encoder (the same module instance)
     t = Up(ViT(PatchEmbed(Down(g)) + pos))      Down: two stride-2 3x3 convs, C -> 2C -> 4C
     h = CC(concat(t, g));  out = h + ResCNN(h)  CC: residual block 2C -> C, 1x1 projection skip
 
-At 256x256 the ViT-B/16 (12 layers, hidden 768, 12 heads, MLP 3072, dropout 0.1) sees a 16x16
+At 256x256 the ViT-B/16 (12 layers, hidden 768, 12 heads, MLP 3072) sees a 16x16
 grid of 1x1 patches of 4C = 1024 channels, the token layout of the ImageNet-21k R50+ViT-B/16
 hybrid the authors start from. Conditional PatchGAN, least-squares GAN + 100 * L1, D loss halved,
 Adam (beta1 0.5), batch norm, batch size 1.
@@ -19,13 +19,30 @@ decay); "full" starts from its CNN weights (`init_from_stage`; generator only, D
 published code) at lr 1e-3 for 50 epochs (25 + 25). Epochs are `steps` at 1000 slices per epoch,
 batch 1; for the paper's epoch counts give the pretraining job steps 100_000, decay_start 50_000.
 
+Checked against the released code (github.com/icon-lab/ResViT: `models/residual_transformers.py`,
+`models/transformer_configs.py`, `models/networks.py`, `data/aligned_dataset.py`, `test.py`,
+`README.md`), and followed here:
+- Dropout: `get_b16_config` sets dropout_rate 0.1 (MLP and embedding dropout) and
+  attention_dropout_rate 0.0, which `Attention` uses for both the attention weights and the
+  attention output (`proj_dropout`): `vit_dropout` 0.1, `vit_attention_dropout` 0.0.
+- Initialisation: `define_G` applies no initialisation to the ResViT generator, so its layers
+  keep PyTorch's defaults except `Mlp._init_weights` (Xavier-uniform weights, N(0, 1e-6) biases)
+  and the zero-initialised positional encoding; `define_D` applies `weights_init_normal`
+  (N(0, 0.02) convolutions with default biases, N(1, 0.02) batch-norm scales). The generator's
+  convolutions before batch norm have no bias (`use_bias = False`).
+- Augmentation: the README's commands use the aligned loader without `--no_flip`, which flips
+  source and target together left-right with probability 1/2 (`augment: hflip`).
+- Inference: no script calls `eval()`, so the released test runs in training mode at batch
+  size 1: batch norm normalises by the test slice's own statistics and the ViT's dropout stays
+  active. `inference: train` reproduces this slice by slice (dropout drawn from each slice's
+  seed); `inference: eval` uses the running statistics and no dropout.
+
 Deviations, recorded in `describe()`:
 - ViT initialisation is random unless `vit_weights` names a local timm-format VisionTransformer
   state dict (`blocks.*`, `norm.*` required; `patch_embed.proj.*`, `pos_embed` used where they
   fit, e.g. timm's `vit_base_r50_s16_224.orig_in21k`): the published weights need a download.
 - The published full-stage lr 1e-3 is kept in `paper` but is reported to diverge; the fallback
   is the pretraining lr (override `lr: 2.0e-4`).
-- Convolutions before batch norm carry a (redundant) bias, from the shared ResNet pieces.
 - Input sizes other than `img_size` (divisible by 16 * vit_patch) resample the positional
   embedding (bicubic); the published model is fixed at 256x256.
 """
@@ -45,7 +62,7 @@ from torch import Tensor, nn
 
 from dfbk.errors import ConfigError, TrainingError
 from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
-from dfbk.methods.gan import gan_loss, set_requires_grad
+from dfbk.methods.gan import check_inference_mode, gan_loss, run_generator, set_requires_grad
 from dfbk.methods.registry import register_method
 from dfbk.methods.schedules import linear_decay
 from dfbk.networks.resnet import ResnetBlock, resnet_decoder, resnet_encoder
@@ -62,18 +79,38 @@ class ViTEncoder(nn.Module):
     (B, N, D) tokens -> (B, N, D). Pre-norm blocks (MHSA + MLP), GELU, qkv bias, eps 1e-6.
     """
 
-    def __init__(self, depth: int, hidden: int, heads: int, mlp: int, dropout: float) -> None:
+    def __init__(
+        self,
+        depth: int,
+        hidden: int,
+        heads: int,
+        mlp: int,
+        dropout: float,
+        attention_dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         norm = partial(nn.LayerNorm, eps=1e-6)
-        self.blocks = nn.ModuleList(
-            Block(hidden, heads, mlp / hidden, qkv_bias=True, proj_drop=dropout, norm_layer=norm)
-            for _ in range(depth)
-        )
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            block = Block(
+                hidden,
+                heads,
+                mlp / hidden,
+                qkv_bias=True,
+                proj_drop=dropout,
+                attn_drop=attention_dropout,
+                norm_layer=norm,
+            )
+            # released: the attention output's dropout uses the attention rate (0.0), the MLP's
+            # the dropout rate (0.1); timm would apply `proj_drop` to both
+            block.attn.proj_drop = nn.Dropout(attention_dropout)
+            # released initialisation: Xavier-uniform MLP weights, N(0, 1e-6) MLP biases; the
+            # attention projections and LayerNorms keep PyTorch's defaults
+            for fc in (block.mlp.fc1, block.mlp.fc2):
+                nn.init.xavier_uniform_(fc.weight)
+                nn.init.normal_(fc.bias, std=1e-6)
+            self.blocks.append(block)
         self.norm = norm(hidden)
-        for module in self.modules():  # timm's ViT initialisation: truncated N(0, 0.02)
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
 
     def forward(self, tokens: Tensor) -> Tensor:
         for block in self.blocks:
@@ -105,8 +142,7 @@ class TransformerBranch(nn.Module):
             *_conv(channels, 2 * channels, norm), *_conv(2 * channels, 4 * channels, norm)
         )
         self.embed = nn.Conv2d(4 * channels, hidden, patch, patch)
-        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, hidden))
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid, hidden))  # released: zeros
         self.dropout = nn.Dropout(dropout)
         layers = [
             *_conv(hidden, 2 * channels, norm, True),
@@ -157,7 +193,7 @@ class ARTBlock(nn.Module):
         self.vit = vit  # shared: the same module instance in every ART block that has one
         self.branch = TransformerBranch(channels, norm=norm, **branch) if vit else None
         self.compress = ChannelCompression(2 * channels, channels, norm) if vit else None
-        self.residual = ResnetBlock(channels, norm)
+        self.residual = ResnetBlock(channels, norm, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.vit is not None:
@@ -175,7 +211,12 @@ class ResViTGenerator(nn.Module):
         vit = None
         if with_transformer:
             vit = ViTEncoder(
-                h["vit_depth"], h["vit_hidden"], h["vit_heads"], h["vit_mlp"], h["vit_dropout"]
+                h["vit_depth"],
+                h["vit_hidden"],
+                h["vit_heads"],
+                h["vit_mlp"],
+                h["vit_dropout"],
+                h["vit_attention_dropout"],
             )
         branch = {
             "hidden": h["vit_hidden"],
@@ -183,13 +224,13 @@ class ResViTGenerator(nn.Module):
             "grid": h["img_size"] // (16 * h["vit_patch"]),
             "dropout": h["vit_dropout"],
         }
-        self.encoder = resnet_encoder(1, ngf, 2, norm)
+        self.encoder = resnet_encoder(1, ngf, 2, norm, bias=False)
         self.arts = nn.ModuleList(
             ARTBlock(width, norm, vit if i + 1 in h["transformer_blocks"] else None, **branch)
             for i in range(h["n_art_blocks"])
         )
-        self.decoder = resnet_decoder(1, ngf, 2, norm)
-        init_weights(self)  # N(0, 0.02) convolutions; the ViT keeps timm's initialisation
+        self.decoder = resnet_decoder(1, ngf, 2, norm, bias=False)
+        # no init_weights: the released `define_G` initialises no ResViT generator layer
 
     @property
     def vit(self) -> ViTEncoder | None:
@@ -282,17 +323,27 @@ def load_vit_weights(generator: ResViTGenerator, path: Path) -> dict[str, Any]:
 # Published settings that the tiny preset keeps as they are.
 _PUBLISHED = {
     "ema_decay": None,
+    "augment": "hflip",  # released README commands: aligned data without --no_flip
+    "inference": "train",  # released test.py never calls eval(): batch norm on the slice, dropout
     "stage": "full",
     "n_art_blocks": 9,
     "transformer_blocks": [1, 6],
     "norm": "batch",
     "vit_patch": 1,
-    "vit_dropout": 0.1,
+    "vit_dropout": 0.1,  # released: MLP and embedding dropout
+    "vit_attention_dropout": 0.0,  # released: attention weights and attention output
     "vit_weights": None,  # published: ImageNet-21k R50+ViT-B/16 (a download)
     "beta1": 0.5,
     "lambda_l1": 100.0,
     "lambda_adv": 1.0,
     "gan_mode": "lsgan",
+}
+
+
+INFERENCE_NOTES = {
+    "train": "train mode, slice by slice, as the released test.py (never calls eval()): batch "
+    "norm on the slice's own statistics, ViT dropout active with the slice's seed",
+    "eval": "eval mode: running batch-norm statistics, no dropout (released test.py: train mode)",
 }
 
 
@@ -339,7 +390,8 @@ class ResViT(Method):
         full = h["stage"] == "full"
         self.generator = ResViTGenerator(h, with_transformer=full)
         self.discriminator = PatchDiscriminator(2, h["ndf"], 3, h["norm"])
-        init_weights(self.discriminator)
+        init_weights(self.discriminator, zero_bias=False)  # released `weights_init_normal`
+        check_inference_mode(self.name, self.inference)
         self.vit_report = {"vit_init": "random" if full else "none (CNN-only stage)"}
         if full and h["vit_weights"]:
             self.vit_report = load_vit_weights(self.generator, Path(h["vit_weights"]))
@@ -396,8 +448,17 @@ class ResViT(Method):
     def translate(
         self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
     ) -> Tensor:
+        """`inference: train` runs each slice as the released test script does (see gan.py)."""
         with self.autocast():
-            return to_unit(self.generator(to_signed(source)).float())
+            out = run_generator(
+                self.generator, self.generator, to_signed(source), self.inference, seeds
+            )
+        return to_unit(out.float())
+
+    @property
+    def inference(self) -> str:
+        # checkpoints written before the key existed were translated in eval mode
+        return self.hparams.get("inference", "eval")
 
     @classmethod
     def inference_hparams(cls, hparams: dict[str, Any]) -> dict[str, Any]:
@@ -440,6 +501,11 @@ class ResViT(Method):
             "vit_init_published": "ImageNet-21k R50+ViT-B/16 (a download; see vit_weights)",
             "lr_note": "published full-stage lr 1e-3 is reported to diverge; fallback: lr 2e-4",
             "full_stage_init": "generator CNN weights from the pretraining stage; fresh D",
-            "deviations": "biases before batch norm; positional embedding resampled for "
-            "input sizes other than img_size",
+            "init": "as released: PyTorch defaults in the generator (Xavier-uniform MLP "
+            "weights, N(0, 1e-6) MLP biases, zero positional embedding); N(0, 0.02) D",
+            "dropout": f"MLP and embedding {h['vit_dropout']}, attention weights and output "
+            f"{h['vit_attention_dropout']} (released 0.1 / 0.0)",
+            "augment": h["augment"],
+            "inference": INFERENCE_NOTES[self.inference],
+            "deviations": "positional embedding resampled for input sizes other than img_size",
         }

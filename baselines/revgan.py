@@ -22,6 +22,15 @@ number of blocks. Gradients equal plain autograd's up to float rounding (tested)
 runs the core in float32 even under bf16 autocast, since reconstruction in bf16 would be too
 inexact.
 
+Checked against the released code (github.com/tychovdo/RevGAN: `models/paired_revgan_model.py`,
+`models/networks.py`, `data/aligned_dataset.py`, `test.py`), and followed here:
+- Augmentation: the paired model uses the aligned loader, which flips source and target
+  together left-right with probability 1/2 unless `--no_flip` (`augment: hflip`).
+- Initialisation: `init_net` -> `init_weights`, N(0, 0.02) weights, zero biases (as here).
+- Inference: `test.py` never calls `eval()`, so instance norm normalises by each image's own
+  statistics even though it tracks running ones; our instance norm has no running statistics,
+  so `translate` gives the released test's output in either mode (no dropout in the model).
+
 Deviations, recorded in `describe()`: InstanceNorm without running statistics (the published
 code tracks them, which makes eval-mode output depend on training batches); the memory-saving
 core computes in float32 under autocast. Kept from the published code: the generator is updated
@@ -201,6 +210,7 @@ class RevGANGenerator(nn.Module):
 class RevGAN(Method):
     PRESETS = {
         "tiny": {
+            "augment": "hflip",  # released aligned loader (no --no_flip)
             # two directions per step: batch 8 and a 4-block core keep one CPU thread near
             # 0.15 s per step at 64x64 (the paper's 9 blocks: `n_blocks` override)
             "steps": 400,
@@ -218,6 +228,7 @@ class RevGAN(Method):
             "decay_start": 200,
         },
         "paper": {
+            "augment": "hflip",  # released aligned loader (no --no_flip)
             # pix2pix/CycleGAN code defaults the paper builds on: 100 epochs constant + 100
             # linear decay, batch 1; steps at a nominal 1,000 per epoch (set from the data).
             "steps": 200_000,
@@ -262,6 +273,10 @@ class RevGAN(Method):
             "variant": "paired RevGAN (pix2pix losses in both directions)",
             "memory_saving_backward": bool(self.hparams["memory_saving"]),
             "core_blocks": int(self.hparams["n_blocks"]),
+            "augment": self.hparams["augment"],
+            "inference": "mode-independent (instance norm without running statistics, no "
+            "dropout): equal to the released train-mode test",
+            "init": "N(0, 0.02) weights, zero biases (released)",
             "deviations": [
                 "InstanceNorm without running statistics (published code tracks them)",
                 "memory-saving core runs in float32 under bf16 autocast",

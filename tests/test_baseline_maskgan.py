@@ -41,7 +41,8 @@ def test_registered_unpaired_and_described():
     method = build()
     assert method.paired is False
     info = method.describe()
-    assert info["training"] == "unpaired (shuffled pairing), as published"
+    assert info["training"].startswith("unpaired") and "relative position" in info["training"]
+    assert info["augment"] == "none" == method.hparams["augment"]  # released: --no_flip
     assert info["deviations"]
 
 

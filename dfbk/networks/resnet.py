@@ -14,13 +14,19 @@ from dfbk.networks.unet import norm_layer
 
 
 class ResnetBlock(nn.Module):
-    """x + Conv-Norm-ReLU-(Dropout)-Conv-Norm(x), reflection padded."""
+    """x + Conv-Norm-ReLU-(Dropout)-Conv-Norm(x), reflection padded.
 
-    def __init__(self, channels: int, norm: str = "instance", dropout: float = 0.0) -> None:
+    `bias=False` drops the convolutions' biases, which a following batch norm makes redundant
+    (pix2pix/CycleGAN's `use_bias`; ResViT's blocks have none).
+    """
+
+    def __init__(
+        self, channels: int, norm: str = "instance", dropout: float = 0.0, bias: bool = True
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3),
+            nn.Conv2d(channels, channels, 3, bias=bias),
             norm_layer(norm, channels),
             nn.ReLU(True),
         ]
@@ -28,7 +34,7 @@ class ResnetBlock(nn.Module):
             layers.append(nn.Dropout(dropout))
         layers += [
             nn.ReflectionPad2d(1),
-            nn.Conv2d(channels, channels, 3),
+            nn.Conv2d(channels, channels, 3, bias=bias),
             norm_layer(norm, channels),
         ]
         self.block = nn.Sequential(*layers)
@@ -38,30 +44,41 @@ class ResnetBlock(nn.Module):
 
 
 def resnet_encoder(
-    in_channels: int, ngf: int = 64, n_down: int = 2, norm: str = "instance"
+    in_channels: int, ngf: int = 64, n_down: int = 2, norm: str = "instance", bias: bool = True
 ) -> nn.Sequential:
-    """c7s1-ngf then `n_down` stride-2 3x3 convolutions doubling the width: out ngf * 2**n_down."""
+    """c7s1-ngf then `n_down` stride-2 3x3 convolutions doubling the width: out ngf * 2**n_down.
+
+    `bias=False`: no convolution biases (each convolution is followed by a norm).
+    """
     layers: list[nn.Module] = [
         nn.ReflectionPad2d(3),
-        nn.Conv2d(in_channels, ngf, 7),
+        nn.Conv2d(in_channels, ngf, 7, bias=bias),
         norm_layer(norm, ngf),
         nn.ReLU(True),
     ]
     for i in range(n_down):
         width = ngf * 2**i
-        layers += [nn.Conv2d(width, width * 2, 3, 2, 1), norm_layer(norm, width * 2), nn.ReLU(True)]
+        layers += [
+            nn.Conv2d(width, width * 2, 3, 2, 1, bias=bias),
+            norm_layer(norm, width * 2),
+            nn.ReLU(True),
+        ]
     return nn.Sequential(*layers)
 
 
 def resnet_decoder(
-    out_channels: int, ngf: int = 64, n_up: int = 2, norm: str = "instance"
+    out_channels: int, ngf: int = 64, n_up: int = 2, norm: str = "instance", bias: bool = True
 ) -> nn.Sequential:
-    """`n_up` transposed convolutions halving the width, then c7s1-out and tanh."""
+    """`n_up` transposed convolutions halving the width, then c7s1-out and tanh.
+
+    `bias=False` drops the biases of the transposed convolutions (each followed by a norm); the
+    output convolution always has one.
+    """
     layers: list[nn.Module] = []
     for i in reversed(range(n_up)):
         width = ngf * 2 ** (i + 1)
         layers += [
-            nn.ConvTranspose2d(width, width // 2, 3, 2, 1, output_padding=1),
+            nn.ConvTranspose2d(width, width // 2, 3, 2, 1, output_padding=1, bias=bias),
             norm_layer(norm, width // 2),
             nn.ReLU(True),
         ]

@@ -99,12 +99,16 @@ class PatchDiscriminator(nn.Module):
         return self.model(x)
 
 
-def init_weights(module: nn.Module, gain: float = 0.02) -> None:
-    """pix2pix initialisation: N(0, 0.02) convolutions, N(1, 0.02) norm scales."""
+def init_weights(module: nn.Module, gain: float = 0.02, zero_bias: bool = True) -> None:
+    """pix2pix initialisation: N(0, 0.02) convolutions, N(1, 0.02) norm scales.
+
+    Convolution biases are zeroed (pix2pix's `init_weights`) unless `zero_bias=False`, which
+    keeps PyTorch's default biases as older forks' `weights_init_normal` does (ResViT's D).
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d | nn.ConvTranspose2d):
             nn.init.normal_(m.weight, 0.0, gain)
-            if m.bias is not None:
+            if m.bias is not None and zero_bias:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, gain)
