@@ -174,6 +174,10 @@ def write_text(path: Path, text: str) -> Path:
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
+    except OSError as err:
+        if err.filename:
+            raise
+        raise OSError(err.errno, err.strerror, str(path)) from err  # say which file
     finally:
         tmp.unlink(missing_ok=True)
     return Path(path)
