@@ -3,6 +3,8 @@
 # (a --configfile replaces config/config.yaml instead of being merged into it)
 from snakemake.utils import min_version, validate
 
+from dfbk.config_checks import check_method_settings, check_schema
+
 min_version("9.20")
 
 
@@ -14,6 +16,8 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.basedir}/config/config.yaml"
 
 
+# One line naming the key for a schema violation; then Snakemake's validate fills the defaults.
+check_schema(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
@@ -27,9 +31,17 @@ include: "workflow/rules/report.smk"
 include: "workflow/rules/track.smk"
 
 
+# After common.smk's name checks: each method's resolved hyperparameters (steps, batch_size,
+# slice and patch sizes its network takes). It imports the method modules, so only the main
+# process runs it, not each cluster job re-reading this file.
+if workflow.is_main_process:
+    check_method_settings(config)
+
+
 rule all:
     input:
         tables=all_tables(),
         figures=all_figures(),
         tracking=f"{RESULTS}/tracking/imported.json",
+        products=all_products(),  # a deleted intermediate reruns what it feeds (common.smk)
     default_target: True

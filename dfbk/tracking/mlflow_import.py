@@ -19,16 +19,34 @@ all). Params are immutable: a different value raises. So we never log into an ex
   redrawn whenever any method of their (dataset, direction) finishes, so a changed figure is
   re-uploaded into the existing run (same artifact path, overwritten) instead of recreating it;
   the run id then stays stable.
+* A run deleted in MLflow (UI, ``mlflow runs delete``) whose data hash still matches is restored
+  (same run id); a purged one is created afresh. The workflow notices such runs without MLflow
+  (:func:`dfbk.tracking.store.missing_runs`) and reruns the import.
+
+Training logs. A trainer killed after its last checkpoint and resumed writes the steps since that
+checkpoint again, and two trainers on one checkpoint folder interleave their lines. Steps must
+rise, so a step that is not above the previous one starts a new pass: the rows of the old pass
+from that step on are dropped and the later pass is kept (the last complete pass). Each run's
+record in the output JSON and its tag ``dfbk.log_restarts`` name the steps where this happened,
+and a warning says so.
+
+Outages. HTTP retries are bounded (:data:`dfbk.tracking.store.HTTP_RETRY_DEFAULTS`); a SQLite
+store that another process holds locked is retried for :data:`LOCKED_RETRY_SECONDS` (the import is
+idempotent, so redoing it is safe). Either way the failure is one :class:`DataError` line naming
+the store, not a traceback.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,12 +55,22 @@ from typing import Any
 from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
+from mlflow.exceptions import MlflowException
 
 from dfbk.errors import DataError
+from dfbk.tracking.store import (
+    DATA_SHA_TAG,
+    bound_http_retries,
+    default_tracking_uri,
+    sqlite_path,
+)
+
+__all__ = ["default_tracking_uri", "import_run", "import_runs", "run_key"]
+_logger = logging.getLogger(__name__)
 
 RUN_KEY_TAG = "dfbk.run_key"
-DATA_SHA_TAG = "dfbk.imported_sha"
 ARTIFACTS_SHA_TAG = "dfbk.artifacts_sha"
+LOG_RESTARTS_TAG = "dfbk.log_restarts"
 # Bump when the mapping from files to params/metrics changes: every run is then re-imported.
 IMPORT_FORMAT = "2"
 # Loss curves are imported as at most this many points per loss (means over equal windows of
@@ -54,6 +82,9 @@ MAX_PARAM_CHARS = 6000
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 LOCK_TIMEOUT_SECONDS = 3600.0
+# How long a SQLite store locked by another process (an `mlflow ui` writing, a stuck import of
+# another checkout) is retried before the import gives up with one line.
+LOCKED_RETRY_SECONDS = 60.0
 _KEY_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
 _RUN_FIELDS = ("dataset", "direction", "method", "seed")
 
@@ -71,18 +102,6 @@ def run_key(dataset: str, direction: str, method: str, seed: int) -> str:
     return f"{dataset}/{direction}/{method}/seed-{seed}"
 
 
-def default_tracking_uri(results_dir: Path) -> str:
-    """MLflow URI: ``MLFLOW_TRACKING_URI`` if set, else SQLite at ``<results_dir>/mlflow.db``.
-
-    SQLite is the default because MLflow >= 3.13 refuses file stores; four slashes (absolute
-    path) so the database does not move with the working directory.
-    """
-    from_env = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
-    if from_env:
-        return from_env
-    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
-
-
 @dataclass(frozen=True)
 class _RunInputs:
     """Everything one run contributes, read and checked before MLflow is touched."""
@@ -96,6 +115,7 @@ class _RunInputs:
     artifacts_sha: str = ""
     train_end_ms: int = 0
     eval_end_ms: int = 0
+    log_restarts: list[int] = field(default_factory=list)  # steps where a new pass began
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -129,6 +149,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _last_pass(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rows with strictly rising steps, later passes replacing earlier ones; and restart steps.
+
+    A row whose step is not above the last kept step begins a new pass (a resumed or second
+    trainer): kept rows from that step on belong to an abandoned pass and are dropped.
+    """
+    kept: list[dict[str, Any]] = []
+    steps: list[int] = []
+    restarts: list[int] = []
+    for row in rows:
+        step = row["step"]
+        if steps and step <= steps[-1]:
+            restarts.append(step)
+            cut = bisect.bisect_left(steps, step)
+            del kept[cut:], steps[cut:]
+        kept.append(row)
+        steps.append(step)
+    return kept, restarts
+
+
 def _sha256(named_files: Iterable[tuple[str, Path]]) -> str:
     """Hash of file names and contents (plus the import format), order-sensitive."""
     digest = hashlib.sha256(f"dfbk-import-{IMPORT_FORMAT}\n".encode())
@@ -158,10 +198,21 @@ def _load_inputs(train_dir: Path, eval_dir: Path, figures: Sequence[Path]) -> _R
     for path, _ in artifacts:
         if not path.is_file():
             raise DataError(f"{path}: figure or artifact missing")
+    train_log, restarts = _last_pass(_read_jsonl(log_path))
+    if restarts:
+        _logger.warning(
+            "%s: steps go back %d time(s) (at steps %s): a resumed or second trainer wrote it; "
+            "importing the last pass (%d rows)",
+            log_path,
+            len(restarts),
+            ", ".join(map(str, restarts[:10])) + (", ..." if len(restarts) > 10 else ""),
+            len(train_log),
+        )
     return _RunInputs(
         key=run_key(*(run[name] for name in _RUN_FIELDS)),
         run=run,
-        train_log=_read_jsonl(log_path),
+        train_log=train_log,
+        log_restarts=restarts,
         metrics=metrics,
         data_sha=_sha256(data_files),
         artifacts=artifacts,
@@ -276,15 +327,17 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
         yield items[begin : begin + size]
 
 
-def _find_runs(client: MlflowClient, experiment_id: str, key: str) -> list[Run]:
-    """Active runs carrying this run key (normally zero or one), oldest first."""
+def _find_runs(
+    client: MlflowClient, experiment_id: str, key: str, view: int = ViewType.ACTIVE_ONLY
+) -> list[Run]:
+    """Runs carrying this run key (active: normally zero or one), oldest first."""
     runs: list[Run] = []
     page_token = None
     while True:
         page = client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{RUN_KEY_TAG}` = '{key}'",
-            run_view_type=ViewType.ACTIVE_ONLY,
+            run_view_type=view,
             order_by=["attributes.start_time ASC"],
             page_token=page_token,
         )
@@ -298,6 +351,8 @@ def _create_run(client: MlflowClient, experiment_id: str, inputs: _RunInputs) ->
     """Create a fresh run and log params and metrics; the data hash tag is set last."""
     run = inputs.run
     tags = {RUN_KEY_TAG: inputs.key, **{name: str(run[name]) for name in _RUN_FIELDS}}
+    if inputs.log_restarts:
+        tags[LOG_RESTARTS_TAG] = json.dumps(inputs.log_restarts[:100])  # tags are short
     wall = run.get("wall_seconds")
     start_ms = inputs.train_end_ms - int(1000 * wall if _finite(wall) else 0)
     run_id = client.create_run(
@@ -344,6 +399,14 @@ def import_run(
     for stale in existing:
         if stale is not keep:
             client.delete_run(stale.info.run_id)
+    if keep is None:
+        deleted = _find_runs(client, experiment_id, inputs.key, ViewType.DELETED_ONLY)
+        keep = next(
+            (r for r in reversed(deleted) if r.data.tags.get(DATA_SHA_TAG) == inputs.data_sha),
+            None,
+        )
+        if keep is not None:  # deleted in MLflow by hand, inputs unchanged: bring it back
+            client.restore_run(keep.info.run_id)
     if keep is not None:
         if keep.data.tags.get(ARTIFACTS_SHA_TAG) != inputs.artifacts_sha:
             _upload_artifacts(client, keep.info.run_id, inputs, train_dir, eval_dir)
@@ -355,15 +418,6 @@ def import_run(
     return run_id
 
 
-def _sqlite_path(tracking_uri: str) -> Path | None:
-    """Database file of a ``sqlite:///`` URI (absolute with four slashes), else None."""
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
-        return None
-    path = tracking_uri[len(prefix) :].split("?", 1)[0]
-    return Path(path).resolve() if path and path != ":memory:" else None
-
-
 def _ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
     """Experiment id by name; created (artifacts beside a SQLite db) or restored if deleted."""
     experiment = client.get_experiment_by_name(name)
@@ -371,7 +425,7 @@ def _ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> st
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
-    db_path = _sqlite_path(tracking_uri)
+    db_path = sqlite_path(tracking_uri)
     # Without this, runs of a SQLite store would put artifacts in ./mlruns of whatever the cwd is.
     location = (db_path.parent / "mlartifacts").as_uri() if db_path else None
     return client.create_experiment(name, artifact_location=location)
@@ -379,7 +433,7 @@ def _ensure_experiment(client: MlflowClient, name: str, tracking_uri: str) -> st
 
 def _lock_path(tracking_uri: str, out_json: Path) -> Path:
     """Lock beside the SQLite database (shared by every importer of it), else beside out_json."""
-    db_path = _sqlite_path(tracking_uri)
+    db_path = sqlite_path(tracking_uri)
     if db_path is not None:
         return db_path.with_name(db_path.name + ".lock")
     return Path(out_json).resolve().parent / ".mlflow-import.lock"
@@ -421,34 +475,74 @@ def import_runs(
 
     ``figures`` maps (dataset, direction) to the PNGs logged with every run of that pair.
     A file lock serialises importers of one store, so concurrent calls neither corrupt SQLite
-    nor create the same run twice. ``n_metrics`` counts the run's distinct metric keys.
+    nor create the same run twice. ``n_metrics`` counts the run's distinct metric keys,
+    ``data_sha`` is the run's data hash (the workflow checks the store against it) and
+    ``log_restarts`` the steps where its training log began a new pass.
+    A store that cannot be reached, or stays locked, ends in one :class:`DataError` line.
     """
     _check_unique_keys(runs)
     out_json = Path(out_json)
-    db_path = _sqlite_path(tracking_uri)
+    db_path = sqlite_path(tracking_uri)
     if db_path is not None:
         db_path.parent.mkdir(parents=True, exist_ok=True)
+    bound_http_retries()
     lock = FileLock(str(_lock_path(tracking_uri, out_json)), timeout=LOCK_TIMEOUT_SECONDS)
-    try:
-        with lock:
-            client = MlflowClient(tracking_uri=tracking_uri)
-            experiment_id = _ensure_experiment(client, experiment, tracking_uri)
-            records = []
-            for train_dir, eval_dir in runs:
-                run_info = _read_json(Path(train_dir) / "run.json")
-                pair = (run_info["dataset"], run_info["direction"])
-                run_id = import_run(
-                    client, experiment_id, train_dir, eval_dir, figures.get(pair, [])
-                )
-                run = client.get_run(run_id)
-                records.append(
-                    {
-                        "run_key": run.data.tags[RUN_KEY_TAG],
-                        "run_id": run_id,
-                        "n_metrics": len(run.data.metrics),
-                    }
-                )
-            _write_json_atomic(out_json, records)
-    except Timeout:
-        raise DataError(f"{lock.lock_file}: another import held the lock too long") from None
+    deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+    while True:
+        try:
+            with lock:
+                records = _import_all(runs, figures, tracking_uri, experiment)
+                _write_json_atomic(out_json, records)
+            return records
+        except Timeout:
+            raise DataError(f"{lock.lock_file}: another import held the lock too long") from None
+        except MlflowException as error:
+            message = " ".join(str(error).split())
+            if "database is locked" in message and time.monotonic() < deadline:
+                _logger.warning("%s: database is locked; retrying the import", db_path)
+                time.sleep(2.0)
+                continue
+            raise DataError(_outage_message(tracking_uri, message)) from None
+
+
+def _outage_message(tracking_uri: str, message: str) -> str:
+    """One line naming the store and what went wrong (MLflow's text cut to 300 characters)."""
+    db_path = sqlite_path(tracking_uri)
+    if db_path is not None and "database is locked" in message:
+        return (
+            f"{db_path}: database is locked by another process for over "
+            f"{LOCKED_RETRY_SECONDS:.0f} s (a busy `mlflow ui` or import?); rerun when it is free"
+        )
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    if len(message) > 300:
+        message = message[:297] + "..."
+    hint = f" (after {retries} retries)" if tracking_uri.startswith(("http:", "https:")) else ""
+    return f"tracking store {tracking_uri} failed{hint}: {message}"
+
+
+def _import_all(
+    runs: list[tuple[Path, Path]],
+    figures: dict[tuple[str, str], list[Path]],
+    tracking_uri: str,
+    experiment: str,
+) -> list[dict]:
+    """Import every run with one client (the caller holds the lock); return the records."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = _ensure_experiment(client, experiment, tracking_uri)
+    records = []
+    for train_dir, eval_dir in runs:
+        run_info = _read_json(Path(train_dir) / "run.json")
+        pair = (run_info["dataset"], run_info["direction"])
+        run_id = import_run(client, experiment_id, train_dir, eval_dir, figures.get(pair, []))
+        run = client.get_run(run_id)
+        restarts = run.data.tags.get(LOG_RESTARTS_TAG)
+        records.append(
+            {
+                "run_key": run.data.tags[RUN_KEY_TAG],
+                "run_id": run_id,
+                "n_metrics": len(run.data.metrics),
+                "data_sha": run.data.tags[DATA_SHA_TAG],
+                "log_restarts": json.loads(restarts) if restarts else [],
+            }
+        )
     return records

@@ -134,7 +134,7 @@ def previous_stage_model(wildcards):
 
 
 def init_from_option(wildcards, input):
-    return f"--init-from {input.init[0]}" if input.init else ""
+    return f"--init-from {shlex.quote(str(input.init[0]))}" if input.init else ""
 
 
 def knowledge_cache(wildcards):
@@ -154,6 +154,31 @@ def all_tables():
     if ablation_runs():
         tables += expand(f"{RESULTS}/tables/ablation.{{ext}}", ext=("md", "csv", "tex"))
     return tables
+
+
+def all_products():
+    """Every intermediate product the final outputs are made from, named in rule all.
+
+    Snakemake only reruns a job whose output is missing when some job downstream must run too,
+    so deleting raw data, a slice store or a run's train folder would otherwise leave the old
+    tables standing ("Nothing to be done"). Listing them as targets makes a missing product
+    rerun its producer and, through its newer output, everything downstream of it. The
+    checkpoints folder is not listed: it is resumable training state, not a product; a finished
+    run's model.pt is what translation, evaluation and the tables are made from.
+    """
+    datasets = sorted({run["dataset"] for run in runs()})
+    products = [f"{RAW}/{d}" for d in datasets]
+    products += [f"{RESULTS}/prepare/{d}/store" for d in datasets]
+    products += [f"{RESULTS}/prepare/{d}/splits.json" for d in datasets]
+    for run in runs():
+        train = f"{RESULTS}/train/{RUN.format(**run)}"
+        target = run["direction"].split("-to-")[1]
+        products.append(f"{RESULTS}/knowledge/{run['dataset']}/{target}.pt")
+        products += [f"{train}/stage-{stage}/model.pt" for stage in stages_of(run["method"])]
+        products += [f"{train}/model.pt", f"{train}/run.json", f"{train}/train_log.jsonl"]
+        products.append(f"{RESULTS}/translate/{RUN.format(**run)}")
+        products.append(f"{RESULTS}/evaluate/{RUN.format(**run)}/metrics.json")
+    return list(dict.fromkeys(products))
 
 
 def method_gpus(wildcards):

@@ -34,8 +34,8 @@ rule synthesise_phantom:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk phantom {output} --subjects {params.subjects} --seed {params.seed} "
-        "--voxel-mm {params.voxel_mm} --lesions {params.lesions} > {log} 2>&1"
+        "dfbk phantom {output:q} --subjects {params.subjects} --seed {params.seed} "
+        "--voxel-mm {params.voxel_mm} --lesions {params.lesions:q} > {log:q} 2>&1"
 
 
 rule download_brats2023:
@@ -54,8 +54,8 @@ rule download_brats2023:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk download brats2023 {output} --downloads {params.downloads} "
-        "--settings {params.settings} > {log} 2>&1"
+        "dfbk download brats2023 {output:q} --downloads {params.downloads:q} "
+        "--settings {params.settings} > {log:q} 2>&1"
 
 
 rule download_isles2015:
@@ -74,8 +74,8 @@ rule download_isles2015:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk download isles2015 {output} --downloads {params.downloads} "
-        "--settings {params.settings} > {log} 2>&1"
+        "dfbk download isles2015 {output:q} --downloads {params.downloads:q} "
+        "--settings {params.settings} > {log:q} 2>&1"
 
 
 rule download_synthrad2023:
@@ -94,5 +94,5 @@ rule download_synthrad2023:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk download synthrad2023 {output} --downloads {params.downloads} "
-        "--settings {params.settings} > {log} 2>&1"
+        "dfbk download synthrad2023 {output:q} --downloads {params.downloads:q} "
+        "--settings {params.settings} > {log:q} 2>&1"

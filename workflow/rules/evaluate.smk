@@ -20,6 +20,6 @@ rule evaluate_predictions:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk evaluate {input.store} {input.predictions} {input.split} {wildcards.direction} "
-        "{params.out_dir} --dataset {wildcards.dataset} --method {wildcards.method} "
-        "--seed {wildcards.seed} > {log} 2>&1"
+        "dfbk evaluate {input.store:q} {input.predictions:q} {input.split:q} {wildcards.direction} "
+        "{params.out_dir:q} --dataset {wildcards.dataset} --method {wildcards.method} "
+        "--seed {wildcards.seed} > {log:q} 2>&1"

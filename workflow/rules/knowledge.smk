@@ -30,5 +30,5 @@ rule encode_knowledge:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk knowledge {wildcards.target} --out {output.knowledge} --encoder {params.encoder} "
-        "{params.biomedclip_dir} {params.prompts} --threads {threads} > {log} 2>&1"
+        "dfbk knowledge {wildcards.target} --out {output.knowledge:q} --encoder {params.encoder:q} "
+        "{params.biomedclip_dir} {params.prompts} --threads {threads} > {log:q} 2>&1"

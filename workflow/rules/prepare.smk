@@ -23,15 +23,19 @@ rule prepare_slices:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk prepare {wildcards.dataset} {input.raw} {output.store} "
+        "dfbk prepare {wildcards.dataset} {input.raw:q} {output.store:q} "
         "--modalities {params.modalities} --size {params.size} "
         "--min-foreground {params.min_foreground} --on-bad-case {params.on_bad_case} "
-        "--skipped-csv {params.skipped} --jobs {threads} > {log} 2>&1"
+        "--skipped-csv {params.skipped:q} --jobs {threads} > {log:q} 2>&1"
 
 
 rule split_subjects:
     input:
-        store=ancient(rules.prepare_slices.output.store),
+        # str(): ancient() flags the object it is given, and rules.prepare_slices.output.store is
+        # the one object every rule shares; flagging it would make every consumer ignore a
+        # rebuilt store. The split only depends on which subjects exist (it is checked, not
+        # redrawn, by `dfbk split`), so a rebuilt store does not redo it.
+        store=ancient(str(rules.prepare_slices.output.store)),
     output:
         split=protected(f"{RESULTS}/prepare/{{dataset}}/splits.json"),
     params:
@@ -47,5 +51,5 @@ rule split_subjects:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk split {input.store} --out {output.split} --seed {params.seed} "
-        "--fractions {params.fractions} > {log} 2>&1"
+        "dfbk split {input.store:q} --out {output.split:q} --seed {params.seed} "
+        "--fractions {params.fractions} > {log:q} 2>&1"

@@ -16,7 +16,7 @@ rule plot_comparison:
         ),
     params:
         predictions=lambda wc, input: " ".join(
-            f"--prediction {m}={input[m]}" for m in compared_methods(wc.direction)
+            f"--prediction {shlex.quote(f'{m}={input[m]}')}" for m in compared_methods(wc.direction)
         ),
     log:
         f"{RESULTS}/logs/plot_comparison/{{dataset}}/{{direction}}.log",
@@ -26,8 +26,8 @@ rule plot_comparison:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk figure {input.store} {input.split} {wildcards.direction} {output.figure} "
-        "{params.predictions} > {log} 2>&1"
+        "dfbk figure {input.store:q} {input.split:q} {wildcards.direction} {output.figure:q} "
+        "{params.predictions} > {log:q} 2>&1"
 
 
 rule tabulate_comparison:
@@ -49,8 +49,8 @@ rule tabulate_comparison:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk tables {input.metrics} --runs {input.runs} --out-stem {params.out_stem} "
-        "--caption {params.caption:q} > {log} 2>&1"
+        "dfbk tables {input.metrics:q} --runs {input.runs:q} --out-stem {params.out_stem:q} "
+        "--caption {params.caption:q} > {log:q} 2>&1"
 
 
 rule tabulate_ablation:
@@ -72,5 +72,5 @@ rule tabulate_ablation:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk tables {input.metrics} --runs {input.runs} --out-stem {params.out_stem} "
-        "--caption {params.caption:q} --capacity > {log} 2>&1"
+        "dfbk tables {input.metrics:q} --runs {input.runs:q} --out-stem {params.out_stem:q} "
+        "--caption {params.caption:q} --capacity > {log:q} 2>&1"

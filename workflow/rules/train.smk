@@ -36,10 +36,10 @@ rule train_method_stage:
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} "
         "--stage {wildcards.stage} {params.init} "
-        "--seed {wildcards.seed} --preset {params.preset} --overrides {params.overrides} "
-        "{params.module} --store {input.store} --split {input.split} --out-dir {params.out_dir} "
-        "--checkpoint-dir {params.checkpoint_dir} --checkpoint-every {params.every} "
-        "--knowledge {input.knowledge} --device {params.device} --threads {threads} > {log} 2>&1"
+        "--seed {wildcards.seed} --preset {params.preset:q} --overrides {params.overrides} "
+        "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
+        "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
+        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule train_method:
@@ -74,10 +74,10 @@ rule train_method:
         "../../environment.yml"
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} {params.init} "
-        "--seed {wildcards.seed} --preset {params.preset} --overrides {params.overrides} "
-        "{params.module} --store {input.store} --split {input.split} --out-dir {params.out_dir} "
-        "--checkpoint-dir {params.checkpoint_dir} --checkpoint-every {params.every} "
-        "--knowledge {input.knowledge} --device {params.device} --threads {threads} > {log} 2>&1"
+        "--seed {wildcards.seed} --preset {params.preset:q} --overrides {params.overrides} "
+        "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
+        "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
+        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
 
 
 rule translate_test_set:
@@ -102,5 +102,5 @@ rule translate_test_set:
     conda:
         "../../environment.yml"
     shell:
-        "dfbk predict {input.model} {input.store} {input.split} {output.predictions} "
-        "--batch-size {params.batch_size} --device {params.device} --threads {threads} > {log} 2>&1"
+        "dfbk predict {input.model:q} {input.store:q} {input.split:q} {output.predictions:q} "
+        "--batch-size {params.batch_size} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
