@@ -42,9 +42,9 @@ class Volume:
 def check_declared_size(path: Path, shape: tuple[int, ...], itemsize: int, offset: int) -> None:
     """Refuse a header whose data cannot fit `MAX_VOXELS` or cannot be in the file.
 
-    `offset` is where the voxels start in the file (0 when they live in another file). For an
-    uncompressed file the data must be inside the file; for gzip or deflate-compressed data
-    it can be at most `MAX_DEFLATE_RATIO` times the file's length.
+    `offset` is where the voxels start in the file (-1 when they live in another file: only
+    the limit applies). Uncompressed, the data must fit after `offset`; gzip- or
+    deflate-compressed, it can be at most `MAX_DEFLATE_RATIO` times the file's length.
     """
     path = Path(path)
     voxels = math.prod(int(d) for d in shape)
@@ -64,8 +64,8 @@ def check_declared_size(path: Path, shape: tuple[int, ...], itemsize: int, offse
     if nbytes > can_hold:
         raise DataError(
             f"{path}: header declares {described} ({nbytes} bytes) but the file "
-            f"({length} bytes{', compressed' if compressed else ''}) cannot hold them; "
-            "truncated or corrupt header"
+            f"({length} bytes, {'compressed' if compressed else f'data from byte {offset}'}) "
+            "cannot hold them; truncated or corrupt header"
         )
 
 
@@ -81,6 +81,8 @@ def _itk_compressed(path: Path) -> bool:
 def _check_nifti_header(path: Path, image) -> None:
     header = image.header
     offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
+    if not path.name.endswith(NIFTI_SUFFIXES):  # .hdr/.img pairs, MGH: the limit only
+        offset = -1
     check_declared_size(path, header.get_data_shape(), header.get_data_dtype().itemsize, offset)
 
 
