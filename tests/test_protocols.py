@@ -10,12 +10,16 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from fabricate import brats_tree, synthrad_tree
 from scipy.ndimage import gaussian_filter
 
 from dfbk.data.io import write_nifti
-from dfbk.data.store import write_store
-from dfbk.evaluation.evaluate import evaluate_predictions
+from dfbk.data.normalise import ct_to_hu
+from dfbk.data.prepare import prepare_dataset
+from dfbk.data.store import SliceStore, write_store
+from dfbk.evaluation.evaluate import evaluate_predictions, load_prediction
 from dfbk.evaluation.metrics import PSNR_CAP_DB, ssim_interior, ssim_map
+from dfbk.evaluation.official import brasyn_official, synthrad_official
 from dfbk.evaluation.protocols import (
     protocol_for,
     protocol_notes,
@@ -322,3 +326,39 @@ def test_fid_column_is_absent_and_the_caption_says_why(tmp_path, monkeypatch):
     assert str(tmp_path / "empty" / "hub" / "checkpoints") in result["fid"]["reason"]
     frame, note = fid_columns([tmp_path / "ev" / "metrics.json"])
     assert frame is None and note.startswith("FID not reported: pytorch-fid Inception weights")
+
+
+# ---------------------------------------------------------------- fabricated datasets
+
+
+@pytest.mark.parametrize(
+    ("dataset", "direction"), [("brats2023", "t1n-to-t2w"), ("synthrad2023", "mr-to-ct")]
+)
+def test_official_columns_on_a_fabricated_dataset(tmp_path, dataset, direction):
+    """Publisher-layout fixture -> prepare -> evaluate: the official columns are the official
+    functions applied to the subject's stored volume, and SynthRAD's MAE/PSNR coincide with
+    the 2-D protocol's volume values (only SSIM differs between the two)."""
+    build = {"brats2023": brats_tree, "synthrad2023": synthrad_tree}[dataset]
+    source, target = direction.split("-to-")
+    prepare_dataset(dataset, build(tmp_path / "raw"), tmp_path / "s", [source, target], (32, 32))
+    store = SliceStore(tmp_path / "s")
+    subject = store.subjects[0]
+    (tmp_path / "splits.json").write_text(json.dumps({"train": [], "val": [], "test": [subject]}))
+    _predict(store, target, tmp_path / "pred", noise=0.03)
+    result = _evaluate(tmp_path, store, direction)
+    row = pd.read_csv(tmp_path / "ev" / "subjects.csv").iloc[0]
+    start, stop = store.subject_range(subject)
+    assert stop - start >= 7  # thick enough for both 3-D windows
+    pred = load_prediction(store, tmp_path / "pred", subject)
+    ref = np.asarray(store.images(target)[start:stop], dtype=np.float64)
+    mask = np.asarray(store.mask[start:stop]) > 0
+    if dataset == "synthrad2023":
+        expected = synthrad_official(ct_to_hu(pred), ct_to_hu(ref), mask)
+        assert row["official_mae_hu_fg"] == pytest.approx(row["mae_hu_fg"], rel=1e-9)
+        assert row["official_psnr_fg"] == pytest.approx(row["psnr_fg"], rel=1e-9)
+    else:
+        expected = brasyn_official(pred, ref, mask, np.asarray(store.label[start:stop]) > 0)
+    for column, value in expected.items():
+        assert np.isfinite(value) and row[column] == pytest.approx(value, rel=1e-9)
+    assert abs(row["official_ssim_fg"] - row["ssim_fg"]) > 1e-3  # 3-D vs 2-D SSIM
+    assert result["protocol"]["official"]["name"] in {"brasyn-official", "synthrad2023-official"}
