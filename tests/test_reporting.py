@@ -183,9 +183,10 @@ def test_training_budget_columns_and_caption(two_methods, tmp_path):
     caption = caption_notes(runs)
     assert "Training budget (steps × batch size): dfbk 600 × 8; pix2pix 200 × 4." in caption
     assert "Evaluated checkpoint differs between runs: dfbk last; pix2pix not recorded." in caption
-    paths = write_comparison_table(
-        two_methods, tmp_path / "abl", caption=caption, training=training, capacity=True
-    )
+    paths = write_comparison_table(  # the reference method has no p row; its budget stays
+        two_methods, tmp_path / "abl", caption=caption, significance_vs="dfbk",
+        training=training, capacity=True,
+    )  # fmt: skip
     md = paths["md"].read_text()
     assert "| Params" in md and "Train FLOPs/step" in md
     assert "1.23 M" in md and "2.5 TFLOP" in md and md.count("n/a") >= 2

@@ -324,8 +324,8 @@ def write_comparison_table(
             f"the {family} comparisons of this table (raw p in the csv)."
         )
     for frame in (extra_columns, training):  # e.g. FID; training budget
-        if frame is not None:
-            extra = frame if extra is None else extra.merge(frame, on=keys, how="left")
+        if frame is not None:  # outer: the reference method has no p-value row
+            extra = frame if extra is None else extra.merge(frame, on=keys, how="outer")
     if training is not None:
         shown = ["Params", "Train FLOPs/step"] if capacity else []
         csv_only += [c for c in training.columns if c not in keys and c not in shown]
