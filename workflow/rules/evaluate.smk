@@ -1,4 +1,4 @@
-# evaluate: per-slice and per-subject PSNR, SSIM, MAE (full, foreground, lesion) of one run.
+# evaluate: per-slice and per-subject PSNR, SSIM, MAE, HFEN, GMSD (full, foreground, lesion) of one run, plus the challenge's own volume scores (official_*) on BraTS, ISLES, SynthRAD CT.
 
 
 rule evaluate_predictions:
