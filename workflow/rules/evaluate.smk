@@ -1,4 +1,5 @@
-# evaluate: per-slice and per-subject PSNR, SSIM, MAE, HFEN, GMSD (full, foreground, lesion) of one run, plus the challenge's own volume scores (official_*) on BraTS, ISLES, SynthRAD CT.
+# evaluate: per-slice and per-subject PSNR, SSIM, MAE, HFEN, GMSD (full, foreground, lesion)
+# of one run, plus the challenge's own volume scores (official_*) on BraTS, ISLES, SynthRAD CT.
 
 
 rule evaluate_predictions:
