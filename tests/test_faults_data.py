@@ -34,6 +34,7 @@ from dfbk.data.download import RECORD_FILE, download_dataset
 from dfbk.data.fetch import DownloadError, fetch
 from dfbk.data.io import MAX_VOXELS, read_volume
 from dfbk.data.prepare import prepare_dataset
+from dfbk.data.splits import read_split, write_or_check_split
 from dfbk.data.store import SliceStore, store_fingerprint
 from dfbk.data.synapse import TokenScrubber
 from dfbk.errors import DataError
@@ -557,3 +558,26 @@ def test_store_records_its_inputs_and_fingerprints_its_content(phantom_copy, tmp
 def test_fingerprint_of_a_missing_store_names_the_file(tmp_path):
     with pytest.raises(DataError, match=r"store\.json: slice store file not found"):
         store_fingerprint(tmp_path / "nothing")
+
+
+# --- splits: a corrupt file or a full disk -------------------------------------------------
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"train": ["a"]}', "[1, 2]"])
+def test_corrupt_split_file_is_one_line(tmp_path, text):
+    path = tmp_path / "splits.json"
+    path.write_text(text)
+    with pytest.raises(DataError, match=r"splits\.json: unreadable split file"):
+        read_split(path)
+    with pytest.raises(DataError, match=r"splits\.json: unreadable split file"):
+        write_or_check_split(path, ["a", "b", "c"], {"train": 1, "val": 1, "test": 1}, 0)
+
+
+def test_full_disk_writing_the_split_leaves_nothing(tmp_path, monkeypatch):
+    def failing(self, text, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", failing)
+    with pytest.raises(DataError, match=r"splits\.json: cannot write the split \(No space"):
+        write_or_check_split(tmp_path / "splits.json", list("abcdef"), {"train": 4, "val": 1}, 0)
+    assert list(tmp_path.iterdir()) == []

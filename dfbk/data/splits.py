@@ -47,7 +47,7 @@ def write_or_check_split(
     path = Path(path)
     settings = {"seed": seed, "fractions": {k: float(fractions.get(k, 0.0)) for k in SPLITS}}
     if path.exists():
-        stored = json.loads(path.read_text())
+        stored = _load(path)
         stored_subjects = sorted(s for k in SPLITS for s in stored[k])
         if stored_subjects != sorted(set(subjects)) or stored.get("settings") != settings:
             raise DataError(
@@ -56,8 +56,24 @@ def write_or_check_split(
             )
         return {k: stored[k] for k in SPLITS}
     split = compute_split(subjects, fractions, seed)
-    write_text(path, json.dumps({"settings": settings, **split}, indent=2) + "\n")
+    try:
+        write_text(path, json.dumps({"settings": settings, **split}, indent=2) + "\n")
+    except OSError as err:  # disk full, permissions: one line, no temporary left
+        raise DataError(f"{path}: cannot write the split ({err.strerror or err})") from None
     return split
+
+
+def _load(path: Path) -> dict:
+    """A split file's JSON with its three subject lists; a corrupt file is a DataError."""
+    try:
+        stored = json.loads(path.read_text())
+        if not all(isinstance(stored[k], list) for k in SPLITS):
+            raise TypeError("subject lists are not lists")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(
+            f"{path}: unreadable split file ({type(err).__name__}: {err}); delete it to re-split"
+        ) from None
+    return stored
 
 
 def read_split(path: Path) -> dict[str, list[str]]:
@@ -65,5 +81,5 @@ def read_split(path: Path) -> dict[str, list[str]]:
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: split file not found (run the split_subjects rule first)")
-    stored = json.loads(path.read_text())
+    stored = _load(path)
     return {k: list(stored[k]) for k in SPLITS}
