@@ -330,3 +330,93 @@ def test_long_curves_are_window_means_with_at_most_the_cap():
     assert merged[0] == {"step": 2, "time": 2.0, "loss": 1.0}  # mean of steps 0, 1, 2
     assert merged[-1]["step"] == 2499
     assert _window_means(rows[:10], 1000) == rows[:10]
+
+
+def test_resumed_log_keeps_the_last_pass(tmp_path):
+    """A trainer resumed from step 20 rewrites steps 20-40: one point per step, the later ones."""
+    from dfbk.tracking.mlflow_import import _last_pass
+
+    rows = [{"step": s, "loss": 1.0} for s in (0, 10, 20, 30, 40)]
+    rows += [{"step": s, "loss": 2.0} for s in (20, 30, 40, 50)]
+    kept, restarts = _last_pass(rows)
+    assert [r["step"] for r in kept] == [0, 10, 20, 30, 40, 50]
+    assert [r["loss"] for r in kept] == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+    assert restarts == [20]
+    train_dir, eval_dir = _write_run(tmp_path, *RUNS[0])
+    log = train_dir / "train_log.jsonl"
+    lines = log.read_text().splitlines()  # steps 0..40
+    log.write_text("\n".join(lines + lines[2:]) + "\n")  # resumed at step 20
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    records = import_runs([(train_dir, eval_dir)], {}, uri, EXPERIMENT, tmp_path / "runs.json")
+    assert records[0]["log_restarts"] == [20]
+    history = MlflowClient(tracking_uri=uri).get_metric_history(records[0]["run_id"], "loss_g")
+    assert sorted(point.step for point in history) == [0, 10, 20, 30, 40]
+
+
+def test_deleted_run_is_seen_without_mlflow_and_restored(tmp_path):
+    from dfbk.tracking.store import missing_runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = [_write_run(tmp_path, *spec) for spec in RUNS[:2]]
+    out_json = tmp_path / "tracking" / "imported.json"
+    first = import_runs(runs, {}, uri, EXPERIMENT, out_json)
+    assert missing_runs(out_json, uri) == []
+    client = MlflowClient(tracking_uri=uri)
+    client.delete_run(first[1]["run_id"])
+    assert missing_runs(out_json, uri) == [first[1]["run_key"]]
+    assert missing_runs(out_json, "http://127.0.0.1:5000") is None  # servers are not checked
+    again = import_runs(runs, {}, uri, EXPERIMENT, out_json)
+    assert [r["run_id"] for r in again] == [r["run_id"] for r in first]  # restored, same id
+    assert missing_runs(out_json, uri) == []
+    (tmp_path / "mlflow.db").unlink()
+    assert missing_runs(out_json, uri) == sorted(r["run_key"] for r in first)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_server_is_one_line_with_bounded_retries(tmp_path, monkeypatch):
+    from dfbk.tracking.store import HTTP_RETRY_DEFAULTS
+
+    for name in HTTP_RETRY_DEFAULTS:
+        monkeypatch.setenv(name, "")  # unset for the importer, restored (absent) afterwards
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the user's value wins
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    runs = [_write_run(tmp_path, *RUNS[1])]
+    with pytest.raises(DataError) as error:
+        import_runs(runs, {}, uri, EXPERIMENT, tmp_path / "runs.json")
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"tracking store {uri} failed")
+    assert "after 1 retries" in message
+    import os
+
+    assert (
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+        == HTTP_RETRY_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    )
+    assert not (tmp_path / "runs.json").exists()
+
+
+def test_locked_sqlite_store_is_one_line(tmp_path, monkeypatch):
+    """Another process holds the database's write lock: one line naming the file, no output."""
+    import sqlite3
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = [_write_run(tmp_path, *RUNS[1])]
+    import_runs(runs, {}, uri, EXPERIMENT, tmp_path / "first.json")
+    monkeypatch.setenv("DFBK_TRACKING_LOCKED_SECONDS", "0")  # one attempt (MLflow waits 20 s)
+    holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(DataError) as error:
+            import_runs(runs, {}, uri, EXPERIMENT, tmp_path / "runs.json")
+    finally:
+        holder.close()
+    message = str(error.value)
+    assert "\n" not in message and "mlflow.db: database is locked" in message
+    assert not (tmp_path / "runs.json").exists()

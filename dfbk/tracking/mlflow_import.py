@@ -83,7 +83,8 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_TAGS_PER_BATCH = 100
 LOCK_TIMEOUT_SECONDS = 3600.0
 # How long a SQLite store locked by another process (an `mlflow ui` writing, a stuck import of
-# another checkout) is retried before the import gives up with one line.
+# another checkout) is retried before the import gives up with one line; MLflow itself waits up
+# to 20 s (busy_timeout) per attempt. DFBK_TRACKING_LOCKED_SECONDS overrides it.
 LOCKED_RETRY_SECONDS = 60.0
 _KEY_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
 _RUN_FIELDS = ("dataset", "direction", "method", "seed")
@@ -487,7 +488,8 @@ def import_runs(
         db_path.parent.mkdir(parents=True, exist_ok=True)
     bound_http_retries()
     lock = FileLock(str(_lock_path(tracking_uri, out_json)), timeout=LOCK_TIMEOUT_SECONDS)
-    deadline = time.monotonic() + LOCKED_RETRY_SECONDS
+    budget = float(os.environ.get("DFBK_TRACKING_LOCKED_SECONDS") or LOCKED_RETRY_SECONDS)
+    deadline = time.monotonic() + budget
     while True:
         try:
             with lock:
@@ -502,16 +504,16 @@ def import_runs(
                 _logger.warning("%s: database is locked; retrying the import", db_path)
                 time.sleep(2.0)
                 continue
-            raise DataError(_outage_message(tracking_uri, message)) from None
+            raise DataError(_outage_message(tracking_uri, message, budget)) from None
 
 
-def _outage_message(tracking_uri: str, message: str) -> str:
+def _outage_message(tracking_uri: str, message: str, budget: float) -> str:
     """One line naming the store and what went wrong (MLflow's text cut to 300 characters)."""
     db_path = sqlite_path(tracking_uri)
     if db_path is not None and "database is locked" in message:
         return (
-            f"{db_path}: database is locked by another process for over "
-            f"{LOCKED_RETRY_SECONDS:.0f} s (a busy `mlflow ui` or import?); rerun when it is free"
+            f"{db_path}: database is locked by another process (retried for {budget:.0f} s; "
+            "a busy `mlflow ui` or import?); rerun when it is free"
         )
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     if len(message) > 300:
