@@ -581,3 +581,10 @@ def test_full_disk_writing_the_split_leaves_nothing(tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"splits\.json: cannot write the split \(No space"):
         write_or_check_split(tmp_path / "splits.json", list("abcdef"), {"train": 4, "val": 1}, 0)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("text", ["{oops", "[]", '{"version": 1}'])
+def test_corrupt_store_description_is_one_line(tmp_path, text):
+    (tmp_path / "store.json").write_text(text)
+    with pytest.raises(DataError, match=r"store\.json: (unreadable|incomplete) slice store"):
+        SliceStore(tmp_path)

@@ -62,12 +62,19 @@ class SliceStore:
         meta_path = self.root / "store.json"
         if not meta_path.exists():
             raise DataError(f"{meta_path}: slice store not found (run the prepare rule first)")
-        self.meta = json.loads(meta_path.read_text())
-        if self.meta.get("version") != STORE_VERSION:
-            raise DataError(f"{meta_path}: store version {self.meta.get('version')} unsupported")
-        self.size: tuple[int, int] = tuple(self.meta["size"])
-        self.n_slices: int = int(self.meta["n_slices"])
-        self.modalities: list[str] = list(self.meta["modalities"])
+        try:
+            self.meta = json.loads(meta_path.read_text())
+            version = self.meta.get("version")
+        except (OSError, ValueError, AttributeError) as err:
+            raise DataError(f"{meta_path}: unreadable slice store ({err})") from None
+        if version != STORE_VERSION:
+            raise DataError(f"{meta_path}: store version {version} unsupported")
+        try:
+            self.size: tuple[int, int] = tuple(int(v) for v in self.meta["size"])
+            self.n_slices: int = int(self.meta["n_slices"])
+            self.modalities: list[str] = list(self.meta["modalities"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DataError(f"{meta_path}: incomplete slice store description ({err!r})") from None
 
     @cached_property
     def fingerprint(self) -> str:
