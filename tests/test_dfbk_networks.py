@@ -11,10 +11,15 @@ import torch
 
 from dfbk.errors import ConfigError
 from dfbk.methods import Batch, build_method
+from dfbk.methods.base import Knowledge
 from dfbk.methods.dfbk import ABLATIONS
 from dfbk.networks.dfb import DynamicFrequencyBalance
 from dfbk.networks.diffusion_unet import timestep_embedding
-from dfbk.networks.knowledge_guidance import KnowledgeGuidance, prepare_knowledge
+from dfbk.networks.knowledge_guidance import (
+    KnowledgeEmbedding,
+    KnowledgeGuidance,
+    prepare_knowledge,
+)
 from dfbk.networks.swin import SwinBlock, WindowAttention, shift_mask, window_partition
 from dfbk.networks.wavelets import HaarWavelet, haar_dwt, haar_idwt
 
@@ -28,19 +33,33 @@ def _seed():
     torch.manual_seed(0)
 
 
-def set_gammas(module: torch.nn.Module, value: float = 0.5) -> int:
-    """Make the zero-initialised residual scales non-zero (so DFB/KG contribute); returns count."""
-    names = [n for n, _ in module.named_parameters() if n == "gamma" or n.endswith(".gamma")]
+def switch_on(module: torch.nn.Module, std: float = 0.1) -> int:
+    """Give the zero-initialised output projections of DFB/KG random weights (as after some
+    training), so every branch contributes; returns how many projections were set."""
+    projections = []
+    for sub in module.modules():
+        if isinstance(sub, DynamicFrequencyBalance):
+            projections += [p for p in (sub.low_out, getattr(sub, "high_out", None)) if p]
+        elif isinstance(sub, KnowledgeGuidance):
+            projections.append(sub.out)
+        elif isinstance(sub, KnowledgeEmbedding):
+            projections.append(sub.mlp[-1])
     with torch.no_grad():
-        for name in names:
-            module.get_parameter(name).fill_(value)
-    return len(names)
+        for layer in projections:
+            layer.weight.normal_(0, std)
+    return len(projections)
 
 
 def dfb(variant: str = "full", knowledge_dim: int | None = None, **kwargs):
     return DynamicFrequencyBalance(
-        CHANNELS, EMB, variant, head_channels=16, knowledge_dim=knowledge_dim, **kwargs
+        CHANNELS, EMB, variant, head_channels=16, knowledge_dim=knowledge_dim, inner=16, **kwargs
     )
+
+
+def keys(batch: int, n_tokens: int, dim: int, real: int | None = None):
+    """(keys (B, K, D), mask (B, K)) with the last K - real tokens padding."""
+    mask = torch.arange(n_tokens) < (n_tokens if real is None else real)
+    return prepare_knowledge(torch.randn(n_tokens, dim), mask, batch, dim, torch.zeros(1))
 
 
 def step_embedding(steps: list[int]) -> torch.Tensor:
@@ -114,13 +133,13 @@ def test_swin_block_pads_partial_windows_and_masks_the_padding(shifted, affected
 def test_dfb_is_identity_at_init(variant):
     module = dfb(variant, knowledge_dim=24)
     x = torch.randn(2, CHANNELS, 16, 16)
-    out = module(x, step_embedding([0, 9]), torch.randn(2, 3, 24))
+    out = module(x, step_embedding([0, 9]), keys(2, 12, 24, real=9))
     assert torch.equal(out, x)
 
 
 def test_dfb_balance_weights_follow_the_timestep():
     module = dfb("full")
-    set_gammas(module)
+    switch_on(module)
     x = torch.randn(1, CHANNELS, 16, 16).expand(2, -1, -1, -1)  # same map, two steps
     emb = step_embedding([0, 14])
     weights = module.balance_weights(x, emb)
@@ -139,20 +158,22 @@ def test_dfb_static_weights_are_half():
 
 def test_dfb_variants_change_which_bands_contribute():
     x, emb = torch.randn(2, CHANNELS, 16, 16), step_embedding([2, 7])
-    low_in, _ = haar_dwt(x)
     low_only, high_only, full = dfb("low"), dfb("high"), dfb("full")
     assert not hasattr(low_only, "high_gate") and low_only.low_attention is not None
     assert high_only.low_attention is None and hasattr(high_only, "high_gate")
-    _, highs = low_only.bands(x)
-    assert torch.equal(highs, torch.zeros_like(highs))  # H' contributes nothing
-    low, highs = high_only.bands(x)
-    assert torch.equal(low, low_in) and highs.abs().sum() > 0  # LL' = LL
-    low, highs = full.bands(x)
-    assert not torch.allclose(low, low_in) and highs.abs().sum() > 0
+    assert high_only.low_out is None  # no attention and no KG: nothing to add to the low band
     for module in (low_only, high_only, full):
-        set_gammas(module)
+        switch_on(module)
+    d_low, d_highs = low_only.deltas(x)
+    assert torch.equal(d_highs, torch.zeros_like(d_highs)) and d_low.abs().sum() > 0
+    d_low, d_highs = high_only.deltas(x)
+    assert torch.equal(d_low, torch.zeros_like(d_low)) and d_highs.abs().sum() > 0
+    d_low, d_highs = full.deltas(x)
+    assert d_low.abs().sum() > 0 and d_highs.abs().sum() > 0
     _, delta_highs = haar_dwt(low_only(x, emb) - x)
     assert delta_highs.abs().max() < 1e-5  # the low variant leaves F's high bands untouched
+    delta_low, _ = haar_dwt(high_only(x, emb) - x)
+    assert delta_low.abs().max() < 1e-5  # and the high variant F's low band
 
 
 # ----- Knowledge Guidance --------------------------------------------------------------------
@@ -165,34 +186,51 @@ def test_kg_gate_can_be_switched_off():
     missing, unexpected = ungated.load_state_dict(gated.state_dict(), strict=False)
     assert not missing and all(key.startswith("knowledge_gate.") for key in unexpected)
     for module in (gated, ungated):
-        set_gammas(module)
-    x, emb, tokens = torch.randn(2, CHANNELS, 16, 16), step_embedding([1, 3]), torch.randn(4, 24)
-    tokens = prepare_knowledge(tokens, 2, 24, x)
+        switch_on(module)
+    x, emb = torch.randn(2, CHANNELS, 16, 16), step_embedding([1, 3])
+    tokens = keys(2, 6, 24)
     assert not torch.allclose(gated(x, emb, tokens), ungated(x, emb, tokens))
     assert dfb("low", knowledge_dim=24).knowledge_gate is None  # no high bands: nothing to gate
 
 
-@pytest.mark.parametrize("knowledge_dim", [384, 512, 7])
+@pytest.mark.parametrize("knowledge_dim", [384, 768, 7])
 def test_kg_output_depends_on_knowledge_of_any_width(knowledge_dim):
     x, emb = torch.randn(2, CHANNELS, 16, 16), step_embedding([4, 4])
     for module in (
         dfb("full", knowledge_dim=knowledge_dim),
-        KnowledgeGuidance(CHANNELS, knowledge_dim),
+        KnowledgeGuidance(CHANNELS, knowledge_dim, inner=16, head_channels=16),
     ):
-        set_gammas(module)
-        first = prepare_knowledge(torch.randn(3, knowledge_dim), 2, knowledge_dim, x)
-        second = prepare_knowledge(torch.randn(3, knowledge_dim), 2, knowledge_dim, x)
+        switch_on(module)
+        first, second = keys(2, 5, knowledge_dim), keys(2, 5, knowledge_dim)
         assert not torch.allclose(module(x, emb, first), module(x, emb, second))
 
 
+def test_kg_ignores_padding_tokens():
+    module = KnowledgeGuidance(CHANNELS, 24, inner=16, head_channels=16)
+    switch_on(module)
+    x, emb = torch.randn(2, CHANNELS, 8, 8), step_embedding([0, 1])
+    tokens, mask = keys(2, 9, 24, real=6)
+    poked = tokens.clone()
+    poked[:, 6:] += 100.0  # padding content must not matter
+    assert torch.allclose(module(x, emb, (tokens, mask)), module(x, emb, (poked, mask)))
+    poked = tokens.clone()
+    poked[:, 2] += 1.0
+    assert not torch.allclose(module(x, emb, (tokens, mask)), module(x, emb, (poked, mask)))
+
+
 def test_kg_without_dfb_is_identity_at_init():
-    module, x = KnowledgeGuidance(CHANNELS, 24), torch.randn(2, CHANNELS, 8, 8)
-    assert torch.equal(module(x, step_embedding([0, 1]), torch.randn(2, 3, 24)), x)
+    module = KnowledgeGuidance(CHANNELS, 24, inner=16, head_channels=16)
+    x = torch.randn(2, CHANNELS, 8, 8)
+    assert torch.equal(module(x, step_embedding([0, 1]), keys(2, 3, 24)), x)
 
 
-def test_knowledge_of_the_wrong_width_is_refused():
+def test_knowledge_of_the_wrong_width_or_mask_is_refused():
     with pytest.raises(ValueError, match="knowledge_dim=512"):
-        prepare_knowledge(torch.randn(3, 384), 2, 512, torch.zeros(1))
+        prepare_knowledge(torch.randn(3, 384), None, 2, 512, torch.zeros(1))
+    with pytest.raises(ValueError, match="mask hides every token"):
+        prepare_knowledge(torch.randn(3, 8), torch.zeros(3, dtype=torch.bool), 2, 8, torch.zeros(1))
+    with pytest.raises(ValueError, match="does not fit 3 tokens"):
+        prepare_knowledge(torch.randn(3, 8), torch.ones(4, dtype=torch.bool), 2, 8, torch.zeros(1))
 
 
 # ----- the methods ---------------------------------------------------------------------------
@@ -200,8 +238,9 @@ def tiny_batch(method, seed: int = 0) -> Batch:
     g = torch.Generator().manual_seed(seed)
     source = torch.rand(2, 1, 64, 64, generator=g)
     knowledge = None
-    if method.hparams.get("kg"):
-        knowledge = torch.randn(3, method.hparams["knowledge_dim"], generator=g)
+    if method.hparams.get("kg"):  # two prompts of 7 and 5 tokens, padded to 7
+        states = torch.randn(14, method.hparams["knowledge_dim"], generator=g)
+        knowledge = Knowledge(states, torch.arange(14) % 7 < torch.tensor([7] * 7 + [5] * 7))
     return Batch(
         source=source, target=1 - source, mask=torch.ones_like(source), knowledge=knowledge
     )
@@ -210,8 +249,8 @@ def tiny_batch(method, seed: int = 0) -> Batch:
 @pytest.mark.parametrize("name", ABLATION_METHODS)
 def test_tiny_shapes_and_gradient_flow(name):
     method = build_method(name, "tiny", {"batch_size": 2})
-    gammas = set_gammas(method.net)
-    assert (gammas > 0) == (name != "resshift")
+    projections = switch_on(method.net)
+    assert (projections > 0) == (name != "resshift")
     batch = tiny_batch(method)
     t = torch.tensor([0, 14])
     assert method.denoise(batch.source, batch.source, t, batch.knowledge).shape == (2, 1, 64, 64)
@@ -220,13 +259,21 @@ def test_tiny_shapes_and_gradient_flow(name):
     for param_name, param in method.net.named_parameters():
         assert param.grad is not None, f"{param_name} got no gradient"
         assert torch.isfinite(param.grad).all(), f"{param_name} has a non-finite gradient"
-        if "fusion" in param_name:  # DFB/KG modules contribute once gamma != 0
+        # every DFB/KG weight contributes; without DFB's balance MLP the t-embedding (and so the
+        # global KG path) only reaches ResBlock outputs, zero-initialised (ADM): no gradient at
+        # step 0
+        global_path = param_name.startswith("knowledge_embed")
+        if (
+            "fusion" in param_name
+            or "knowledge" in param_name
+            and not (global_path and method.hparams["dfb"] in (None, "static"))
+        ):
             assert param.grad.abs().sum() > 0, f"{param_name} got an all-zero gradient"
 
 
 def test_checkpoint_round_trip_translates_identically():
     method = build_method("dfbk", "tiny", {"batch_size": 2})
-    set_gammas(method.net)
+    switch_on(method.net)
     batch = tiny_batch(method)
     method.training_step(batch, 0)
     method.eval()
@@ -267,7 +314,7 @@ def test_paper_preset_is_method_md_section_2():
 
 def test_networks_run_on_48x48_slices_and_under_bf16_autocast():
     method = build_method("dfbk", "tiny", {"batch_size": 2})
-    set_gammas(method.net)
+    switch_on(method.net)
     x, t, tokens = torch.randn(2, 2, 48, 48), torch.tensor([0, 14]), torch.randn(3, 512)
     assert method.net(x, t, tokens).shape == (2, 1, 48, 48)  # Swin pads 12x12 maps
     with torch.autocast("cpu", dtype=torch.bfloat16):

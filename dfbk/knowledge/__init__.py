@@ -1,9 +1,10 @@
 """Knowledge priors: text prompts of the target modality, encoded once by a frozen text encoder.
 
-`encode_prompts` (encoders.py) turns prompts into a `KnowledgeEmbedding` — (K, D) unit rows,
-one per prompt, plus the encoder actually used, its version and the prompt hash; `encode_or_load`
+`encode_prompts` (encoders.py) turns prompts into a `KnowledgeEmbedding` — the encoder's token
+states (P prompts × L tokens × D, with the padding mask) and pooled rows, plus the encoder
+actually used, its version and the prompt hash; `encode_or_load`
 (cache.py) keeps one file per target modality and re-encodes only when the encoder or the
-prompts change. Encoder `none` gives `tokens = pooled = None` (the explicit "no knowledge"
+prompts change. Encoder `none` gives `token_states = pooled = None` (the explicit "no knowledge"
 marker that methods receive as `knowledge=None`).
 """
 
@@ -21,6 +22,9 @@ _EXPORTS = {
     "prompt_hash": "encoders",
     "prompts_for": "encoders",
     "DEFAULT_PROMPTS": "prompts",
+    "KNOWLEDGE_FORMAT_VERSION": "prompts",
+    "resolve_vision": "vision",
+    "VisionTower": "vision",
     "ENCODERS": "prompts",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,8 @@
 """The knowledge cache: prompts are encoded once per target modality and reused by every run.
 
 One torch file per (dataset, target) — `results/knowledge/{dataset}/{target}.pt` — holding
-the tokens and the facts a table must report: encoder name, encoder version, prompt hash and,
+the token states (P prompts × L tokens × D, with the padding mask), the pooled sentence
+embeddings, and the facts a table must report: encoder name, encoder version, prompt hash and,
 for `auto`, why BiomedCLIP was not used. Written atomically; read with `weights_only=True`
 (tensors, strings and lists only), and refused with a message naming the file when corrupt.
 """
@@ -17,10 +18,11 @@ import torch
 from dfbk.errors import DataError
 from dfbk.knowledge import encoders
 from dfbk.knowledge.encoders import KnowledgeEmbedding, prompt_hash
+from dfbk.knowledge.prompts import KNOWLEDGE_FORMAT_VERSION
 from dfbk.training.checkpoint import save_atomic
 
 FORMAT = "dfbk-knowledge"
-FORMAT_VERSION = 1
+FORMAT_VERSION = KNOWLEDGE_FORMAT_VERSION  # 2: token states + mask (1: one pooled row/prompt)
 _FIELDS = ("encoder", "encoder_version", "prompt_hash", "prompts", "requested")
 
 
@@ -35,29 +37,30 @@ def save_knowledge(emb: KnowledgeEmbedding, path: Path) -> Path:
         **{name: getattr(emb, name) for name in _FIELDS},
         "prompts": list(emb.prompts),
         "fallback_reason": emb.fallback_reason,
-        "tokens": emb.tokens,
-        "pooled": emb.pooled,
         "token_states": emb.token_states,
+        "token_mask": emb.token_mask,
+        "pooled": emb.pooled,
     }
     return save_atomic(payload, Path(path))
 
 
 def _check_tensors(payload: dict[str, Any], path: Path) -> None:
-    """Shapes and values: (K, D) finite unit rows with K = number of prompts, or all None."""
-    tokens, pooled = payload.get("tokens"), payload.get("pooled")
+    """(P, L, D) finite states, (P, L) bool mask with a real token per prompt, (P, E) pooled."""
+    states, mask, pooled = (payload.get(k) for k in ("token_states", "token_mask", "pooled"))
     if payload["encoder"] == "none":
-        if tokens is not None or pooled is not None:
+        if states is not None or pooled is not None:
             raise DataError(f"{path}: encoder 'none' but the file holds tokens")
         return
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
-        raise DataError(f"{path}: tokens missing or not a (K, D) tensor")
-    if tokens.shape[0] != len(payload["prompts"]):
-        raise DataError(
-            f"{path}: {tokens.shape[0]} token rows for {len(payload['prompts'])} prompts"
-        )
-    if not isinstance(pooled, torch.Tensor) or tuple(pooled.shape) != (tokens.shape[1],):
-        raise DataError(f"{path}: pooled embedding missing or not of width {tokens.shape[1]}")
-    if not (torch.isfinite(tokens).all() and torch.isfinite(pooled).all()):
+    n_prompts = len(payload["prompts"])
+    if not isinstance(states, torch.Tensor) or states.ndim != 3 or states.shape[0] != n_prompts:
+        raise DataError(f"{path}: token_states missing or not a ({n_prompts}, L, D) tensor")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise DataError(f"{path}: token_mask missing or not a bool tensor")
+    if mask.shape != states.shape[:2] or not mask.any(dim=1).all():
+        raise DataError(f"{path}: token_mask {tuple(mask.shape)} does not fit the token states")
+    if not isinstance(pooled, torch.Tensor) or pooled.ndim != 2 or pooled.shape[0] != n_prompts:
+        raise DataError(f"{path}: pooled embeddings missing or not {n_prompts} rows")
+    if not (torch.isfinite(states).all() and torch.isfinite(pooled).all()):
         raise DataError(f"{path}: tokens contain NaN or infinite values")
 
 
@@ -75,7 +78,11 @@ def load_knowledge(path: Path) -> KnowledgeEmbedding:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise DataError(f"{path}: not a dfbk knowledge file")
     if payload.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: knowledge format {payload.get('format_version')} unsupported")
+        raise DataError(
+            f"{path}: knowledge format {payload.get('format_version')} is not the current "
+            f"{FORMAT_VERSION} (older files hold one pooled vector per prompt, not token "
+            "states); rerun `dfbk knowledge` (the encode_knowledge rule) to rebuild it"
+        )
     missing = [name for name in _FIELDS if name not in payload]
     if missing:
         raise DataError(f"{path}: knowledge file lacks {', '.join(missing)}")
@@ -83,7 +90,8 @@ def load_knowledge(path: Path) -> KnowledgeEmbedding:
         raise DataError(f"{path}: prompt hash does not match the stored prompts (file edited?)")
     _check_tensors(payload, path)
     return KnowledgeEmbedding(
-        tokens=payload["tokens"],
+        token_states=payload["token_states"],
+        token_mask=payload["token_mask"],
         pooled=payload["pooled"],
         encoder=payload["encoder"],
         encoder_version=payload["encoder_version"],
@@ -91,7 +99,6 @@ def load_knowledge(path: Path) -> KnowledgeEmbedding:
         prompts=list(payload["prompts"]),
         requested=payload["requested"],
         fallback_reason=payload.get("fallback_reason"),
-        token_states=payload.get("token_states"),
     )
 
 

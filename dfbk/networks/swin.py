@@ -1,4 +1,4 @@
-"""Swin layer of ResShift's Swin-UNet: window attention with relative position bias (METHOD.md §2).
+"""Swin layer of the Swin-UNet: window attention, relative position bias (docs/method.md §2).
 
 A layer is ResShift's `BasicLayer` with patch size 1: a 1×1 conv into the Swin width, `depth`
 blocks alternating regular and shifted windows (shift = window/2), a 1×1 conv back. Blocks work

@@ -1,4 +1,4 @@
-"""ResShift's Swin-UNet denoiser, with DFB and Knowledge Guidance as switches (METHOD.md §2–4).
+"""ResShift's Swin-UNet denoiser, with DFB and Knowledge Guidance as switches (docs/method.md §2–4).
 
 Layout (ResShift `UNetModelSwin`, patch size 1): a 3×3 stem; per level `num_res_blocks`
 ResBlocks with timestep FiLM (scale-shift norm), the first one followed by a Swin layer on the
@@ -8,13 +8,18 @@ first followed by Swin on the chosen levels), nearest ×2 + 3×3 conv up; GroupN
 
 DFB (dfbk/networks/dfb.py) sits on every skip tensor of the `dfb_levels` and on the middle
 block's output (`dfb_bottleneck`); without DFB, Knowledge Guidance attends on the full feature
-map at those same places (METHOD.md §4). Levels count from 0 (full resolution); negative values
-count from the lowest resolution, so the default (-2, -1) means "the two lowest-resolution
-skips" at any depth. With KG, the pooled knowledge also feeds the timestep embedding.
+map at those same places (docs/method.md §4). Levels count from 0 (full resolution); negative
+values count from the lowest resolution, so the default (-2, -1) means "the two lowest-resolution
+skips" at any depth. With KG, the pooled text knowledge also feeds the timestep embedding.
+DFB/KG work at an inner width of about `dfb_inner_ratio` × the feature width (a bottleneck, so
+the ablation rows differ by at most ~10 % in parameters at the paper preset).
 
-forward(x, t, knowledge): x = concat(scaled x_t, source) (B, 2, H, W), t (B,) long 0-based,
-knowledge (K, D) or (B, K, D) or None -> predicted x0 (B, 1, H, W). H and W must be divisible by
+forward(x, t, knowledge, knowledge_mask, visual): x = concat(scaled x_t, source) (B, 2, H, W),
+t (B,) long 0-based, knowledge (K, D) or (B, K, D) text token states or None, knowledge_mask
+(K,) or (B, K) bool (None: all real), visual (B, N, visual_dim) per-slice image tokens (only
+when built with visual_dim > 0) -> predicted x0 (B, 1, H, W). H and W must be divisible by
 2**(levels-1); Swin pads maps that are not whole windows (e.g. 12×12 from 48×48 slices).
+`diagnostics()` names each DFB/KG module's statistics of the last training forward.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ from dfbk.networks.diffusion_unet import ResBlock, group_norm, timestep_embeddin
 from dfbk.networks.knowledge_guidance import (
     KnowledgeEmbedding,
     KnowledgeGuidance,
-    prepare_knowledge,
+    KnowledgeTokens,
+    inner_width,
+    rms,
 )
 from dfbk.networks.swin import SwinLayer
 
@@ -59,6 +66,8 @@ class SwinUNetConfig:
     dfb_levels: tuple[int, ...] = (-2, -1)
     dfb_bottleneck: bool = True
     dfb_global_max_tokens: int = 1024
+    dfb_inner_ratio: float = 0.25
+    visual_dim: int = 0  # width of per-slice image tokens (768 BiomedCLIP ViT-B/16); 0 = none
     wavelet_backend: str = "conv"
 
     @classmethod
@@ -125,7 +134,9 @@ class SwinUNet(nn.Module):
             nn.Linear(c.channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         use_global = c.kg and c.kg_global
+        self.knowledge_tokens = KnowledgeTokens(c.knowledge_dim, c.visual_dim) if c.kg else None
         self.knowledge_embed = KnowledgeEmbedding(c.knowledge_dim, emb_dim) if use_global else None
+        self.global_stats: dict[str, Tensor] = {}
         self.stem = nn.Conv2d(c.in_channels, c.channels, 3, padding=1)
         skip_widths, skip_levels = self._build_encoder()
         width = skip_widths[-1]
@@ -158,13 +169,15 @@ class SwinUNet(nn.Module):
     def _fusion(self, width: int) -> nn.Module | None:
         """The module on one skip/bottleneck: DFB (with KG inside), KG alone, or nothing."""
         c = self.config
+        inner = inner_width(width, c.dfb_inner_ratio, c.head_channels)
         if c.dfb is not None:
             return DynamicFrequencyBalance(
                 width, self.emb_dim, c.dfb, c.head_channels, c.dfb_global_max_tokens,
                 c.window_size, c.knowledge_dim if c.kg else None, c.kg_gate, c.wavelet_backend,
+                inner,
             )  # fmt: skip
         if c.kg:
-            return KnowledgeGuidance(width, c.knowledge_dim, c.head_channels)
+            return KnowledgeGuidance(width, c.knowledge_dim, inner, c.head_channels)
         return None
 
     def _build_encoder(self) -> tuple[list[int], list[int]]:
@@ -202,7 +215,14 @@ class SwinUNet(nn.Module):
                 self.upsamplers[str(len(self.decoder) - 1)] = Upsample(width)
 
     # ----- forward ------------------------------------------------------------------------
-    def forward(self, x: Tensor, t: Tensor, knowledge: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        knowledge: Tensor | None = None,
+        knowledge_mask: Tensor | None = None,
+        visual: Tensor | None = None,
+    ) -> Tensor:
         c = self.config
         factor = 2 ** (len(c.channel_mults) - 1)
         if x.shape[-2] % factor or x.shape[-1] % factor:
@@ -212,10 +232,14 @@ class SwinUNet(nn.Module):
             )
         emb = self.time_embed(timestep_embedding(t, c.channels))
         tokens = None
-        if c.kg:
-            tokens = prepare_knowledge(knowledge, x.shape[0], c.knowledge_dim, x)
+        if self.knowledge_tokens is not None:
+            keys, mask, pooled = self.knowledge_tokens(knowledge, knowledge_mask, visual, x)
+            tokens = (keys, mask)
             if self.knowledge_embed is not None:
-                emb = emb + self.knowledge_embed(tokens)
+                shift = self.knowledge_embed(pooled)
+                if self.training:
+                    self.global_stats = {"gain": rms(shift) / rms(emb).clamp_min(1e-12)}
+                emb = emb + shift
         h = self.stem(x)
         skips = [self._fuse(0, h, emb, tokens)]
         for block in self.encoder:
@@ -231,6 +255,36 @@ class SwinUNet(nn.Module):
                 h = self.upsamplers[str(index)](h)
         return self.head(h)
 
-    def _fuse(self, index: int, h: Tensor, emb: Tensor, tokens: Tensor | None) -> Tensor:
+    def _fuse(
+        self, index: int, h: Tensor, emb: Tensor, tokens: tuple[Tensor, Tensor] | None
+    ) -> Tensor:
         module = self.skip_fusion[str(index)] if str(index) in self.skip_fusion else None
         return h if module is None else module(h, emb, tokens)
+
+    def fusion_modules(self) -> dict[str, nn.Module]:
+        """DFB/KG modules by log name: "skip{i}" (i = skip tensor index) and "mid"."""
+        named = {f"skip{index}": module for index, module in self.skip_fusion.items()}
+        if self.mid_fusion is not None:
+            named["mid"] = self.mid_fusion
+        return named
+
+    def diagnostics(self) -> dict[str, float]:
+        """Statistics of the last training forward: per module gain (RMS(out - F) / RMS(F)),
+        DFB's mean w_low, KG's share inside DFB, the global KG path's gain; and the norm of
+        each zero-initialised output projection (0 at init: whether the module switched on)."""
+        out: dict[str, float] = {}
+        for name, module in self.fusion_modules().items():
+            kind = "dfb" if isinstance(module, DynamicFrequencyBalance) else "kg"
+            for key, value in module.stats.items():
+                prefix = "kg" if key == "kg_share" else kind
+                out[f"{prefix}.{name}.{key.removeprefix('kg_')}"] = float(value)
+            projections = [
+                getattr(module, attr)
+                for attr in ("low_out", "high_out", "out")
+                if getattr(module, attr, None) is not None
+            ]
+            norm = sum(float(p.weight.detach().float().norm() ** 2) for p in projections) ** 0.5
+            out[f"{kind}.{name}.out_norm"] = norm
+        for key, value in self.global_stats.items():
+            out[f"kg.global.{key}"] = float(value)
+        return out

@@ -1,4 +1,4 @@
-"""One-level orthonormal Haar wavelet transform for the Dynamic Frequency Balance (METHOD.md §3.1).
+"""One-level orthonormal Haar wavelet transform for DFB (docs/method.md §3.1).
 
 The Haar DWT of a feature map splits every non-overlapping 2×2 block [[a, b], [c, d]] into four
 coefficients with the orthonormal filters
