@@ -588,3 +588,19 @@ def test_corrupt_store_description_is_one_line(tmp_path, text):
     (tmp_path / "store.json").write_text(text)
     with pytest.raises(DataError, match=r"store\.json: (unreadable|incomplete) slice store"):
         SliceStore(tmp_path)
+
+
+def test_full_disk_during_extraction_is_one_line_and_removes_the_staging(
+    server,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    payload = np.random.default_rng(1).bytes(200_000)
+    settings = serve_siss(server, {"ok_SISS.zip": zip_bytes([("data/r.bin", "file", payload)])})
+    monkeypatch.setattr(archives, "open", full_disk_open(50_000), raising=False)
+    status, err = run_download(tmp_path, settings, capsys)
+    assert status == 2 and err.count("\n") == 1
+    assert "raw.staging/data/r.bin: cannot extract ok_SISS.zip (No space left on device)" in err
+    work = tmp_path / "work"
+    assert sorted(p.name for p in work.iterdir()) == ["dl"]  # no raw, no .raw.staging

@@ -256,24 +256,36 @@ def _extract_zip(path: Path, dest: Path, include: Sequence[str] | None, budget: 
                     f"{path}: unsafe archive entry '{member.name}' (resolves to {outside}, "
                     f"outside {dest}); extraction stopped"
                 )
-            if member.kind == "dir":
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if member.kind == "symlink":
-                os.symlink(member.link_target, target)
-            else:
-                with archive.open(info) as src, open(target, "wb") as out:
-                    while block := src.read(CHUNK):
-                        written += len(block)
-                        if written > budget:
-                            raise DataError(
-                                f"{path}: '{member.name}' expands beyond the sizes the archive "
-                                "declares; refusing a likely zip bomb"
-                            )
-                        out.write(block)
-            count += 1
+            try:
+                written += _write_zip_member(archive, info, member, target, budget - written)
+            except OSError as err:  # disk full, permissions: name the file being written
+                raise OSError(err.errno, err.strerror, str(target)) from err
+            count += member.kind != "dir"
     return count
+
+
+def _write_zip_member(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, member: Member, target: Path, budget: int
+) -> int:
+    """Create one checked entry at `target`; returns the bytes written (at most `budget`)."""
+    if member.kind == "dir":
+        target.mkdir(parents=True, exist_ok=True)
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if member.kind == "symlink":
+        os.symlink(member.link_target, target)
+        return 0
+    written = 0
+    with archive.open(info) as src, open(target, "wb") as out:
+        while block := src.read(CHUNK):
+            written += len(block)
+            if written > budget:
+                raise DataError(
+                    f"{archive.filename}: '{member.name}' expands beyond the sizes the archive "
+                    "declares; refusing a likely zip bomb"
+                )
+            out.write(block)
+    return written
 
 
 def _extract_tar(path: Path, dest: Path, include: Sequence[str] | None) -> int:
