@@ -1,8 +1,13 @@
-# knowledge: the target modality's prompts encoded once by a frozen text encoder (METHOD.md §4).
-# Config: knowledge.encoder (auto|biomedclip|minilm|none), knowledge.biomedclip_dir (folder
-# with the BiomedCLIP hub files, or null for the Hugging Face cache), knowledge.prompts.<modality>
-# (list of sentences; replaces the defaults of dfbk.knowledge.DEFAULT_PROMPTS).
+# knowledge: the target modality's prompts encoded once by a frozen text encoder into token
+# states with their padding mask (docs/method.md §4). Config: knowledge.encoder
+# (auto|biomedclip|minilm|none), knowledge.biomedclip_dir (folder with the BiomedCLIP hub files,
+# or null for the Hugging Face cache), knowledge.prompts.<modality> (list of sentences; replaces
+# the defaults of dfbk.knowledge.DEFAULT_PROMPTS). `format_version` and `effective_prompts` are
+# params so that a new cache format or new default prompts rerun the rule (Snakemake's params
+# rerun trigger); the command itself also refuses and rebuilds an older file.
 import shlex
+
+from dfbk.knowledge.prompts import DEFAULT_PROMPTS, KNOWLEDGE_FORMAT_VERSION
 
 
 rule encode_knowledge:
@@ -14,6 +19,11 @@ rule encode_knowledge:
             f"--biomedclip-dir {shlex.quote(str(folder))}"
             if (folder := lookup("knowledge/biomedclip_dir", within=config, default=None))
             else ""
+        ),
+        format_version=KNOWLEDGE_FORMAT_VERSION,
+        effective_prompts=lambda wc: list(
+            lookup(f"knowledge/prompts/{wc.target}", within=config, default=None)
+            or DEFAULT_PROMPTS.get(wc.target, [])
         ),
         prompts=lambda wc: " ".join(
             f"--prompt {shlex.quote(str(text))}"
