@@ -1,16 +1,51 @@
-"""Config checks beyond the JSON schema: names that must exist in the registries.
+"""Config checks run by the Snakefile at start-up, so a bad value never reaches a job.
 
-Run by the Snakefile at start-up (no torch import, so a dry run stays fast). Errors name the
-key: an unknown dataset or method, or a direction a dataset cannot serve.
+Every error is one line that names the key (`datasets.phantom.split.fractions: ...`):
+- `check_schema`: the JSON schema, with the offending key as a dotted path (Snakemake's own
+  `validate` message spans a dozen lines and prints the schema fragment);
+- `check_config`: names that must exist in the registries, directions a dataset can serve, and
+  split fractions that make a split (cheap: no method module is imported);
+- `check_method_settings`: each configured method's resolved hyperparameters (preset, stages,
+  overrides): `steps` and `batch_size`, and slice and patch sizes its network can take. It
+  imports the method modules, so the Snakefile runs it in the main process only, not in every
+  cluster job.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+import jsonschema
+import yaml
 
 from dfbk.data.adapters import get_adapter
 from dfbk.errors import ConfigError
-from dfbk.methods.registry import add_method_module, list_methods
+from dfbk.methods.registry import add_method_module, get_method_class, list_methods, method_stages
+
+# The schema's default slice size (workflow/schemas/config.schema.yaml, datasets.*.size).
+DEFAULT_SIZE = (256, 256)
+# Split fractions must sum to 1 up to float rounding (0.7 + 0.1 + 0.2 = 1.0000000000000002).
+FRACTION_SUM_TOLERANCE = 1e-6
+
+
+def key_path(parts: Sequence[str | int]) -> str:
+    """Dotted config key with list indices: ("datasets", "x", "size", 0) -> datasets.x.size[0]."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "config"
+
+
+def check_schema(config: dict[str, Any], schema_path: str | Path) -> None:
+    """Raise ConfigError naming the key of the most relevant schema violation, in one line."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if error is not None:
+        raise ConfigError(f"{key_path(list(error.absolute_path))}: {error.message}")
 
 
 def method_modules(config: dict[str, Any]) -> dict[str, str]:
@@ -61,6 +96,7 @@ def check_config(config: dict[str, Any]) -> None:
             raise ConfigError(
                 f"datasets.{dataset}.phantom: synthesis settings only apply to 'phantom'"
             )
+    check_split_fractions(config)
     configured = {r for spec in config["datasets"].values() for r in spec["directions"]}
     for name, settings in config["methods"].items():
         for direction in settings.get("directions") or []:
@@ -68,3 +104,126 @@ def check_config(config: dict[str, Any]) -> None:
                 raise ConfigError(
                     f"methods.{name}.directions: '{direction}' is not a configured direction"
                 )
+
+
+def check_split_fractions(config: dict[str, Any]) -> None:
+    """Train, val and test fractions each above 0 (every part gets a subject) and summing to 1."""
+    for dataset, spec in config["datasets"].items():
+        fractions = spec.get("split", {}).get("fractions")
+        if fractions is None:
+            continue
+        key = f"datasets.{dataset}.split.fractions"
+        if len(fractions) != 3 or min(fractions) <= 0:
+            raise ConfigError(
+                f"{key}: need three fractions (train, val, test), each above 0; got {fractions}"
+            )
+        total = sum(fractions)
+        if abs(total - 1.0) > FRACTION_SUM_TOLERANCE:
+            raise ConfigError(f"{key}: fractions must sum to 1; got {fractions} (sum {total:g})")
+
+
+# ----- method settings (imports the method modules) ----------------------------------------
+def _unet_rule(h: dict[str, Any]) -> int:
+    return 2 ** int(h["num_downs"])  # num_downs stride-2 convolutions, skips concatenated
+
+
+def _swin_unet_rule(h: dict[str, Any]) -> int:
+    # levels - 1 downsamplings; DFB's Haar DWT at the bottleneck halves that map once more
+    levels = len(h["channel_mults"]) - 1
+    return 2 ** (levels + (1 if h.get("dfb") else 0))
+
+
+def _ncsnpp_rule(h: dict[str, Any]) -> int:
+    diffusive = 2 ** (len(h["ch_mult"]) - 1)
+    return diffusive if h.get("paired") else math.lcm(diffusive, 4)  # + ResNet translators
+
+
+# Side multiples of the built-in networks, by the module that defines the class. A method class
+# may declare its own: a classmethod `size_multiple(hparams) -> int`, which takes precedence.
+SIZE_RULES: dict[str, Callable[[dict[str, Any]], int]] = {
+    "baselines.identity": lambda h: 1,
+    "baselines.pix2pix": _unet_rule,
+    "baselines.ea_gan": _unet_rule,
+    "dfbk.methods.resshift": _swin_unet_rule,
+    "dfbk.methods.dfbk": _swin_unet_rule,
+    "baselines.revgan": lambda h: 4,  # CycleGAN ResNet encoder: two stride-2 convolutions
+    "baselines.maskgan": lambda h: 4,
+    "baselines.resvit": lambda h: 16 * int(h["vit_patch"]),  # 4x encoder, then ViT patches
+    "baselines.syndiff": _ncsnpp_rule,
+}
+
+
+def size_multiple(cls: type, hparams: dict[str, Any]) -> int:
+    """The multiple that slice sides must be for `cls`'s network at `hparams` (1: any size)."""
+    declared = getattr(cls, "size_multiple", None)
+    if declared is not None:
+        return int(declared(hparams))
+    rule = SIZE_RULES.get(cls.__module__)
+    return rule(hparams) if rule is not None else 1
+
+
+def _method_entries(config: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any], list]]:
+    """(section, name, settings, datasets it trains on) for every configured method."""
+    directions = {d: set(spec["directions"]) for d, spec in config["datasets"].items()}
+    for name, settings in config["methods"].items():
+        chosen = settings.get("directions")
+        datasets = [d for d, rs in directions.items() if chosen is None or rs & set(chosen)]
+        yield "methods", name, settings, datasets
+    ablation = config.get("ablation", {})
+    for name, settings in ablation.get("methods", {}).items():
+        yield "ablation.methods", name, settings, list(ablation.get("directions", {}))
+
+
+def _check_trainer_keys(key: str, hparams: dict[str, Any], preset_steps: Any) -> None:
+    steps, batch = hparams.get("steps"), hparams.get("batch_size")
+    if steps is not None:
+        least = 0 if preset_steps == 0 else 1  # 0 only for a method with nothing to train
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < least:
+            raise ConfigError(f"{key}: steps must be an integer >= {least}; got {steps!r}")
+    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
+        raise ConfigError(f"{key}: batch_size must be an integer >= 1; got {batch!r}")
+
+
+def check_method_settings(config: dict[str, Any]) -> None:
+    """Resolve each method's hyperparameters as training will, and refuse what cannot run.
+
+    Per method and training stage: the preset exists and the overrides are known keys,
+    `steps` >= 1 (0 for a method without training) and `batch_size` >= 1, and every dataset's
+    slice size (and `patch_size`, when set) is a multiple its network can take.
+    """
+    for name, module in method_modules(config).items():
+        add_method_module(name, module)
+    for section, name, settings, datasets in _method_entries(config):
+        prefix = f"{section}.{name}"
+        cls = get_method_class(name)
+        preset = settings.get("preset", "tiny")
+        overrides = settings.get("overrides") or {}
+        declared = getattr(cls, "STAGES", {})
+        for stage in (*method_stages(name, settings.get("stages")), None):
+            stage_overrides = declared.get(stage, {}) if stage else {}
+            where = f"{prefix} (stage {stage})" if stage else prefix
+            try:
+                hparams = cls.resolve_hparams(preset, {**stage_overrides, **overrides})
+            except ConfigError as err:
+                raise ConfigError(f"{where}: {err}") from err
+            key = f"{prefix}.overrides" if overrides.keys() & {"steps", "batch_size"} else where
+            _check_trainer_keys(key, hparams, cls.PRESETS[preset].get("steps"))
+            multiple = size_multiple(cls, hparams)
+            patch = hparams.get("patch_size")
+            for dataset in datasets:
+                size = tuple(config["datasets"][dataset].get("size", DEFAULT_SIZE))
+                if any(side % multiple for side in size):
+                    raise ConfigError(
+                        f"datasets.{dataset}.size: {size[0]}x{size[1]} does not suit {where} "
+                        f"(preset '{preset}'), whose network needs sides divisible by {multiple}"
+                    )
+                if patch is not None and (patch % multiple or patch > min(size)):
+                    where_patch = (
+                        f"{prefix}.overrides.patch_size"
+                        if "patch_size" in overrides
+                        else f"{where} patch_size"
+                    )
+                    raise ConfigError(
+                        f"{where_patch}: {patch} must be a multiple of {multiple} "
+                        f"and at most the slice side {min(size)} (datasets.{dataset}.size)"
+                    )
