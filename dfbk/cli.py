@@ -60,6 +60,9 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from dfbk.training.guard import FolderLock
+
+    lock = FolderLock(args.checkpoint_dir).acquire()  # before torch: a second trainer fails fast
     import torch
 
     from dfbk.training.trainer import TrainSpec, train

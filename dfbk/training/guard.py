@@ -30,15 +30,28 @@ PR_SET_PDEATHSIG = 1
 WATCH_SECONDS = 1.0
 
 
+# folder -> [fd, holders]: POSIX locks belong to the process, and closing any descriptor of the
+# file drops them, so nested holders in one process share one descriptor.
+_HELD: dict[Path, list[int]] = {}
+
+
 class FolderLock:
-    """Exclusive lock on a folder for this process's lifetime (or until `release`)."""
+    """Exclusive lock on a folder until `release` (or the process ends); re-entrant per process.
+
+    The CLI takes it before importing torch, so a second trainer fails within a second.
+    """
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.path = self.folder / ".lock"
-        self._fd: int | None = None
+        self._held = False
 
     def acquire(self) -> FolderLock:
+        key = self.folder.resolve()
+        if key in _HELD:
+            _HELD[key][1] += 1
+            self._held = True
+            return self
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -52,13 +65,18 @@ class FolderLock:
             ) from err
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        _HELD[key] = [fd, 1]
+        self._held = True
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing drops the lock; the file (with a stale pid) may stay
-            self._fd = None
+        if not self._held:
+            return
+        self._held = False
+        key = self.folder.resolve()
+        _HELD[key][1] -= 1
+        if _HELD[key][1] == 0:
+            os.close(_HELD.pop(key)[0])  # drops the lock; the file (a stale pid) may stay
 
     def __enter__(self) -> FolderLock:
         return self.acquire()
