@@ -91,7 +91,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         val_slices=args.val_slices,
         evaluate=args.evaluate,
     )
-    print(f"wrote {train(spec)}")
+    try:
+        print(f"wrote {train(spec)}")
+    finally:
+        lock.release()
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
