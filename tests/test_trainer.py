@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
+from dfbk.data.loader import PARTNER_WINDOW, SliceBatcher
 from dfbk.errors import TrainingError
 from dfbk.training.checkpoint import load_checkpoint
 from dfbk.training.trainer import Trainer, TrainSpec
@@ -132,3 +134,91 @@ def test_ema_weights_are_what_inference_uses(phantom_store, tmp_path):
     key = next(k for k in inference if k.startswith("net.") and inference[k].is_floating_point())
     assert torch.equal(inference[key], ema[key.removeprefix("net.")])
     assert not torch.equal(inference[key], training[key])
+
+
+def test_validation_is_logged_and_best_and_last_are_kept(phantom_store, tmp_path, monkeypatch):
+    spec = spec_for(phantom_store, tmp_path, "val", val_every=2, val_slices=3)
+    trainer = Trainer(spec)
+    monkeypatch.setattr(trainer.method, "diagnostics", lambda: {"gate": 0.25})
+    trainer.run()
+    records = [json.loads(x) for x in (spec.out_dir / "train_log.jsonl").read_text().splitlines()]
+    validated = [r["step"] for r in records if "val_ssim" in r]
+    assert validated == [1, 3, 5]  # after steps 2, 4 and 6
+    assert all(r["diag_gate"] == 0.25 for r in records)
+    run = json.loads((spec.out_dir / "run.json").read_text())
+    best_step = max(validated, key=lambda s: records[s]["val_ssim"]) + 1
+    assert run["best_step"] == best_step and run["evaluated_checkpoint"] == "last"
+    assert run["best_val_ssim"] == records[best_step - 1]["val_ssim"]
+    assert run["evaluated_step"] == 6 and run["val_slices"] == 3
+    assert run["train_flops_per_step"] > 0 and run["n_parameters"] > 0
+    assert (run["batch_size"], run["patch_size"], run["augment"]) == (4, None, "hflip")
+    best = load_checkpoint(spec.out_dir / "best.pt")
+    model = load_checkpoint(spec.out_dir / "model.pt")
+    assert (best["checkpoint"], best["step"]) == ("best", best_step)
+    assert (model["checkpoint"], model["step"]) == ("last", 6)
+    assert model["fingerprint"]["split_sha256"] == best["fingerprint"]["split_sha256"]
+
+
+def test_evaluate_best_makes_the_best_step_model_pt(phantom_store, tmp_path):
+    spec = spec_for(phantom_store, tmp_path, "best", val_every=2, evaluate="best")
+    Trainer(spec).run()
+    run = json.loads((spec.out_dir / "run.json").read_text())
+    model = load_checkpoint(spec.out_dir / "model.pt")
+    assert run["evaluated_checkpoint"] == "best" and model["step"] == run["best_step"]
+    best = load_checkpoint(spec.out_dir / "best.pt")["state"]
+    assert all(torch.equal(model["state"][k], best[k]) for k in best)
+
+
+def test_validation_never_changes_the_training_trajectory(phantom_store, tmp_path):
+    often = spec_for(phantom_store, tmp_path, "often", val_every=1)
+    once = spec_for(phantom_store, tmp_path, "once", val_every=0)
+    Trainer(often).run()
+    Trainer(once).run()
+    a, b = final_state(often), final_state(once)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_augment_and_patch_size_come_from_the_method_settings(phantom_store, tmp_path):
+    store, _ = phantom_store
+    spec = spec_for(
+        phantom_store, tmp_path, "patch", overrides={"augment": "none", "patch_size": 32}
+    )
+    trainer = Trainer(spec)
+    batcher = trainer.batcher
+    assert batcher.flip is False and batcher.patch_size == 32
+    batch = batcher.batch(3)
+    assert batch.source.shape[-2:] == (32, 32)
+    idx, corners = batcher.batch_indices(3), batcher.crop_corners(3, 4)
+    for i, (y, x) in enumerate(corners):  # one position for source, target and mask; no flip
+        window = (slice(y, y + 32), slice(x, x + 32))
+        full = {
+            "source": store.images("t1n")[idx[i]],
+            "target": store.images("t2w")[idx[i]],
+            "mask": store.mask[idx[i]],
+        }
+        for name, image in full.items():
+            expected = torch.from_numpy(image[window].astype("float32"))
+            assert torch.equal(getattr(batch, name)[i, 0], expected), name
+    assert not np.array_equal(batcher.crop_corners(3, 4), batcher.crop_corners(4, 4))
+
+
+def test_unpaired_partners_come_from_another_subject_at_a_similar_level(phantom_store):
+    store, split_path = phantom_store
+    train = json.loads(split_path.read_text())["train"]
+    batcher = SliceBatcher(store, "t1n", "t2w", train, batch_size=4, seed=1, paired=False)
+    ranges = {s: store.subject_range(s) for s in train}
+
+    def where(index):
+        subject = next(s for s, (a, b) in ranges.items() if a <= index < b)
+        a, b = ranges[subject]
+        return subject, (index - a) / (b - a - 1)
+
+    for step in range(5):
+        for own, partner in zip(
+            batcher.batch_indices(step), batcher.unpaired_indices(step), strict=True
+        ):
+            (s1, r1), (s2, r2) = where(own), where(partner)
+            n = ranges[s2][1] - ranges[s2][0]
+            assert s1 != s2
+            assert abs(r1 - r2) <= (PARTNER_WINDOW + 0.5) / (n - 1) + 1e-9
+    assert np.array_equal(batcher.unpaired_indices(2), batcher.unpaired_indices(2))
