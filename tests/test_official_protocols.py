@@ -16,6 +16,7 @@ from dfbk.evaluation.metrics import PSNR_CAP_DB
 from dfbk.evaluation.official import (
     brasyn_official,
     gaussian_ssim_map,
+    masked_ssim,
     percentile_normalise,
     synthrad_official,
     synthrad_ssim,
@@ -188,3 +189,19 @@ def test_brasyn_normalises_each_volume_by_its_own_percentiles():
     assert math.isnan(
         brasyn_official(ref, ref, brain, np.zeros_like(brain))["official_ssim_lesion"]
     )
+
+
+def test_brasyn_region_crop_is_exact():
+    """The SSIM map is computed on the region's box only: equal to the whole-volume map there,
+    for a region far from the edges and one touching them."""
+    rng = np.random.default_rng(5)
+    ref = gaussian_filter(rng.random((16, 34, 30)), 1.0)
+    pred = ref + 0.05 * rng.standard_normal(ref.shape)
+    for box in (
+        (slice(6, 10), slice(12, 20), slice(10, 16)),
+        (slice(0, 3), slice(0, 9), slice(25, 30)),
+    ):
+        keep = np.zeros(ref.shape, bool)
+        keep[box] = True
+        whole = _torchmetrics_ssim_map(pred * keep, ref * keep)[keep].mean()
+        assert masked_ssim(pred, ref, keep) == pytest.approx(whole, abs=1e-12)

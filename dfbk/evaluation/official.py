@@ -154,12 +154,27 @@ def gaussian_ssim_map(
     )
 
 
-def _masked_ssim(pred_n: np.ndarray, ref_n: np.ndarray, keep: np.ndarray) -> float:
-    """SSIM map of both volumes multiplied by `keep`, averaged over `keep` (BraSyn's recipe)."""
-    if not keep.any() or min(keep.shape) <= (TM_KERNEL - 1) // 2:
+def masked_ssim(pred_n: np.ndarray, ref_n: np.ndarray, keep: np.ndarray) -> float:
+    """SSIM map of both volumes multiplied by `keep`, averaged over `keep` (BraSyn's recipe).
+
+    The data range comes from the whole masked volumes; the map is then computed only on the
+    bounding box of `keep` grown by the kernel radius (clipped to the volume), which gives the
+    same values at every `keep` voxel: their windows stay inside the box, and where the box
+    meets the volume's edge the reflection is the volume's own.
+    """
+    radius = (TM_KERNEL - 1) // 2
+    if not keep.any() or min(keep.shape) <= radius:
         return math.nan
-    weight = keep.astype(np.float64)
-    return float(gaussian_ssim_map(pred_n * weight, ref_n * weight)[keep].mean())
+    pred_k, ref_k = pred_n * keep, ref_n * keep
+    data_range = max(np.ptp(pred_k), np.ptp(ref_k))
+    box = tuple(
+        slice(max(int(idx.min()) - radius, 0), int(idx.max()) + radius + 1)
+        for idx in np.nonzero(keep)
+    )
+    if min(s.stop - s.start for s in box) <= radius:  # too thin to reflect: use the volume
+        box = (slice(None),) * keep.ndim
+    ssim_map = gaussian_ssim_map(pred_k[box], ref_k[box], data_range)
+    return float(ssim_map[keep[box]].mean())
 
 
 def brasyn_official(
@@ -174,10 +189,10 @@ def brasyn_official(
             if mask.any()
             else math.nan
         ),
-        "official_ssim_fg": _masked_ssim(pred_n, ref_n, mask),
+        "official_ssim_fg": masked_ssim(pred_n, ref_n, mask),
     }
     if label is not None:
         tumour = np.asarray(label) > 0
-        scores["official_ssim_lesion"] = _masked_ssim(pred_n, ref_n, tumour)
-        scores["official_ssim_nonlesion"] = _masked_ssim(pred_n, ref_n, ~tumour)
+        scores["official_ssim_lesion"] = masked_ssim(pred_n, ref_n, tumour)
+        scores["official_ssim_nonlesion"] = masked_ssim(pred_n, ref_n, ~tumour)
     return scores
