@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dfbk.errors import ConfigError
-from dfbk.methods.base import Batch
+from dfbk.methods.base import Batch, to_signed
 from dfbk.methods.registry import build_method, get_method_class
 
 MODULE = "baselines.ea_gan"
@@ -123,3 +123,25 @@ def test_training_step_applies_the_ramped_edge_weight():
         assert losses["edge_weight"] == pytest.approx(weight)
         total = losses["loss_g_gan"] + 300.0 * losses["loss_l1"] + weight * losses["loss_edge"]
         assert losses["loss_g"] == pytest.approx(total, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_released_settings_and_the_pool_holds_only_fakes(name):
+    torch.manual_seed(0)
+    method = build(name, pool_size=4)
+    h = method.hparams
+    assert (h["augment"], h["inference"], h["pool_size"]) == ("hflip", "eval", 4)
+    batch = make_batch()
+    method.training_step(batch, 0)
+    assert len(method.pool.images) == 2  # one step: the batch's two fake inputs of D
+    source, target = to_signed(batch.source), to_signed(batch.target)
+    channels = 3 if name == "dea_gan" else 2
+    for i, stored in enumerate(method.pool.images):
+        assert stored.shape == (channels, SIZE, SIZE) and not stored.requires_grad
+        assert torch.equal(stored[0], source[i, 0])  # conditioned on the source
+        assert not torch.allclose(stored[1], target[i, 0])  # a generated image, never the real
+    # the generator's adversarial term reaches the generator (released dEa-GAN: it does not)
+    method.opt_g.zero_grad(set_to_none=True)
+    losses = method.generator_losses(source, target, method.generator(source), 10)
+    losses["loss_g_gan"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.generator.parameters())

@@ -160,3 +160,22 @@ def test_mask_extraction_fills_holes_and_keeps_the_largest_component():
     assert batch.shape == (2, 1, 40, 40) and torch.equal(
         batch[1, 0], torch.from_numpy(expected).float()
     )
+
+
+def test_initialisation_follows_the_released_code():
+    """N(0, 0.02) weights and zero biases in the residual blocks; PyTorch's default elsewhere."""
+    torch.manual_seed(0)
+    method = build(ngf=8, n_blocks=2)
+    for generator in (method.gen_ab, method.gen_ba):
+        block_convs = [m for m in generator.blocks.modules() if isinstance(m, torch.nn.Conv2d)]
+        weights = torch.cat([m.weight.detach().flatten() for m in block_convs])
+        assert 0.018 < float(weights.std()) < 0.022  # 4 x 32*32*9 samples of N(0, 0.02)
+        assert all(not m.bias.any() for m in block_convs)
+        # default Kaiming-uniform elsewhere: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), nonzero biases
+        first = generator.encoder[1]
+        bound = 1.0 / first.weight[0].numel() ** 0.5
+        weight = first.weight.detach()  # 1/7 / sqrt(3) ~ 0.08 standard deviation, not 0.02
+        assert float(weight.abs().max()) <= bound and float(weight.std()) > 0.05
+        assert first.bias.any()
+    d_first = method.disc_a.model[0].weight.detach()
+    assert float(d_first.std()) > 0.1  # fan-in 16: 1/4 / sqrt(3) ~ 0.14, not 0.02

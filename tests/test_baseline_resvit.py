@@ -217,3 +217,67 @@ def test_vit_weights_that_do_not_fit_are_refused(tmp_path):
         resvit(vit_weights=str(path))
     with pytest.raises(ConfigError, match="file not found"):
         resvit(vit_weights=str(tmp_path / "absent.pt"))
+
+
+def test_vit_dropout_and_initialisation_follow_the_released_code():
+    torch.manual_seed(0)
+    method = resvit().requires_grad_(False)
+    assert method.hparams["vit_dropout"] == 0.1 and method.hparams["vit_attention_dropout"] == 0.0
+    for block in method.generator.vit.blocks:
+        # released Attention: attention_dropout_rate (0.0) on the weights AND the output
+        assert block.attn.attn_drop.p == 0.0 and block.attn.proj_drop.p == 0.0
+        assert block.mlp.drop1.p == 0.1 and block.mlp.drop2.p == 0.1
+        for fc in (block.mlp.fc1, block.mlp.fc2):  # Xavier-uniform weights, N(0, 1e-6) biases
+            bound = (6.0 / (fc.in_features + fc.out_features)) ** 0.5
+            assert 0.9 * bound < float(fc.weight.abs().max()) <= bound
+            assert float(fc.bias.abs().max()) < 1e-4
+    branches = [art.branch for art in method.generator.arts if art.branch is not None]
+    assert all(b.dropout.p == 0.1 and not b.pos_embed.any() for b in branches)
+    # generator convolutions feeding a batch norm have no bias (released use_bias = False)
+    convs = [
+        m
+        for m in method.generator.modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+    with_bias = [m for m in convs if m.bias is not None]
+    assert {id(m) for m in with_bias} == {id(method.generator.decoder[-2])} | {
+        id(b.embed) for b in branches
+    }
+    # PyTorch's default (Kaiming-uniform) generator weights, N(0, 0.02) discriminator weights
+    first = method.generator.encoder[1].weight
+    assert float(first.abs().max()) <= 1.0 / (first[0].numel() ** 0.5)
+    assert float(first.std()) > 0.05
+    d_weight = method.discriminator.model[2].weight
+    assert 0.015 < float(d_weight.std()) < 0.025
+
+
+def test_train_mode_inference_runs_each_slice_as_the_released_test_script():
+    import copy
+
+    torch.manual_seed(0)
+    method = resvit()
+    assert method.hparams["inference"] == "train"
+    method.training_step(make_batch(), 0)
+    method.eval()
+    state = {k: v.clone() for k, v in method.state_dict().items()}
+    source = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3))
+    seeds = torch.tensor([5, 6, 7])
+    pred = method.translate(source, seeds=seeds)
+    # a slice's prediction does not depend on its batch, and repeats with its seed
+    assert torch.equal(method.translate(source[1:2], seeds=seeds[1:2]), pred[1:2])
+    assert not torch.equal(method.translate(source, seeds=seeds + 1), pred)  # dropout is on
+    # the released behaviour: the generator in train mode on one slice, seeded
+    reference = copy.deepcopy(method.generator).train()
+    torch.manual_seed(6)
+    with torch.no_grad():
+        expected = (reference(to_signed(source[1:2])) + 1) / 2
+    torch.testing.assert_close(pred[1:2], expected.clamp(0, 1), rtol=0, atol=1e-6)
+    # inference changes nothing: running statistics and the layers' modes are as before
+    assert all(torch.equal(v, state[k]) for k, v in method.state_dict().items())
+    assert not any(m.training for m in method.modules())
+    method.hparams["inference"] = "eval"  # running statistics, no dropout: seeds do not matter
+    evaluated = method.translate(source, seeds=seeds)
+    assert torch.equal(method.translate(source, seeds=seeds + 1), evaluated)
+    assert not torch.equal(evaluated, pred)
+    with pytest.raises(ConfigError, match="inference"):
+        resvit(inference="test")
