@@ -28,8 +28,8 @@ baselines/syndiff_networks.py for its simplifications); the EMA is kept on the d
 generator used at inference only (the released code averages all four generators, but only
 this one is used to translate); one Adam per role (generators / discriminators) instead of one
 per network (Adam is per parameter, so the updates are the same); the cosine decay steps per
-iteration rather than per epoch; x_T and z at translation come from a seeded generator so that
-translation is reproducible.
+iteration rather than per epoch; x_T, z and the posterior noise at translation come from
+per-slice seeded streams, so that translation is reproducible and independent of batching.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.syndiff_networks import DiffusiveGenerator, TimeDiscriminator
+from dfbk.diffusion.noise import SliceNoise, noise_for
 from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
 from dfbk.methods.gan import set_requires_grad
 from dfbk.methods.registry import register_method
@@ -112,16 +113,17 @@ def posterior_sample(
 
 
 @torch.no_grad()
-def sample(
-    generator, cond: Tensor, sched: VPSchedule, nz: int, rng: torch.Generator | None = None
-) -> Tensor:
-    """x_T ~ N(0, I), then T reverse steps x_{t-1} ~ q(. | x_t, G(x_t, cond, t, z)): T G calls."""
-    randn = lambda *shape: torch.randn(*shape, generator=rng, device=cond.device)  # noqa: E731
-    x = randn(*cond.shape)
+def sample(generator, cond: Tensor, sched: VPSchedule, nz: int, noise: SliceNoise) -> Tensor:
+    """x_T ~ N(0, I), then T reverse steps x_{t-1} ~ q(. | x_t, G(x_t, cond, t, z)): T G calls.
+
+    Every draw (x_T, then z and the posterior noise per step) comes from the slice's own
+    stream in `noise`, so a slice's sample ignores its batch (dfbk/diffusion/noise.py).
+    """
+    x = noise.spatial().to(cond)
     for index in reversed(range(sched.num_steps)):
         k = torch.full((cond.shape[0],), index, device=cond.device, dtype=torch.long)
-        x0_hat = generator(x, cond, k, randn(cond.shape[0], nz)).float()
-        x = posterior_sample(x0_hat, x, k, sched, randn(*cond.shape))
+        x0_hat = generator(x, cond, k, noise.vector(nz).to(cond)).float()
+        x = posterior_sample(x0_hat, x, k, sched, noise.spatial().to(cond))
     return x
 
 
@@ -157,7 +159,7 @@ DEVIATIONS = [
     "EMA kept on the inference generator only (released code: all four generators)",
     "one Adam per role instead of per network (identical per-parameter updates)",
     "cosine lr decay stepped per iteration (released: per epoch)",
-    "translation noise from a seeded generator (sample_seed) for reproducibility",
+    "translation noise from per-slice seeded streams (run seed, subject, slice)",
 ]
 
 
@@ -167,6 +169,8 @@ class SynDiff(Method):
 
     PRESETS = UNPAIRED_PRESETS
     PAIRED = False
+    # translate() takes `noise=` (per-slice canvases cropped per tile; dfbk/sliding_window.py)
+    SAMPLES_NOISE = True
 
     def __init__(self, hparams: dict[str, Any]) -> None:
         super().__init__(hparams)
@@ -363,16 +367,22 @@ class SynDiff(Method):
 
     @torch.no_grad()
     def translate(
-        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+        self,
+        source: Tensor,
+        knowledge: Knowledge | None = None,
+        seeds: Tensor | None = None,
+        *,
+        noise: SliceNoise | None = None,
     ) -> Tensor:
-        rng = torch.Generator(device=source.device).manual_seed(int(self.hparams["sample_seed"]))
+        """Four reverse steps conditioned on the source; per-slice noise from `seeds`/`noise`."""
+        cond = to_signed(source)
+        streams = noise_for(seeds, int(self.hparams["sample_seed"]), cond, noise)
 
         def generator(x_t: Tensor, cond: Tensor, k: Tensor, z: Tensor) -> Tensor:
             with self.autocast():
                 return self.gen_target(x_t, cond, k, z)
 
-        x0 = sample(generator, to_signed(source), self.schedule, self.hparams["nz"], rng)
-        return to_unit(x0)
+        return to_unit(sample(generator, cond, self.schedule, self.hparams["nz"], streams))
 
 
 @register_method("syndiff_paired")

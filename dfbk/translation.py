@@ -1,8 +1,11 @@
 """translate: run a trained checkpoint over the test split, one volume per subject.
 
 The checkpoint alone rebuilds the model (`rebuild_method`); its data contract must match the
-slice store's (same modality, normalisation and slice size) or the job is refused. Slices are
-translated in batches and stacked back into (H, W, S) volumes on the store's prepared grid.
+slice store's (same modality, range and normalisation; the slice size may differ, as slices
+are covered by tiles of the training size — `dfbk.sliding_window`) or the job is refused.
+Each slice's noise seed comes from (the run's seed, subject, axial slice index), so a
+diffusion method's volume does not depend on the batch size. A prediction with a NaN or
+infinite voxel is refused, naming the checkpoint, and nothing is written.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,18 +23,24 @@ from tqdm import tqdm
 from dfbk.data.io import write_nifti, write_text
 from dfbk.data.splits import read_split
 from dfbk.data.store import SliceStore
-from dfbk.errors import DataError
+from dfbk.diffusion.noise import slice_seeds
+from dfbk.errors import DataError, TrainingError
+from dfbk.methods.base import Knowledge
+from dfbk.sliding_window import translate_tiled
 from dfbk.training.checkpoint import load_checkpoint, rebuild_method
 from dfbk.training.trainer import parse_direction, pick_device
 
+CONTRACT_KEYS = ("modality", "range", "norm")  # size: tiles; spacing: compared when recorded
+
 
 def check_contract(payload: dict, store: SliceStore, checkpoint: Path) -> tuple[str, str]:
-    """Refuse a store whose modality, normalisation or size differs from the checkpoint's."""
+    """Refuse a store whose modality, range, normalisation (or recorded spacing) differ."""
     source, target = parse_direction(payload["direction"])
     for role, modality in (("source", source), ("target", target)):
         expected = payload[role]
         actual = store.contract(modality) if modality in store.modalities else None
-        if actual != expected:
+        keys = CONTRACT_KEYS + (("spacing",) if "spacing" in expected else ())
+        if actual is None or any(expected.get(k) != actual.get(k) for k in keys):
             raise DataError(
                 f"{checkpoint}: {role} contract {expected} does not match slice store "
                 f"{store.root} ({actual})"
@@ -38,16 +48,56 @@ def check_contract(payload: dict, store: SliceStore, checkpoint: Path) -> tuple[
     return source, target
 
 
+def checkpoint_knowledge(payload: dict[str, Any]) -> Knowledge | None:
+    """The knowledge a checkpoint was trained with (`knowledge_tokens`/`knowledge_mask`, or the
+    older single `knowledge_embedding` tensor)."""
+    knowledge = Knowledge.from_payload(payload)
+    if knowledge is None and payload.get("knowledge_embedding") is not None:
+        knowledge = Knowledge(payload["knowledge_embedding"])
+    return knowledge
+
+
+def training_tile(payload: dict[str, Any]) -> tuple[int, int]:
+    """The in-plane size the model was trained on: its patch size, else the slice size."""
+    patch = (payload.get("hparams") or {}).get("patch_size")
+    if patch:
+        return int(patch), int(patch)
+    return tuple(int(n) for n in payload["source"]["size"])
+
+
+def run_seed(payload: dict[str, Any]) -> int:
+    """The training run's seed, from which every slice's noise seed is derived."""
+    return int(payload.get("seed") or 0)
+
+
+def check_finite(pred: np.ndarray, checkpoint: Path, what: str) -> None:
+    """Refuse NaN/Inf predictions (a diverged model) before anything is written."""
+    bad = int(np.size(pred) - np.count_nonzero(np.isfinite(pred)))
+    if bad:
+        raise TrainingError(
+            f"{checkpoint}: {bad} of {np.size(pred)} predicted voxels of {what} are NaN or "
+            "infinite (diverged model?); nothing written"
+        )
+
+
 @torch.no_grad()
-def translate_slices(method, slices: np.ndarray, batch_size: int, knowledge=None) -> np.ndarray:
-    """(N, H, W) in [0, 1] -> (N, H, W) predictions in [0, 1]."""
-    device = method.device
-    out = np.empty(slices.shape, dtype=np.float32)
-    for start in range(0, len(slices), batch_size):
-        chunk = torch.from_numpy(np.asarray(slices[start : start + batch_size], dtype=np.float32))
-        pred = method.translate(chunk.unsqueeze(1).to(device), knowledge)
-        out[start : start + len(chunk)] = pred.squeeze(1).float().cpu().numpy()
-    return out
+def translate_slices(
+    method,
+    slices: np.ndarray,
+    batch_size: int,
+    knowledge: Knowledge | None = None,
+    seeds: torch.Tensor | None = None,
+    tile: tuple[int, int] | None = None,
+    foreground: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N, H, W) in [0, 1] -> (N, H, W) predictions in [0, 1], tiled at `tile` (default: H, W).
+
+    seeds: (N,) per-slice noise seeds (default: the slice's position, 0..N-1).
+    """
+    seeds = torch.arange(len(slices)) if seeds is None else seeds
+    tile = tuple(slices.shape[1:]) if tile is None else tile
+    pred, _ = translate_tiled(method, slices, seeds, tile, batch_size, knowledge, foreground)
+    return pred
 
 
 def predict_test_set(
@@ -63,26 +113,37 @@ def predict_test_set(
     store = SliceStore(store_dir)
     source, _ = check_contract(payload, store, Path(checkpoint))
     method = rebuild_method(payload).to(pick_device(device))
-    knowledge = payload.get("knowledge_embedding")
+    knowledge = checkpoint_knowledge(payload)
     if knowledge is not None:
         knowledge = knowledge.to(method.device)
+    tile = training_tile(payload)
     images = store.images(source)
+    axial = store.manifest["slice"].to_numpy()
     out_dir = Path(out_dir)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     subjects = read_split(split_path)["test"]
-    for subject in tqdm(subjects, desc=f"translate {payload['method']}", mininterval=5):
-        start, stop = store.subject_range(subject)
-        pred = translate_slices(method, images[start:stop], batch_size, knowledge)
-        write_nifti(
-            np.moveaxis(pred, 0, 2), store.subject_affine(subject), tmp / f"{subject}.nii.gz"
-        )
+    try:
+        for subject in tqdm(subjects, desc=f"translate {payload['method']}", mininterval=5):
+            start, stop = store.subject_range(subject)
+            seeds = slice_seeds(run_seed(payload), subject, axial[start:stop])
+            pred = translate_slices(method, images[start:stop], batch_size, knowledge, seeds, tile)
+            check_finite(pred, Path(checkpoint), f"subject {subject}")
+            write_nifti(
+                np.moveaxis(pred, 0, 2), store.subject_affine(subject), tmp / f"{subject}.nii.gz"
+            )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     index = {
         "checkpoint": str(checkpoint),
         "method": payload["method"],
         "direction": payload["direction"],
         "subjects": subjects,
+        "tile": list(tile),
+        "slice_size": list(store.size),
+        "noise_seeds": "blake2b(run seed, subject, axial slice index) per slice",
     }
     write_text(tmp / "predictions.json", json.dumps(index, indent=2) + "\n")
     if out_dir.exists():

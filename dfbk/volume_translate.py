@@ -1,14 +1,18 @@
 """dfbk translate: one whole volume through a trained checkpoint, in any stored orientation.
 
 The model was trained on axial slices of canonical RAS+ volumes (`dfbk.data.io.read_volume`),
-normalised and windowed by `dfbk prepare`. This module repeats exactly that on a single scan:
-reorient to the closest canonical RAS+ (a lossless permutation/flip, nibabel `io_orientation`),
-normalise as the checkpoint's `source` contract says (MR: 0.5/99.5 percentiles of foreground
-voxels — nonzero, or `--mask`; CT: the [-1024, 3000] HU window), cut each axial slice to the
-contract's in-plane `size` with the window centred on the foreground's bounding box (prepare's
-rule), translate in batches, paste back, undo the reorientation and write float32 with the
-input's affine and header — MR targets in [0, 1], CT targets in HU. Voxels outside the window,
-and slices without foreground, are background (0, or -1024 HU) and are not run through the model.
+normalised by `dfbk prepare`, at some in-plane size (slices or patches). This module repeats
+that on a single scan and covers its whole field of view: reorient to the closest canonical
+RAS+ (a lossless permutation/flip, nibabel `io_orientation`); normalise as the checkpoint's
+`source` contract says (MR: 0.5/99.5 percentiles of foreground voxels — nonzero, or `--mask`;
+CT: the [-1024, 3000] HU window); resample each axial plane to the training spacing when the
+checkpoint records one and the input's differs by more than 1% (bilinear, antialiased), and
+back afterwards; translate every axial slice that has foreground with overlapping tiles of the
+training size blended by a Gaussian importance map (`dfbk.sliding_window`); undo the
+reorientation and write float32 with the input's affine and header — MR targets in [0, 1], CT
+targets in HU. Slices without foreground, and voxels that no foreground-touching tile covers,
+are background (0, or -1024 HU). Noise seeds of diffusion methods come from (the run's seed,
+the source file's name, the RAS axial index), so the batch size does not change the output.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import nibabel as nib
 import numpy as np
-from nibabel.orientations import apply_orientation, axcodes2ornt, ornt_transform
+from nibabel.affines import voxel_sizes
+from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, ornt_transform
 from tqdm import tqdm
 
 from dfbk.data.io import load_image, write_nifti
@@ -29,6 +34,8 @@ from dfbk.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # torch is imported when a volume is translated, not to build the CLI
     import torch
+
+    from dfbk.methods.base import Knowledge
 
 RAS = axcodes2ornt("RAS")
 NIFTI_OUT = (".nii", ".nii.gz")
@@ -57,38 +64,40 @@ def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return apply_orientation(data, forward), ornt_transform(RAS, stored)
 
 
-def window_start(foreground: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
-    """Top-left corner of the in-plane window centred on the foreground box (as prepare does)."""
-    xs, ys = np.nonzero(foreground.any(axis=2))
-    centre = ((xs.min() + xs.max() + 1) // 2, (ys.min() + ys.max() + 1) // 2)
-    return int(centre[0] - size[0] // 2), int(centre[1] - size[1] // 2)
+def ras_affine(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The affine of the data after `to_ras` (to read its in-plane spacing)."""
+    forward = ornt_transform(nib.io_orientation(affine), RAS)
+    return affine @ inv_ornt_aff(forward, shape)
 
 
-def _overlap(start: tuple[int, int], size: tuple[int, int], shape: tuple[int, ...]):
-    """Matching (volume, window) index slices of the part of the window inside the volume."""
-    vol, win = [], []
-    for axis in range(2):
-        lo, hi = start[axis], start[axis] + size[axis]
-        v_lo, v_hi = max(lo, 0), min(hi, shape[axis])
-        vol.append(slice(v_lo, v_hi))
-        win.append(slice(v_lo - lo, v_hi - lo))
-    return tuple(vol), tuple(win)
+def planned_spacing(
+    input_mm: tuple[float, float], trained_mm: list[float] | None
+) -> tuple[float, float] | None:
+    """The in-plane spacing to resample to, or None when the input's already fits (<= 1%)."""
+    if not trained_mm:
+        return None
+    target = (float(trained_mm[0]), float(trained_mm[1]))
+    if all(abs(i - t) <= 0.01 * t for i, t in zip(input_mm, target, strict=True)):
+        return None
+    return target
 
 
-def cut_slices(volume: np.ndarray, start: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """(X, Y, Z) -> (Z, H, W) axial windows, zero where the window leaves the volume."""
-    out = np.zeros((volume.shape[2], size[0], size[1]), dtype=np.float32)
-    vol, win = _overlap(start, size, volume.shape)
-    out[:, win[0], win[1]] = np.moveaxis(volume[vol[0], vol[1], :], 2, 0)
-    return out
+def resample_planes(slices: np.ndarray, shape: tuple[int, int], mode: str) -> np.ndarray:
+    """(Z, X, Y) -> (Z, *shape): each axial plane resampled (`bilinear` antialiased, or
+    `nearest-exact` for masks), voxel areas aligned (align_corners False)."""
+    import torch
+    import torch.nn.functional as F
 
-
-def paste_slices(slices: np.ndarray, start: tuple[int, int], shape: tuple[int, ...]) -> np.ndarray:
-    """Inverse of `cut_slices`: (Z, H, W) windows back into a zero (X, Y, Z) volume."""
-    out = np.zeros(shape, dtype=np.float32)
-    vol, win = _overlap(start, slices.shape[1:], shape)
-    out[vol[0], vol[1], :] = np.moveaxis(slices[:, win[0], win[1]], 0, 2)
-    return out
+    if tuple(slices.shape[1:]) == tuple(shape):
+        return slices
+    planes = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32)).unsqueeze(1)
+    if mode == "bilinear":
+        out = F.interpolate(
+            planes, size=shape, mode="bilinear", align_corners=False, antialias=True
+        )
+    else:
+        out = F.interpolate(planes, size=shape, mode=mode)
+    return out.squeeze(1).numpy()
 
 
 # ----- checkpoint and knowledge -------------------------------------------------------------
@@ -108,9 +117,11 @@ def _contracts(payload: dict[str, Any], checkpoint: Path) -> tuple[dict, dict]:
     return source, target
 
 
-def _knowledge(payload: dict, path: Path | None, checkpoint: Path) -> torch.Tensor | None:
-    """The checkpoint's knowledge tokens, or those of `path` when they fit the checkpoint."""
-    stored = payload.get("knowledge_embedding")
+def _knowledge(payload: dict, path: Path | None, checkpoint: Path) -> Knowledge | None:
+    """The checkpoint's knowledge, or that of `path` when it fits the checkpoint."""
+    from dfbk.translation import checkpoint_knowledge
+
+    stored = checkpoint_knowledge(payload)
     if path is None:
         return stored
     from dfbk.knowledge import load_knowledge
@@ -123,11 +134,11 @@ def _knowledge(payload: dict, path: Path | None, checkpoint: Path) -> torch.Tens
         raise DataError(
             f"{path}: encoder {emb.encoder}, but {checkpoint} was trained with {info['encoder']}"
         )
-    if stored is not None and (emb.tokens is None or emb.tokens.shape[-1] != stored.shape[-1]):
+    if stored is not None and (emb.tokens is None or emb.tokens.shape[-1] != stored.dim):
         raise DataError(f"{path}: token width {emb.dim} does not match the checkpoint's")
     if info.get("prompt_hash") and info["prompt_hash"] != emb.prompt_hash:
         print(f"dfbk translate: warning: {path} uses other prompts than training", file=sys.stderr)
-    return emb.tokens
+    return emb.as_knowledge()
 
 
 # ----- the whole volume ---------------------------------------------------------------------
@@ -153,26 +164,23 @@ def _device(name: str) -> torch.device:
     return chosen
 
 
-def _translate_windows(method, slices, keep, batch_size, knowledge, desc) -> np.ndarray:
-    """Run the model on the kept slices in batches, with a progress bar; others stay zero."""
-    from dfbk.translation import translate_slices
-
-    out = np.zeros_like(slices)
-    todo = np.flatnonzero(keep)
-    with tqdm(total=len(todo), desc=desc, unit="slice", file=sys.stderr, mininterval=2) as bar:
-        for begin in range(0, len(todo), batch_size):
-            index = todo[begin : begin + batch_size]
-            out[index] = translate_slices(method, slices[index], batch_size, knowledge)
-            bar.update(len(index))
-    return out
-
-
 def _output_header(image: nib.Nifti1Image, payload: dict[str, Any]):
     """The input's header (orientation codes, units, pixdim) marked as a dfbk prediction."""
     header = image.header.copy()
     header["cal_min"], header["cal_max"] = 0.0, 0.0  # the input's display range no longer applies
     header["descrip"] = f"dfbk {payload['method']} {payload.get('direction', '')}"[:79].encode()
     return header
+
+
+def _check_paths(source: Path, output: Path, mask: Path | None) -> None:
+    """Refuse an output that is not a NIfTI file name, is a folder, or would overwrite an input."""
+    if output.is_dir():
+        raise DataError(f"{output}: is a folder; give the output volume's file name (.nii.gz)")
+    if not output.name.endswith(NIFTI_OUT):
+        raise DataError(f"{output}: output must end in .nii or .nii.gz")
+    for role, given in (("source", source), ("mask", mask)):
+        if given is not None and output.resolve() == given.resolve():
+            raise DataError(f"{output}: is the {role} volume; refusing to overwrite an input")
 
 
 def translate_volume(
@@ -185,11 +193,14 @@ def translate_volume(
     mask: Path | None = None,
 ) -> dict[str, Any]:
     """Translate `source` with `checkpoint` into `output` (same grid, affine and header)."""
+    from dfbk.diffusion.noise import slice_seeds
+    from dfbk.sliding_window import translate_tiled
     from dfbk.training.checkpoint import load_checkpoint, rebuild_method
+    from dfbk.translation import check_finite, run_seed, training_tile
 
     checkpoint, source, output = Path(checkpoint), Path(source), Path(output)
-    if not output.name.endswith(NIFTI_OUT):
-        raise DataError(f"{output}: output must end in .nii or .nii.gz")
+    mask = None if mask is None else Path(mask)
+    _check_paths(source, output, mask)
     payload = load_checkpoint(checkpoint)
     src_contract, tgt_contract = _contracts(payload, checkpoint)
     image, data = read_3d(source, "source")
@@ -202,21 +213,39 @@ def translate_volume(
         raise DataError(f"{source}: cannot normalise as {src_contract['modality']}: {err}") from err
     unit_ras, back = to_ras(unit, image.affine)
     fg_ras, _ = to_ras(foreground, image.affine)
-    size = tuple(int(n) for n in src_contract["size"])
-    start = window_start(fg_ras, size)
-    windows = cut_slices(unit_ras, start, size)
-    keep = cut_slices(fg_ras.astype(np.float32), start, size).any(axis=(1, 2))
+    input_mm = tuple(float(v) for v in voxel_sizes(ras_affine(image.affine, data.shape))[:2])
+    spacing = planned_spacing(input_mm, src_contract.get("spacing"))
+    planes = np.moveaxis(unit_ras, 2, 0)  # (Z, X, Y) axial planes
+    fg_planes = np.moveaxis(fg_ras, 2, 0)
+    keep = np.flatnonzero(fg_planes.any(axis=(1, 2)))
+    grid = planes.shape[1:]
+    if spacing is not None:  # the training grid: same extent, the training spacing
+        grid = tuple(
+            max(1, round(n * i / t)) for n, i, t in zip(grid, input_mm, spacing, strict=True)
+        )
+    work = resample_planes(planes[keep], grid, "bilinear")
+    work_fg = resample_planes(fg_planes[keep].astype(np.float32), grid, "nearest-exact") > 0.5
+    work_fg |= ~work_fg.any(axis=(1, 2), keepdims=True)  # a sliver lost by resampling: run all
 
     method = rebuild_method(payload).to(_device(device))
     tokens = _knowledge(payload, knowledge, checkpoint)
     tokens = None if tokens is None else tokens.to(method.device)
+    tile = training_tile(payload)
+    seeds = slice_seeds(run_seed(payload), _subject_name(source), keep)
     desc = f"translate {payload['method']} {payload.get('direction', '')}".strip()
-    pred = _translate_windows(method, windows, keep, max(1, batch_size), tokens, desc)
-    volume = apply_orientation(paste_slices(pred, start, unit_ras.shape), back)
+    with tqdm(desc=desc, unit="tile", file=sys.stderr, mininterval=2) as bar:
+        pred, tiles = translate_tiled(
+            method, work, seeds, tile, max(1, batch_size), tokens, work_fg, bar.update
+        )
+    check_finite(pred, checkpoint, str(source))
+    out_planes = np.zeros(planes.shape, dtype=np.float32)
+    out_planes[keep] = resample_planes(pred, planes.shape[1:], "bilinear")
+    volume = apply_orientation(np.moveaxis(out_planes, 0, 2), back)
     if is_ct(tgt_contract["modality"]):
         volume = ct_to_hu(volume)
     header = _output_header(image, payload)
     write_nifti(np.ascontiguousarray(volume, dtype=np.float32), image.affine, output, header=header)
+    used_mm = tuple(i * n / g for i, n, g in zip(input_mm, planes.shape[1:], grid, strict=True))
     return {
         "output": str(output),
         "method": payload["method"],
@@ -224,10 +253,50 @@ def translate_volume(
         "source_modality": src_contract["modality"],
         "target_modality": tgt_contract["modality"],
         "orientation": "".join(nib.aff2axcodes(image.affine)),
-        "slices": int(windows.shape[0]),
-        "translated": int(keep.sum()),
+        "slices": int(planes.shape[0]),
+        "translated": len(keep),
+        "field_of_view": [int(n) for n in planes.shape[1:]],
+        "field_of_view_mm": [
+            round(i * n, 1) for i, n in zip(input_mm, planes.shape[1:], strict=True)
+        ],
+        "input_spacing_mm": [round(v, 3) for v in input_mm],
+        "spacing_mm": [round(v, 3) for v in used_mm],
+        "resampled": spacing is not None,
+        "training_spacing_recorded": bool(src_contract.get("spacing")),
+        "grid": [int(n) for n in grid],
+        "tile": [int(n) for n in tile],
+        "tiles": int(tiles),
         "device": str(method.device),
     }
+
+
+def _subject_name(source: Path) -> str:
+    """The noise key of a volume: its file name without the image extension."""
+    name = source.name
+    for ext in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def summary_line(info: dict[str, Any]) -> str:
+    """The CLI's one-line report: what was covered, at which spacing, with how many tiles."""
+    fov, mm, grid = info["field_of_view"], info["field_of_view_mm"], info["grid"]
+    spacing = "x".join(f"{v:g}" for v in info["spacing_mm"])
+    if info["resampled"]:
+        how = f"resampled to {spacing} mm ({grid[0]}x{grid[1]}) and back"
+    elif info["training_spacing_recorded"]:
+        how = f"at {spacing} mm, the training spacing"
+    else:
+        how = f"at the input's {spacing} mm (the checkpoint records no training spacing)"
+    return (
+        f"{info['output']}: {info['method']} {info['source_modality']}->"
+        f"{info['target_modality']}, whole field of view {fov[0]}x{fov[1]} voxels "
+        f"({mm[0]:g}x{mm[1]:g} mm) of {info['translated']}/{info['slices']} axial slices "
+        f"(those with foreground), {how}, {info['tiles']} tiles of "
+        f"{info['tile'][0]}x{info['tile'][1]} on {info['device']} "
+        f"(input orientation {info['orientation']})"
+    )
 
 
 # ----- CLI ----------------------------------------------------------------------------------
@@ -258,11 +327,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
         args.knowledge,
         args.mask,
     )
-    print(
-        f"{info['output']}: {info['method']} {info['source_modality']}->{info['target_modality']}, "
-        f"{info['translated']}/{info['slices']} axial slices on {info['device']} "
-        f"(input orientation {info['orientation']})"
-    )
+    print(summary_line(info))
 
 
 def register(verbs: argparse._SubParsersAction) -> None:

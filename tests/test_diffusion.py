@@ -72,7 +72,8 @@ def test_sampler_with_a_perfect_predictor_returns_x0():
         calls.append(int(t[0]))
         return x0
 
-    out = rs.sample(oracle, y, sched, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    out = rs.sample(oracle, y, sched, noise=lambda: torch.randn(y.shape, generator=generator))
     assert torch.allclose(out, x0, atol=1e-5)
     assert calls == list(range(14, -1, -1))  # 15 evaluations, t = T..1
 

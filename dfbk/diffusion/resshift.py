@@ -3,7 +3,7 @@
 The chain moves from the target x0 (t=0) to the source y plus noise (t=T) by shifting the
 residual y - x0: q(x_t | x0, y) = N(x0 + eta_t (y - x0), kappa^2 eta_t I). Sampling starts at
 x_T = y + kappa sqrt(eta_T) eps, so 15 steps suffice. Arrays are indexed 0..T-1 for t = 1..T.
-See ../shared/METHOD.md section 1 for the equations this module implements one to one.
+docs/method.md gives the equations this module implements one to one.
 """
 
 from __future__ import annotations
@@ -110,20 +110,23 @@ def sample(
     denoiser: Denoiser,
     y: Tensor,
     sched: ResShiftSchedule,
-    generator: torch.Generator | None = None,
+    noise: Callable[[], Tensor] | None = None,
     clip: tuple[float, float] | None = (-1.0, 1.0),
 ) -> Tensor:
     """Ancestral sampling from x_T = y + kappa sqrt(eta_T) eps down to x0 (T evaluations).
 
-    The predicted x0 is clamped to `clip` at each step; no noise is added at the last step.
+    `noise()` returns the next standard-normal draw shaped like y (T draws in all: x_T, then
+    one per step t = T..2); pass `SliceNoise(...).spatial` so each slice draws from its own
+    stream (dfbk/diffusion/noise.py). Default: `torch.randn_like`. The predicted x0 is clamped
+    to `clip` at each step; no noise is added at the last step.
     """
-    noise = lambda: torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)  # noqa: E731
-    x = prior_sample(y, sched, noise())
+    draw = noise or (lambda: torch.randn_like(y))
+    x = prior_sample(y, sched, draw().to(y))
     for index in reversed(range(sched.num_steps)):
         t = torch.full((y.shape[0],), index, device=y.device, dtype=torch.long)
         x0 = denoiser(x, y, t).to(y.dtype)
         if clip is not None:
             x0 = x0.clamp(*clip)
         mean, variance = posterior_mean_variance(x, x0, t, sched)
-        x = mean + variance.sqrt() * noise() if index > 0 else mean
+        x = mean + variance.sqrt() * draw().to(y) if index > 0 else mean
     return x

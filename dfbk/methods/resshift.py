@@ -1,7 +1,7 @@
 """resshift: ResShift residual-shifting diffusion in pixel space, x0-prediction with MSE.
 
 The ablation floor of DFBK: the same diffusion (T=15, kappa 2.0, min noise 0.04,
-sqrt(eta_T) 0.99, power 0.3) and the same Swin-UNet denoiser (METHOD.md §2), with neither DFB
+sqrt(eta_T) 0.99, power 0.3) and the same Swin-UNet denoiser (docs/method.md §2), with neither DFB
 nor Knowledge Guidance, so the ablation table isolates what DFB and KG add. The source y is
 concatenated to the scaled x_t. `paper` follows ResShift's optimiser (AdamW 5e-5, EMA 0.999);
 `tiny` uses lr 1e-3 because on CPU budgets 5e-5 does not converge in minutes.
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from dfbk.diffusion import resshift as rs
+from dfbk.diffusion.noise import SliceNoise, noise_for
 from dfbk.methods.base import Batch, Knowledge, Method, to_signed, to_unit
 from dfbk.methods.registry import register_method
 from dfbk.networks.swin_unet import SwinUNet, SwinUNetConfig
@@ -27,10 +28,10 @@ DIFFUSION_DEFAULTS = {
 }
 
 # Training and Swin-UNet hyperparameters shared by `resshift` and every DFBK variant.
-# paper: METHOD.md §2 plus ResShift's published config where it is silent (mlp_ratio 4, Swin
+# paper: docs/method.md §2 plus ResShift's published config where it is silent (mlp_ratio 4, Swin
 # depth 2, 32 channels per head -> 6 heads at width 192, warm-up 5000 steps, weight decay 0,
 # no gradient clipping). Swin levels are indices (0 = full resolution, negative = from the
-# lowest): METHOD.md's "32, 16, 8" does not exist in a 1,2,2,4 U-Net on 256x256 (its levels
+# lowest): docs/method.md's "32, 16, 8" does not exist in a 1,2,2,4 U-Net on 256x256 (its levels
 # are 256/128/64/32), so `paper` keeps three Swin levels, the three lowest (128, 64, 32), as
 # ResShift puts Swin on every level of the same layout in its 64x64 latent space.
 # tiny: cheap enough for one CPU core (bench/bench_dfbk.py measures the step time).
@@ -83,6 +84,9 @@ SWIN_UNET_PRESETS = {
 class ResShiftBase(Method):
     """Diffusion mechanics shared by `resshift` and the DFBK variants: subclasses build `net`."""
 
+    # translate() takes `noise=` (per-slice canvases cropped per tile; dfbk/sliding_window.py)
+    SAMPLES_NOISE = True
+
     def __init__(self, hparams: dict) -> None:
         super().__init__(hparams)
         h = self.hparams
@@ -134,14 +138,23 @@ class ResShiftBase(Method):
 
     @torch.no_grad()
     def translate(
-        self, source: Tensor, knowledge: Knowledge | None = None, seeds: Tensor | None = None
+        self,
+        source: Tensor,
+        knowledge: Knowledge | None = None,
+        seeds: Tensor | None = None,
+        *,
+        noise: SliceNoise | None = None,
     ) -> Tensor:
+        """Sample x0 given the source; slice i draws its noise from the stream of `seeds[i]`.
+
+        `noise` (tiled inference) replaces the streams built from `seeds`: it crops each tile's
+        noise from its slice's canvas. Without either, seeds come from `sample_seed` and the
+        position in the batch (reproducible, but not batch-independent).
+        """
         y = to_signed(source)
+        streams = noise_for(seeds, int(self.hparams.get("sample_seed", 0)), y, noise)
         denoiser = lambda x_t, y_, t: self.denoise(x_t, y_, t, knowledge)  # noqa: E731
-        generator = torch.Generator(device=y.device).manual_seed(
-            int(self.hparams.get("sample_seed", 0))
-        )
-        return to_unit(rs.sample(denoiser, y, self.schedule, generator=generator))
+        return to_unit(rs.sample(denoiser, y, self.schedule, noise=streams.spatial))
 
 
 @register_method("resshift")
@@ -159,6 +172,6 @@ class ResShift(ResShiftBase):
             "dfb": None,
             "kg": False,
             "swin_levels": "level indices; paper: 128/64/32 at 256x256 "
-            "(METHOD.md's 32/16/8 do not exist in a 1,2,2,4 U-Net at 256x256)",
+            "(docs/method.md's 32/16/8 do not exist in a 1,2,2,4 U-Net at 256x256)",
             "lr_schedule": "linear warm-up, then constant",
         }
