@@ -16,8 +16,9 @@ rule evaluate_predictions:
     log:
         f"{RESULTS}/logs/evaluate_predictions/{RUN}.log",
     resources:
-        mem_mb=2000,
-        runtime=60,
+        # a 256x256x140 subject peaks at 1.2 GB; BraSyn's 3-D SSIM maps take ~10-50 s each
+        mem_mb=4000,
+        runtime=240,
     conda:
         "../../environment.yml"
     shell:
