@@ -36,7 +36,9 @@ class Pix2Pix(Method):
     PRESETS = {
         "tiny": {
             "augment": "hflip",  # released default (no --no_flip)
-            "inference": "train",  # the paper and released test.py
+            # eval: tiny trains at batch 16, so batch norm's training statistics are not one
+            # slice's (phantom T1->T2, 400 steps: SSIM 0.843 eval, 0.748 slice-by-slice train)
+            "inference": "eval",
             "steps": 400,
             "batch_size": 16,
             "ema_decay": None,
