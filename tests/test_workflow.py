@@ -17,6 +17,7 @@ from conftest import REPO
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 DIRECTIONS = ["t1n-to-t2w", "t1n-to-ct"]
+RESULTS = "results dir"  # a space: every path in every rule must be quoted
 METHODS = {
     "identity": {"preset": "tiny"},
     "pix2pix": {"preset": "tiny", "overrides": {"steps": 4, "batch_size": 4}},
@@ -62,7 +63,7 @@ class TinyL1(Method):
         return {"loss_l1": loss.item()}
 
     @torch.no_grad()
-    def translate(self, source, knowledge=None):
+    def translate(self, source, knowledge=None, seeds=None):
         return self.net(source).clamp(0, 1)
 '''
 
@@ -79,7 +80,7 @@ def expected_runs() -> set[tuple[str, str]]:
 
 def micro_config(**changes) -> dict:
     config = {
-        "results_dir": "results",
+        "results_dir": RESULTS,
         "raw_dir": "resources/raw",
         "seeds": [0],
         "datasets": {
@@ -140,7 +141,7 @@ def micro_run(tmp_path_factory):
 
 
 def test_table_has_every_direction_and_method_with_finite_numbers(micro_run):
-    table = pd.read_csv(micro_run / "results/tables/comparison.csv")
+    table = pd.read_csv(micro_run / RESULTS / "tables/comparison.csv")
     rows = set(zip(table.direction, table.method, strict=True))
     assert rows == expected_runs()
     numeric = table.select_dtypes("number")
@@ -150,15 +151,15 @@ def test_table_has_every_direction_and_method_with_finite_numbers(micro_run):
         for v in numeric[["psnr_fg_mean", "ssim_fg_mean", "mae_fg_mean"]].values.ravel()
     )
     for ext in ("md", "tex"):
-        assert "identity" in (micro_run / f"results/tables/comparison.{ext}").read_text()
+        assert "identity" in (micro_run / RESULTS / f"tables/comparison.{ext}").read_text()
     for direction in DIRECTIONS:
-        assert (micro_run / f"results/figures/phantom/{direction}.png").stat().st_size > 10_000
+        assert (micro_run / RESULTS / f"figures/phantom/{direction}.png").stat().st_size > 10_000
 
 
 def test_mlflow_holds_exactly_one_run_per_job(micro_run):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{micro_run / 'results/mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{micro_run / RESULTS / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("micro")
     runs = client.search_runs([experiment.experiment_id], max_results=100)
     keys = sorted(r.data.tags["dfbk.run_key"] for r in runs)
@@ -172,12 +173,12 @@ def test_mlflow_holds_exactly_one_run_per_job(micro_run):
 
 
 def test_new_baseline_from_config_runs_its_stage_and_reaches_the_tables(micro_run):
-    run = micro_run / "results/train/phantom/t1n-to-t2w/tiny_l1/seed-0"
+    run = micro_run / RESULTS / "train/phantom/t1n-to-t2w/tiny_l1/seed-0"
     stage = json.loads((run / "stage-warmup/run.json").read_text())
     main = json.loads((run / "run.json").read_text())
     assert stage["stage"] == "warmup" and stage["hparams"]["steps"] == 2
     assert main["stage"] is None and main["init_from"].endswith("stage-warmup/model.pt")
-    table = (micro_run / "results/tables/comparison.md").read_text()
+    table = (micro_run / RESULTS / "tables/comparison.md").read_text()
     assert table.count("tiny_l1") == 1  # methods.tiny_l1.directions keeps it to T1->T2
 
 
@@ -185,6 +186,24 @@ def test_second_run_does_nothing(micro_run):
     result = snakemake(micro_run, micro_config())
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_run_deleted_in_mlflow_is_restored_by_the_next_run(micro_run):
+    """The flag file says imported, the store says deleted: the store wins, nothing retrains."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{micro_run / RESULTS / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("micro")
+    victim = client.search_runs([experiment.experiment_id], max_results=1)[0]
+    client.delete_run(victim.info.run_id)
+    result = snakemake(micro_run, micro_config())
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "lacks 1 run(s)" in output and "re-importing" in output
+    assert "rule track_runs" in output and "rule train_method" not in output
+    assert client.get_run(victim.info.run_id).info.lifecycle_stage == "active"
+    again = snakemake(micro_run, micro_config())
+    assert "Nothing to be done" in again.stdout + again.stderr
 
 
 def test_unknown_config_key_is_named(tmp_path):

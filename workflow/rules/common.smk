@@ -162,22 +162,23 @@ def all_products():
     Snakemake only reruns a job whose output is missing when some job downstream must run too,
     so deleting raw data, a slice store or a run's train folder would otherwise leave the old
     tables standing ("Nothing to be done"). Listing them as targets makes a missing product
-    rerun its producer and, through its newer output, everything downstream of it. The
-    checkpoints folder is not listed: it is resumable training state, not a product; a finished
-    run's model.pt is what translation, evaluation and the tables are made from.
+    rerun its producer and, through its newer output, everything downstream of it. The list is
+    read from the rules' own outputs, so it follows them. The checkpoints folder is not listed:
+    it is resumable training state, not a product; a finished run's model.pt is what
+    translation, evaluation and the tables are made from. Call after every rule is defined.
     """
-    datasets = sorted({run["dataset"] for run in runs()})
-    products = [f"{RAW}/{d}" for d in datasets]
-    products += [f"{RESULTS}/prepare/{d}/store" for d in datasets]
-    products += [f"{RESULTS}/prepare/{d}/splits.json" for d in datasets]
+    per_dataset = [rules.prepare_slices.input.raw, *rules.prepare_slices.output]
+    per_dataset += list(rules.split_subjects.output)
+    per_run = [*rules.train_method.output, *rules.translate_test_set.output]
+    per_run += list(rules.evaluate_predictions.output)
+    products = []
     for run in runs():
-        train = f"{RESULTS}/train/{RUN.format(**run)}"
         target = run["direction"].split("-to-")[1]
-        products.append(f"{RESULTS}/knowledge/{run['dataset']}/{target}.pt")
-        products += [f"{train}/stage-{stage}/model.pt" for stage in stages_of(run["method"])]
-        products += [f"{train}/model.pt", f"{train}/run.json", f"{train}/train_log.jsonl"]
-        products.append(f"{RESULTS}/translate/{RUN.format(**run)}")
-        products.append(f"{RESULTS}/evaluate/{RUN.format(**run)}/metrics.json")
+        products += [str(p).format(**run) for p in per_dataset]
+        products += [str(p).format(**run, target=target) for p in rules.encode_knowledge.output]
+        for stage in stages_of(run["method"]):
+            products += [str(p).format(**run, stage=stage) for p in rules.train_method_stage.output]
+        products += [str(p).format(**run) for p in per_run]
     return list(dict.fromkeys(products))
 
 
