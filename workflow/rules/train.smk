@@ -1,6 +1,8 @@
 # train: one job per dataset x direction x method x seed; translate: the test split.
 # The resumable training state lives in checkpoints/, outside the rule outputs, so a failed or
-# preempted job resumes instead of restarting.
+# preempted job resumes instead of restarting. Each job validates on fixed validation slices and
+# writes best.pt beside model.pt; model.pt is the last step unless train/evaluate_checkpoint
+# says best (the same rule for every method; run.json records which).
 
 
 rule train_method_stage:
@@ -9,8 +11,10 @@ rule train_method_stage:
         split=rules.split_subjects.output.split,
         init=previous_stage_model,
         knowledge=knowledge_cache,
+        code=method_code,  # a baseline module outside the package: editing it retrains
     output:
         model=f"{RESULTS}/train/{RUN}/stage-{{stage}}/model.pt",
+        best=f"{RESULTS}/train/{RUN}/stage-{{stage}}/best.pt",
         run=f"{RESULTS}/train/{RUN}/stage-{{stage}}/run.json",
         log=f"{RESULTS}/train/{RUN}/stage-{{stage}}/train_log.jsonl",
     params:
@@ -22,6 +26,11 @@ rule train_method_stage:
         init=init_from_option,
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
+        val_every=lambda wc: (
+            "" if (n := lookup("train/val_every", within=config, default=None)) is None
+            else f"--val-every {n}"
+        ),
+        evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
     log:
         f"{RESULTS}/logs/train_method_stage/{RUN}/{{stage}}.log",
     benchmark:
@@ -39,7 +48,8 @@ rule train_method_stage:
         "--seed {wildcards.seed} --preset {params.preset:q} --overrides {params.overrides} "
         "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
-        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
+        "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
 
 
 rule train_method:
@@ -48,8 +58,10 @@ rule train_method:
         split=rules.split_subjects.output.split,
         init=previous_stage_model,
         knowledge=knowledge_cache,
+        code=method_code,  # a baseline module outside the package: editing it retrains
     output:
         model=f"{RESULTS}/train/{RUN}/model.pt",
+        best=f"{RESULTS}/train/{RUN}/best.pt",
         run=f"{RESULTS}/train/{RUN}/run.json",
         log=f"{RESULTS}/train/{RUN}/train_log.jsonl",
     params:
@@ -61,6 +73,11 @@ rule train_method:
         init=init_from_option,
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
+        val_every=lambda wc: (
+            "" if (n := lookup("train/val_every", within=config, default=None)) is None
+            else f"--val-every {n}"
+        ),
+        evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
     log:
         f"{RESULTS}/logs/train_method/{RUN}.log",
     benchmark:
@@ -77,7 +94,8 @@ rule train_method:
         "--seed {wildcards.seed} --preset {params.preset:q} --overrides {params.overrides} "
         "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
-        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
+        "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
 
 
 rule translate_test_set:
