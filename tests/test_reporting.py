@@ -254,3 +254,31 @@ def test_figure_written(store_with_preds, tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".f.png")]
+
+
+def test_tables_verb_with_run_files(tmp_path):
+    """`dfbk tables --capacity` end to end: protocol and budget notes, Holm, capacity columns."""
+    from dfbk.cli import main
+
+    rows = {m: [{"subject": f"s{i}", "psnr_fg": 20.0 + i + d, "ssim_fg": 0.5 + 0.01 * i + d / 10,
+                 "mae_fg": 0.1, "hfen_fg": 0.3 - d / 10, "gmsd_fg": 0.1} for i in range(6)]
+            for m, d in (("dfbk", 1.0), ("resshift", 0.0))}  # fmt: skip
+    metrics = [_write_run(tmp_path / "ev", m, 0, r) for m, r in rows.items()]
+    runs = [
+        _write_run_json(tmp_path, "dfbk", 0, steps=50, n_parameters=2_000_000,
+                        train_flops_per_step=1e9, evaluated_checkpoint="last"),
+        _write_run_json(tmp_path, "resshift", 0, steps=50, evaluated_checkpoint="last"),
+    ]  # fmt: skip
+    args = [
+        "tables",
+        *map(str, metrics),
+        "--runs",
+        *map(str, runs),
+        "--out-stem",
+        str(tmp_path / "abl"),
+    ]
+    assert main([*args, "--caption", "Ablation.", "--capacity"]) == 0
+    md = (tmp_path / "abl.md").read_text()
+    assert md.startswith("Ablation.") and "50 × 4" in md and "last, the same rule" in md
+    assert "| Params" in md and "2 M" in md and "1 GFLOP" in md and "HFEN fg ↓" in md
+    assert "p_Holm (SSIM vs dfbk)" in md
