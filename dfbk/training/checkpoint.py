@@ -235,12 +235,16 @@ def fingerprint_differences(stored: dict[str, Any], current: dict[str, Any]) -> 
         text = _canonical(value)
         return text[:13] + "…" if len(text) > 40 else text
 
-    keys = sorted(set(stored) | set(current))
-    return [
-        f"{k}: {show(stored.get(k))} -> {show(current.get(k))}"
-        for k in keys
-        if _canonical(stored.get(k)) != _canonical(current.get(k))
-    ]
+    out = []
+    for k in sorted(set(stored) | set(current), key=str):
+        old, new = stored.get(k), current.get(k)
+        if _canonical(old) == _canonical(new):
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):  # e.g. hparams: name the key
+            out += [f"{k}.{d}" for d in fingerprint_differences(old, new)]
+        else:
+            out.append(f"{k}: {show(old)} -> {show(new)}")
+    return out
 
 
 def check_fingerprint(
