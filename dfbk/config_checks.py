@@ -200,6 +200,11 @@ def check_method_settings(config: dict[str, Any]) -> None:
         overrides = settings.get("overrides") or {}
         declared = getattr(cls, "STAGES", {})
         for stage in (*method_stages(name, settings.get("stages")), None):
+            if stage is not None and stage not in declared:
+                raise ConfigError(
+                    f"{prefix}.stages: method '{name}' has no stage '{stage}'; stages: "
+                    f"{', '.join(declared) or 'none'}"
+                )
             stage_overrides = declared.get(stage, {}) if stage else {}
             where = f"{prefix} (stage {stage})" if stage else prefix
             try:

@@ -80,6 +80,8 @@ def test_the_shipped_configs_pass():
          r"^methods\.dfbk\.overrides\.steps: 1\.5 is not of type 'integer'$"),
         (lambda c: c["methods"]["pix2pix"].update(overrides={"stepz": 3}),
          r"^methods\.pix2pix: method 'pix2pix': unknown hyperparameter 'stepz' in overrides"),
+        (lambda c: c["methods"]["pix2pix"].update(stages=["warmup"]),
+         r"^methods\.pix2pix\.stages: method 'pix2pix' has no stage 'warmup'; stages: none$"),
         (lambda c: c["methods"]["pix2pix"].update(preset="huge"),
          r"^methods\.pix2pix: method 'pix2pix' has no preset 'huge'"),
         (lambda c: c["datasets"]["phantom"]["split"].update(fractions=[0, 0, 0]),
