@@ -1,6 +1,6 @@
 """download: raw dataset archives -> `{raw_dir}/{dataset}/`, verified and safely extracted.
 
-Where the data lives (DESIGN.md, data flow 1):
+Where the data lives (docs/design.md, data flow 1):
 - ISLES 2015 SISS and SynthRAD 2023 Task 1 are on Zenodo. The record is resolved through the
   Zenodo REST API (`/api/records/{id}`, following `links.latest` to the newest version); its
   file list with MD5 checksums is pinned at first download in

@@ -1,6 +1,6 @@
 """evaluate: score one run's test predictions against the slice store, per slice and per subject.
 
-Inputs (DESIGN.md, data flow 5-6): `pred_dir/{subject}.nii.gz`, float32 (H, W, S) in [0, 1] on
+Inputs (docs/design.md, data flow 5-6): `pred_dir/{subject}.nii.gz`, float32 (H, W, S) in [0, 1] on
 the subject's prepared grid (affine `store.subject_affine(subject)`), where volume[..., k] is
 store slice `start + k`. The reference is the store's target modality, (S, H, W).
 

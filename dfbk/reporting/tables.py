@@ -1,6 +1,6 @@
 """aggregate: per-subject results of many runs -> comparison/ablation tables (md, csv, tex).
 
-Aggregation (DESIGN.md, data flow 7): a subject's value is first averaged over the seeds of a
+Aggregation (docs/design.md, data flow 7): a subject's value is first averaged over the seeds of a
 run group, then mean ± std (ddof 1) is taken over test subjects — subjects, not seeds or
 slices, are the independent samples, so the std says how much the method varies across
 patients. Significance is a paired Wilcoxon signed-rank test over the same subjects (paired
