@@ -31,6 +31,7 @@ from dfbk.data.phantom_tissues import (
     TISSUE_NAMES,
     render_images,
     smooth_noise,
+    texture_fields,
 )
 
 PHANTOM_MODALITIES: tuple[str, ...] = ("t1n", "t1c", "t2w", "t2f", "pd", "dwi", "ct")
@@ -87,13 +88,15 @@ def _mni_1mm() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return gm, wm, mask, images[0].affine
 
 
-@functools.lru_cache(maxsize=4)
-def _template(voxel_mm: float) -> _Template:
-    """The MNI152 maps resampled to an isotropic `voxel_mm` grid (cached per voxel size).
+@functools.lru_cache(maxsize=8)
+def _template(voxel_mm: float, extent_mm: tuple[float, float, float] | None = None) -> _Template:
+    """The MNI152 maps resampled to an isotropic `voxel_mm` grid (cached per grid).
 
-    The grid is the brain's bounding box plus `_MARGIN_MM` of air (not extended below the
-    template, where the brainstem is cut). Maps are Gaussian-smoothed before linear resampling so
-    coarse voxels hold partial-volume fractions rather than aliased samples.
+    By default the grid is the brain's bounding box plus `_MARGIN_MM` of air (not extended below
+    the template, where the brainstem is cut); with `extent_mm` it is a field of view of that
+    size (e.g. BraTS's 240 x 240 x 155 mm) centred on the brain. Maps are Gaussian-smoothed
+    before linear resampling so coarse voxels hold partial-volume fractions rather than aliased
+    samples.
     """
     gm, wm, mask, affine_1mm = _mni_1mm()
     brain = np.clip(np.maximum(mask, gm + wm), 0, 1)
@@ -102,7 +105,10 @@ def _template(voxel_mm: float) -> _Template:
     lo_mm = affine_1mm[:3, :3] @ inside.min(0) + affine_1mm[:3, 3] - _MARGIN_MM
     hi_mm = affine_1mm[:3, :3] @ inside.max(0) + affine_1mm[:3, 3] + _MARGIN_MM
     lo_mm[2] = max(lo_mm[2], affine_1mm[2, 3])
-    shape = tuple(int(n) for n in np.floor((hi_mm - lo_mm) / voxel_mm) + 1)
+    if extent_mm is None:
+        shape = tuple(int(n) for n in np.floor((hi_mm - lo_mm) / voxel_mm) + 1)
+    else:
+        shape = tuple(int(round(e / voxel_mm)) for e in extent_mm)
     start_mm = (lo_mm + hi_mm) / 2 - (np.array(shape) - 1) * voxel_mm / 2
     affine = np.diag([voxel_mm, voxel_mm, voxel_mm, 1.0])
     affine[:3, 3] = start_mm
@@ -195,8 +201,42 @@ def _lesion_site(tissues: dict, rng: np.random.Generator, voxel_mm: float, depth
     return np.array(np.unravel_index(rng.choice(candidates), depth.shape))
 
 
-def _lesion_radius(tissues: dict, rng, voxel_mm: float, centre, reach_mm: float):
-    """Box around `centre` and the irregular ellipsoidal radius (mm) of its voxels."""
+SULCUS_WIDTH_MM = (0.8, 1.5)  # CSF-filled sulcal gap between the grey-matter banks
+SULCUS_SPACING_MM = 9.0  # correlation length of the field whose zero set draws the sulci
+CORTEX_DEPTH_MM = 18.0  # sulci are cut into grey matter no deeper than this below the surface
+
+
+def _add_sulci(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> None:
+    """Cut thin CSF-filled sulci into the cortical grey matter (partial volume kept).
+
+    The MNI152 maps are an average of 152 brains, so most sulci are blurred away. Here the zero
+    set of a smooth random field (a maze of folded sheets about `SULCUS_SPACING_MM` apart)
+    draws new ones: a voxel at distance d (mm) from it loses the fraction
+    clip((w/2 - d)/voxel + 1/2, 0, 1) of its grey matter to CSF, within the outer
+    `CORTEX_DEPTH_MM` of the brain only, so deep grey nuclei stay whole.
+    """
+    shape = tissues["gm"].shape
+    sigma = SULCUS_SPACING_MM / voxel_mm / 2.0
+    field = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
+    gradient = np.sqrt(sum(g**2 for g in np.gradient(field))) / voxel_mm  # per mm
+    distance = np.abs(field) / np.maximum(gradient, 1e-6)
+    width = rng.uniform(*SULCUS_WIDTH_MM)
+    gap = np.clip((width / 2 - distance) / voxel_mm + 0.5, 0.0, 1.0)
+    depth = ndimage.distance_transform_edt(tissues["brain"] >= 0.5, sampling=voxel_mm)
+    gap *= np.clip((CORTEX_DEPTH_MM - depth) / 4.0, 0.0, 1.0)  # fade out over 4 mm
+    moved = (tissues["gm"] * gap).astype(np.float32)
+    tissues["gm"] -= moved
+    tissues["csf"] += moved
+
+
+def _lesion_radius(
+    tissues: dict, rng, voxel_mm: float, centre, reach_mm: float, irregular: bool = False
+):
+    """Box around `centre` and the irregular ellipsoidal radius (mm) of its voxels.
+
+    `irregular`: lobulated outline (bumps of +-25% at 6 mm and +-10% at 2.5 mm) instead of the
+    gentle +-12% one.
+    """
     shape = tissues["wm"].shape
     half = int(np.ceil(reach_mm / voxel_mm)) + 2
     box = tuple(
@@ -208,11 +248,18 @@ def _lesion_radius(tissues: dict, rng, voxel_mm: float, centre, reach_mm: float)
         ((o - c) * voxel_mm / a) ** 2 for o, c, a in zip(offsets, centre, axes, strict=True)
     )
     local = tuple(s.stop - s.start for s in box)
-    bumps = 1.0 + 0.12 * smooth_noise(rng, local, 6.0 / voxel_mm)
+    if irregular:
+        bumps = 1.0 + 0.25 * smooth_noise(rng, local, 6.0 / voxel_mm)
+        bumps += 0.10 * smooth_noise(rng, local, max(2.5 / voxel_mm, 1.0))
+        bumps = np.maximum(bumps, 0.4)
+    else:
+        bumps = 1.0 + 0.12 * smooth_noise(rng, local, 6.0 / voxel_mm)
     return box, (np.sqrt(squared) / bumps).astype(np.float32)
 
 
-def _add_tumour(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> None:
+def _add_tumour(
+    tissues: dict, rng: np.random.Generator, voxel_mm: float, irregular: bool = False
+) -> None:
     """Glioblastoma-like lesion: necrotic core, enhancing rim 3-7 mm, white-matter oedema.
 
     The core and rim displace all brain tissue; oedema replaces white matter only (vasogenic
@@ -222,7 +269,7 @@ def _add_tumour(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> Non
     core = outer - max(rng.uniform(3.0, 7.0), 1.5 * voxel_mm)
     oedema_reach = outer * rng.uniform(1.5, 2.2)
     centre = _lesion_site(tissues, rng, voxel_mm, outer + 4.0)
-    box, radius = _lesion_radius(tissues, rng, voxel_mm, centre, 1.3 * oedema_reach)
+    box, radius = _lesion_radius(tissues, rng, voxel_mm, centre, 1.3 * oedema_reach, irregular)
     brain = tissues["brain"][box]
     mass = _ramp(outer - radius, voxel_mm)
     swelling = _ramp(oedema_reach - radius, voxel_mm)
@@ -234,30 +281,50 @@ def _add_tumour(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> Non
     tissues["csf"][box] *= 1.0 - mass
 
 
-def _add_stroke(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> None:
+def _add_stroke(
+    tissues: dict, rng: np.random.Generator, voxel_mm: float, irregular: bool = False
+) -> None:
     """Acute infarct of radius 8-16 mm: cytotoxic oedema replaces grey and white matter."""
     reach = rng.uniform(8.0, 16.0)
     centre = _lesion_site(tissues, rng, voxel_mm, reach + 2.0)
-    box, radius = _lesion_radius(tissues, rng, voxel_mm, centre, 1.3 * reach)
+    box, radius = _lesion_radius(tissues, rng, voxel_mm, centre, 1.3 * reach, irregular)
     infarct = _ramp(reach - radius, voxel_mm)
     tissues["stroke"][box] = (tissues["gm"][box] + tissues["wm"][box]) * infarct
     tissues["gm"][box] *= 1.0 - infarct
     tissues["wm"][box] *= 1.0 - infarct
 
 
-def _anatomy(template: _Template, rng: np.random.Generator, lesion_rng, voxel_mm, lesion):
-    """Tissue fractions (sum to 1 per voxel) of one subject, including the lesion."""
+def _anatomy(
+    template: _Template,
+    rng: np.random.Generator,
+    lesion_rng,
+    voxel_mm,
+    lesion,
+    structure: bool = False,
+    head: bool = True,
+):
+    """Tissue fractions (sum to 1 per voxel) of one subject, including the lesion.
+
+    `structure`: cut sulci into the cortex and give lesions lobulated outlines. `head`: wrap
+    the brain in skull, scalp fat and skin (without it, everything outside the brain is air).
+    """
     gm, wm, brain = _deform_brain(template, rng, voxel_mm)
     scale = np.minimum(1.0, brain / np.maximum(gm + wm, 1e-6))  # GM + WM never exceed the brain
     tissues = {"gm": gm * scale, "wm": wm * scale, "brain": brain}
     tissues["csf"] = np.clip(brain - tissues["gm"] - tissues["wm"], 0, 1)  # sulci + ventricles
-    tissues.update(_head_layers(brain, rng, voxel_mm))
+    if structure:
+        _add_sulci(tissues, rng, voxel_mm)
+    if head:
+        tissues.update(_head_layers(brain, rng, voxel_mm))
+    else:
+        zero = np.zeros_like(brain)
+        tissues.update(bone=zero, fat=zero.copy(), skin=zero.copy(), air=1.0 - brain)
     for name in LESION_LABELS:
         tissues[name] = np.zeros_like(brain)
     if lesion == "tumour":
-        _add_tumour(tissues, lesion_rng, voxel_mm)
+        _add_tumour(tissues, lesion_rng, voxel_mm, structure)
     elif lesion == "stroke":
-        _add_stroke(tissues, lesion_rng, voxel_mm)
+        _add_stroke(tissues, lesion_rng, voxel_mm, structure)
     del tissues["brain"]
     return {name: tissues[name].astype(np.float32) for name in TISSUE_NAMES}
 
@@ -276,21 +343,37 @@ def _check_lesion(lesion: str) -> None:
 
 
 def make_phantom_subject(
-    index: int, seed: int, voxel_mm: float = 2.0, lesion: str = "none"
+    index: int,
+    seed: int,
+    voxel_mm: float = 2.0,
+    lesion: str = "none",
+    *,
+    structure: bool = False,
+    head: bool = True,
+    extent_mm: tuple[float, float, float] | None = None,
+    resolution: dict[str, tuple[float, float, float]] | None = None,
 ) -> PhantomSubject:
     """Synthesise subject `index` of the phantom for `seed` at isotropic `voxel_mm` (mm).
 
     Deterministic: uses `np.random.default_rng([seed, index])`, split into independent streams for
     anatomy, lesion and acquisition, so the same subject with or without a lesion shares its
     anatomy and noise. `lesion` is "none", "tumour" (labels 1-3) or "stroke" (label 4).
+    `structure` adds what real scans have and the smooth template lacks: sulci, per-tissue
+    texture and lobulated, heterogeneous lesions (the dataset-shaped phantoms of
+    `dfbk.data.phantom_layouts` use it). `head=False` leaves out skull and scalp; `extent_mm`
+    sets the field of view (default: the head plus a margin of air); `resolution` gives
+    modalities acquired coarser than the grid (modality -> FWHM per axis in mm).
     """
     _check_lesion(lesion)
     if not (np.isfinite(voxel_mm) and 0.5 <= voxel_mm <= 10.0):
         raise ValueError(f"voxel_mm must be in [0.5, 10] mm, got {voxel_mm!r}")
-    anatomy_rng, lesion_rng, acquisition_rng = np.random.default_rng([seed, index]).spawn(3)
-    template = _template(float(voxel_mm))
-    tissues = _anatomy(template, anatomy_rng, lesion_rng, float(voxel_mm), lesion)
-    images = render_images(tissues, acquisition_rng)
+    streams = np.random.default_rng([seed, index]).spawn(4)
+    anatomy_rng, lesion_rng, acquisition_rng, texture_rng = streams
+    extent = None if extent_mm is None else tuple(float(e) for e in extent_mm)
+    template = _template(float(voxel_mm), extent)
+    tissues = _anatomy(template, anatomy_rng, lesion_rng, float(voxel_mm), lesion, structure, head)
+    texture = texture_fields(texture_rng, template.gm.shape, float(voxel_mm)) if structure else None
+    images = render_images(tissues, acquisition_rng, texture, resolution, float(voxel_mm))
     return PhantomSubject(
         name=f"phantom-{index:03d}",
         images={modality: images[modality] for modality in PHANTOM_MODALITIES},

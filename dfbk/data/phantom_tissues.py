@@ -112,6 +112,14 @@ def mr_signal(properties: np.ndarray, sequence: Sequence) -> np.ndarray:
     1/T1' = 1/T1 + r1 [Gd]. Diffusion weighting multiplies by e^(-b ADC), with fat suppressed.
     """
     t1, t2, pd, adc, _, gd = properties.T
+    signal = signal_equation(t1, t2, pd, adc, gd, sequence)
+    if sequence.b_value > 0:
+        signal[TISSUE_NAMES.index("fat")] *= DWI_FAT_SUPPRESSION
+    return signal
+
+
+def signal_equation(t1, t2, pd, adc, gd, sequence: Sequence):
+    """The signal equations of `mr_signal` on property arrays of any (common) shape."""
     if sequence.contrast_agent:
         t1 = 1.0 / (1.0 / t1 + GD_R1_PER_MM_S * gd / 1000.0)  # r1 is per second, T1 in ms
     recovery = np.exp(-sequence.tr_ms / t1)
@@ -122,7 +130,6 @@ def mr_signal(properties: np.ndarray, sequence: Sequence) -> np.ndarray:
     signal = pd * longitudinal * np.exp(-sequence.te_ms / t2)
     if sequence.b_value > 0:
         signal = signal * np.exp(-sequence.b_value * adc * 1e-3)
-        signal[TISSUE_NAMES.index("fat")] *= DWI_FAT_SUPPRESSION
     return signal
 
 
@@ -139,14 +146,118 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], spacing: floa
     return (up - up.mean()) / max(float(up.std()), 1e-6)
 
 
+# Tissue texture: relative SD of the voxel-wise (T1, T2, ADC) and PD variation of each tissue
+# around its subject value. Healthy tissue varies by a few percent (myelin and iron content,
+# cortical layers; T1/T2 maps of normal white matter scatter by 3-5%, Stanisz 2005); tumour and
+# infarct are heterogeneous (necrosis, cysts, haemorrhage), so lesions vary more. CSF and air
+# are homogeneous.
+TEXTURE_SD: dict[str, tuple[float, float]] = {
+    "gm": (0.04, 0.02),
+    "wm": (0.04, 0.02),
+    "bone": (0.05, 0.03),
+    "fat": (0.03, 0.02),
+    "skin": (0.04, 0.02),
+    "necrosis": (0.12, 0.05),
+    "oedema": (0.08, 0.04),
+    "enhancing": (0.12, 0.06),
+    "stroke": (0.08, 0.04),
+}
+TEXTURE_SCALES_MM: tuple[float, ...] = (1.0, 2.5, 6.0)  # correlation lengths, summed equally
+TEXTURE_PD_CORRELATION = 0.5  # shared part of the relaxation and PD fields
+
+
+def _periodic_field(rng: np.random.Generator, shape: tuple[int, ...], voxel_mm: float):
+    """Zero-mean, unit-SD multi-scale field with periodic boundaries (so rolls stay seamless)."""
+    total = np.zeros(shape, np.float32)
+    for scale_mm in TEXTURE_SCALES_MM:
+        sigma = scale_mm / voxel_mm
+        white = rng.standard_normal(shape, dtype=np.float32)
+        part = ndimage.gaussian_filter(white, sigma, mode="wrap") if sigma >= 0.3 else white
+        total += part / max(float(part.std()), 1e-6)
+    return (total - total.mean()) / max(float(total.std()), 1e-6)
+
+
+def texture_fields(
+    rng: np.random.Generator, shape: tuple[int, ...], voxel_mm: float
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-tissue relative (relaxation, PD) variation maps, flattened, for `render_images`.
+
+    Two multi-scale fields are drawn per subject; each tissue sees them rolled by its own random
+    offset, which decorrelates tissues at the cost of two fields instead of two per tissue. T1,
+    T2 and ADC move together (more myelin or cellularity shortens all three), PD partly so.
+    """
+    relaxation = _periodic_field(rng, shape, voxel_mm)
+    density = _periodic_field(rng, shape, voxel_mm)
+    mix = np.sqrt(1.0 - TEXTURE_PD_CORRELATION**2)
+    fields = {}
+    for tissue, (sd_relaxation, sd_pd) in TEXTURE_SD.items():
+        shift = tuple(int(v) for v in rng.integers(0, shape))
+        axes = tuple(range(len(shape)))
+        r = np.roll(relaxation, shift, axes).ravel()
+        p = TEXTURE_PD_CORRELATION * r + mix * np.roll(density, shift, axes).ravel()
+        fields[tissue] = (
+            np.clip(sd_relaxation * r, -0.4, 0.4),
+            np.clip(sd_pd * p, -0.4, 0.4),
+        )
+    return fields
+
+
+def _textured(
+    fractions: np.ndarray,
+    table: np.ndarray,
+    texture: dict[str, tuple[np.ndarray, np.ndarray]],
+    value,
+) -> np.ndarray:
+    """Partial-volume sum over tissues of `value(k, t1, t2, pd, adc, hu, gd)` for tissue row k.
+
+    Untextured tissues use their table row; textured ones a per-voxel row, computed only where
+    the tissue is present.
+    """
+    constant = np.array([value(k, *row) for k, row in enumerate(table)], dtype=np.float32)
+    out = constant @ fractions
+    for name, (relaxation, pd) in texture.items():
+        k = TISSUE_NAMES.index(name)
+        where = np.flatnonzero(fractions[k] > 0)
+        if where.size == 0:
+            continue
+        t1, t2, pdv, adc, hu, gd = table[k]
+        r, p = relaxation[where], pd[where]
+        varied = value(
+            k, t1 * (1 + r), t2 * (1 + r), pdv * (1 + p), adc * (1 + r), hu * (1 + r), gd
+        )
+        out[where] += fractions[k, where] * (varied - constant[k]).astype(np.float32)
+    return out
+
+
+def acquisition_blur(
+    image: np.ndarray, fwhm_mm: tuple[float, float, float], voxel_mm: float
+) -> np.ndarray:
+    """Point spread of an acquisition of resolution `fwhm_mm` per axis, on a `voxel_mm` grid.
+
+    Clinical T2 and FLAIR (and often T1) are 2-D acquisitions with 2-6 mm slices that the
+    datasets resample to 1 mm (Bakas et al., Sci Data 4:170117, 2017), so through-plane detail is
+    lost in one direction per sequence. Modelled as a Gaussian whose FWHM adds to the voxel's.
+    """
+    sigma = [np.sqrt(max(f**2 - voxel_mm**2, 0.0)) / 2.355 / voxel_mm for f in fwhm_mm]
+    if max(sigma) <= 0:
+        return image
+    return ndimage.gaussian_filter(image, sigma, mode="nearest")
+
+
 def render_images(
-    tissues: dict[str, np.ndarray], rng: np.random.Generator
+    tissues: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    texture: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    resolution: dict[str, tuple[float, float, float]] | None = None,
+    voxel_mm: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Images of all modalities from tissue fractions, with subject-level property jitter.
 
     MR: partial-volume sum of tissue signals, times a smooth bias field (+-10-20%) and a gain,
     then Rician noise |S + n1 + i n2| at SNR 20-40 (relative to white matter). CT: partial-volume
-    sum of HU with a smooth 700-1500 HU bone density, plus Gaussian noise of 3-8 HU.
+    sum of HU with a smooth 700-1500 HU bone density, plus Gaussian noise of 3-8 HU. `texture`
+    (from `texture_fields`) varies each tissue's properties voxel by voxel around its value;
+    `resolution` (modality -> acquired FWHM per axis, mm) blurs a sequence before its noise.
     """
     table = tissue_table()
     population = {m: mr_signal(table, SEQUENCES[m]) for m in SEQUENCES}
@@ -155,11 +266,25 @@ def render_images(
     fractions = np.stack([tissues[n] for n in TISSUE_NAMES]).reshape(len(TISSUE_NAMES), -1)
     shape = tissues["air"].shape
     wm = TISSUE_NAMES.index("wm")
+    fat = TISSUE_NAMES.index("fat")
     images = {}
     for modality in SEQUENCES:
-        signals = mr_signal(table, SEQUENCES[modality])
+        sequence = SEQUENCES[modality]
+        signals = mr_signal(table, sequence)
         gain = MR_FULL_SCALE * rng.uniform(0.75, 0.95) / population[modality].max()
-        clean = (gain * signals.astype(np.float32)) @ fractions
+        if texture:
+            fat_scale = DWI_FAT_SUPPRESSION if sequence.b_value > 0 else 1.0
+
+            def value(k, t1, t2, pd, adc, hu, gd, sequence=sequence, fat_scale=fat_scale):
+                scale = fat_scale if k == fat else 1.0
+                return scale * signal_equation(t1, t2, pd, adc, gd, sequence)
+
+            clean = (gain * _textured(fractions, table, texture, value)).astype(np.float32)
+        else:
+            clean = (gain * signals.astype(np.float32)) @ fractions
+        if resolution and modality in resolution:
+            blurred = acquisition_blur(clean.reshape(shape), resolution[modality], voxel_mm)
+            clean = blurred.ravel().astype(np.float32)
         log_bias = smooth_noise(rng, shape, max(shape) / 2.0).ravel()
         clean *= np.exp(rng.uniform(0.1, 0.2) * log_bias / np.abs(log_bias).max())
         sigma = gain * population[modality][wm] / rng.uniform(20.0, 40.0)
@@ -171,7 +296,12 @@ def render_images(
     density = lo + (hi - lo) * (
         0.5 + 0.5 * np.tanh(smooth_noise(rng, shape, max(shape) / 4).ravel())
     )
-    ct = table[:, 4].astype(np.float32) @ fractions + fractions[bone] * (density - table[bone, 4])
+    if texture:  # bone's HU comes from its density field below, not from its texture
+        soft = {k: v for k, v in texture.items() if k != "bone"}
+        ct = _textured(fractions, table, soft, lambda k, t1, t2, pd, adc, hu, gd: hu)
+    else:
+        ct = table[:, 4].astype(np.float32) @ fractions
+    ct = ct + fractions[bone] * (density - table[bone, 4])
     ct += rng.uniform(3.0, 8.0) * rng.standard_normal(ct.shape, dtype=np.float32)
     images["ct"] = np.maximum(ct, -1024.0).reshape(shape).astype(np.float32)
     return images
