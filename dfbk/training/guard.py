@@ -52,8 +52,11 @@ class FolderLock:
             _HELD[key][1] += 1
             self._held = True
             return self
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise TrainingError(f"{self.path}: cannot create lock ({err.strerror})") from err
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -63,8 +66,11 @@ class FolderLock:
                 f"{self.folder}: another trainer (pid {holder}) is training into this folder; "
                 "wait for it to end or stop it"
             ) from err
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds, only the pid note is missing
+            pass
         _HELD[key] = [fd, 1]
         self._held = True
         return self
