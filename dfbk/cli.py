@@ -20,12 +20,21 @@ def _csv(text: str) -> list[str]:
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
-    from dfbk.data.phantom import generate_phantom_dataset
+    if args.layout == "phantom":
+        from dfbk.data.phantom import generate_phantom_dataset
 
-    names = generate_phantom_dataset(
-        args.out_dir, args.subjects, args.seed, args.voxel_mm, _csv(args.lesions)
-    )
-    print(f"wrote {len(names)} phantom subjects to {args.out_dir}")
+        lesions = _csv(args.lesions or "tumour,stroke,none")
+        names = generate_phantom_dataset(
+            args.out_dir, args.subjects, args.seed, args.voxel_mm, lesions
+        )
+    else:
+        from dfbk.data.phantom_layouts import generate_layout_dataset
+
+        lesions = tuple(_csv(args.lesions)) if args.lesions else None
+        names = generate_layout_dataset(
+            args.layout, args.out_dir, args.subjects, args.seed, args.voxel_mm, lesions
+        )
+    print(f"wrote {len(names)} {args.layout} phantom subjects to {args.out_dir}")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -177,14 +186,33 @@ def cmd_track(args: argparse.Namespace) -> None:
     print(f"{len(imported)} runs in MLflow at {uri}")
 
 
+def cmd_weights(args: argparse.Namespace) -> None:
+    from dfbk.weights import main_weights
+
+    main_weights(args.name, args.dest, args.from_file, args.receipt)
+
+
 def cmd_list_methods(args: argparse.Namespace) -> None:
     from dfbk.methods.registry import list_methods
 
     print("\n".join(list_methods()))
 
 
+def _version() -> str:
+    """The installed distribution's version (what pip installed), else the package's own."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import dfbk
+
+    try:
+        return version("dfbk-bench")
+    except PackageNotFoundError:
+        return dfbk.__version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfbk", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dfbk {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = verbs.add_parser("phantom", help="synthesise the multi-contrast head phantom dataset")
@@ -195,7 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--voxel-mm", type=float, default=3.0, help="isotropic voxel size in mm (default 3)"
     )
     p.add_argument(
-        "--lesions", default="tumour,stroke,none", help="lesion types, cycled over subjects"
+        "--lesions",
+        help="lesion types, cycled over subjects (default: tumour,stroke,none for the phantom "
+        "layout, the dataset's own for the others)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=("phantom", "brats2023", "isles2015", "synthrad2023"),
+        default="phantom",
+        help="write the phantom in this dataset's layout (dfbk.data.phantom_layouts)",
     )
     p.set_defaults(func=cmd_phantom)
 
@@ -339,6 +375,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="dfbk-bench", help="MLflow experiment name")
     p.add_argument("--out", type=Path, required=True, help="JSON listing the imported runs")
     p.set_defaults(func=cmd_track)
+
+    p = verbs.add_parser("weights", help="fetch and verify pretrained weights (paper config)")
+    p.add_argument("name", choices=("biomedclip", "resvit-vit", "inception"), help="weight set")
+    p.add_argument(
+        "--dest",
+        type=Path,
+        help="root folder (default: where the library looks: the Hugging Face hub cache for "
+        "biomedclip, $TORCH_HOME for inception, resources/weights for resvit-vit)",
+    )
+    p.add_argument(
+        "--from-file",
+        type=Path,
+        help="copy from this local file or folder instead of downloading (air-gapped clusters)",
+    )
+    p.add_argument("--receipt", type=Path, help="JSON to write listing the verified files")
+    p.set_defaults(func=cmd_weights)
 
     p = verbs.add_parser("list-methods", help="print the registered method names")
     p.set_defaults(func=cmd_list_methods)
