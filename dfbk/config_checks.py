@@ -27,6 +27,8 @@ from dfbk.methods.registry import add_method_module, get_method_class, list_meth
 
 # The schema's default slice size (workflow/schemas/config.schema.yaml, datasets.*.size).
 DEFAULT_SIZE = (256, 256)
+# Datasets whose raw folder a `phantom:` block synthesises (dfbk.data.phantom_layouts).
+PHANTOM_LAYOUTS = ("phantom", "brats2023", "isles2015", "synthrad2023")
 # Split fractions must sum to 1 up to float rounding (0.7 + 0.1 + 0.2 = 1.0000000000000002).
 FRACTION_SUM_TOLERANCE = 1e-6
 
@@ -92,9 +94,10 @@ def check_config(config: dict[str, Any]) -> None:
                 adapter.check_modalities([source, target])
             except ConfigError as err:
                 raise ConfigError(f"datasets.{dataset}.directions: '{direction}': {err}") from err
-        if "phantom" in spec and dataset != "phantom":
+        if "phantom" in spec and dataset not in PHANTOM_LAYOUTS:
             raise ConfigError(
-                f"datasets.{dataset}.phantom: synthesis settings only apply to 'phantom'"
+                f"datasets.{dataset}.phantom: synthesis settings only apply to "
+                f"{', '.join(PHANTOM_LAYOUTS)}"
             )
     check_split_fractions(config)
     configured = {r for spec in config["datasets"].values() for r in spec["directions"]}

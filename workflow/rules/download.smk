@@ -16,26 +16,50 @@ localrules:
     download_synthrad2023,
 
 
+# A dataset with a `phantom:` block (the demo's brats2023, isles2015, synthrad2023, or the
+# generic phantom) is synthesised in that dataset's layout instead of downloaded, so it goes
+# through the real adapter and protocol (dfbk/data/phantom_layouts.py). Give such a config its
+# own raw_dir so synthetic and real data never share a folder.
+PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if "phantom" in spec]
+
+
+def phantom_setting(key, default):
+    return lambda wc: lookup(f"datasets/{wc.dataset}/phantom/{key}", within=config, default=default)
+
+
 rule synthesise_phantom:
     output:
-        directory(f"{RAW}/phantom"),
+        directory(f"{RAW}/{{dataset}}"),
+    wildcard_constraints:
+        dataset="|".join(PHANTOM_DATASETS) or "(?!)",
     params:
-        subjects=lookup("datasets/phantom/phantom/subjects", within=config, default=16),
-        voxel_mm=lookup("datasets/phantom/phantom/voxel_mm", within=config, default=3.0),
-        lesions=",".join(lookup("datasets/phantom/phantom/lesions", within=config, default=["tumour", "stroke", "none"])),
-        seed=lookup("datasets/phantom/phantom/seed", within=config, default=0),
+        subjects=phantom_setting("subjects", 16),
+        voxel_mm=phantom_setting("voxel_mm", 3.0),
+        # Lesion types apply to the generic phantom; a dataset's layout has its own (BraTS:
+        # tumour, ISLES: stroke, SynthRAD: none).
+        lesions=lambda wc: (
+            "--lesions " + shlex.quote(",".join(lookup("datasets/phantom/phantom/lesions", within=config, default=["tumour", "stroke", "none"])))
+            if wc.dataset == "phantom"
+            else ""
+        ),
+        seed=phantom_setting("seed", 0),
     log:
-        f"{RESULTS}/logs/synthesise_phantom.log",
+        f"{RESULTS}/logs/synthesise_phantom/{{dataset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/synthesise_phantom.tsv"
+        f"{RESULTS}/benchmarks/synthesise_phantom/{{dataset}}.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
     conda:
         "../../environment.yml"
     shell:
-        "dfbk phantom {output:q} --subjects {params.subjects} --seed {params.seed} "
-        "--voxel-mm {params.voxel_mm} --lesions {params.lesions:q} > {log:q} 2>&1"
+        "dfbk phantom {output:q} --layout {wildcards.dataset} --subjects {params.subjects} "
+        "--seed {params.seed} --voxel-mm {params.voxel_mm} {params.lesions} > {log:q} 2>&1"
+
+
+ruleorder: synthesise_phantom > download_brats2023
+ruleorder: synthesise_phantom > download_isles2015
+ruleorder: synthesise_phantom > download_synthrad2023
 
 
 rule download_brats2023:
