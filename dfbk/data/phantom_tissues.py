@@ -141,9 +141,22 @@ def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], spacing: floa
     """
     coarse = tuple(max(2, int(np.ceil(n / spacing)) + 1) for n in shape)
     noise = ndimage.gaussian_filter(rng.standard_normal(coarse), 1.0, mode="nearest")
-    up = ndimage.zoom(noise, [n / c for n, c in zip(shape, coarse, strict=True)], order=1)
-    up = up[tuple(slice(0, n) for n in shape)].astype(np.float32)
+    up = noise
+    for axis, n in enumerate(shape):  # separable linear interpolation, as zoom(order=1)
+        up = np.moveaxis(np.tensordot(_linear_weights(up.shape[axis], n), up, (1, axis)), 0, axis)
+    up = up.astype(np.float32)
     return (up - up.mean()) / max(float(up.std()), 1e-6)
+
+
+def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
+    """(out, in) matrix of linear interpolation with end points aligned (scipy zoom's grid)."""
+    position = np.arange(size_out) * ((size_in - 1) / max(size_out - 1, 1))
+    low = np.minimum(np.floor(position).astype(int), size_in - 2)
+    frac = position - low
+    weights = np.zeros((size_out, size_in))
+    weights[np.arange(size_out), low] = 1.0 - frac
+    weights[np.arange(size_out), low + 1] = frac
+    return weights
 
 
 # Tissue texture: relative SD of the voxel-wise (T1, T2, ADC) and PD variation of each tissue

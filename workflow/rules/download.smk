@@ -20,7 +20,7 @@ localrules:
 # generic phantom) is synthesised in that dataset's layout instead of downloaded, so it goes
 # through the real adapter and protocol (dfbk/data/phantom_layouts.py). Give such a config its
 # own raw_dir so synthetic and real data never share a folder.
-PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if "phantom" in spec]
+PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if "phantom" in spec or d == "phantom"]
 
 
 def phantom_setting(key, default):
