@@ -1,6 +1,8 @@
 # dfbk-bench: download -> prepare -> train -> translate -> evaluate -> tables -> MLflow.
 # Usage: snakemake --profile profiles/default [--configfile config/paper.yaml]
 # (a --configfile replaces config/config.yaml instead of being merged into it)
+import os
+
 from snakemake.utils import min_version, validate
 
 from dfbk.config_checks import check_method_settings, check_schema
@@ -13,12 +15,20 @@ min_version("9.20")
 # applies only when none is given. `--config key=value` updates whichever config is in force.
 if not workflow.overwrite_configfiles:
 
-    configfile: f"{workflow.basedir}/config/config.yaml"
+    configfile: f"{workflow.current_basedir}/config/config.yaml"
 
 
 # One line naming the key for a schema violation; then Snakemake's validate fills the defaults.
-check_schema(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml")
+check_schema(config, f"{workflow.current_basedir}/workflow/schemas/config.schema.yaml")
 validate(config, "workflow/schemas/config.schema.yaml")
+
+# --software-deployment-method apptainer: every rule runs in this image (docs/cluster.md).
+# --software-deployment-method conda: workflow/envs/dfbk.yaml installs this repository, found
+# through DFBK_BENCH_DIR (this file's folder, also when workflow/Snakefile is the entry point).
+os.environ["DFBK_BENCH_DIR"] = str(workflow.current_basedir)
+
+
+container: config["container"]
 
 
 include: "workflow/rules/common.smk"
@@ -29,6 +39,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/track.smk"
+include: "workflow/rules/weights.smk"
 
 
 # After common.smk's name checks: each method's resolved hyperparameters (steps, batch_size,

@@ -51,7 +51,7 @@ rule synthesise_phantom:
         mem_mb=2000,
         runtime=30,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk phantom {output:q} --layout {wildcards.dataset} --subjects {params.subjects} "
         "--seed {params.seed} --voxel-mm {params.voxel_mm} {params.lesions} > {log:q} 2>&1"
@@ -76,7 +76,7 @@ rule download_brats2023:
         mem_mb=2000,
         runtime=1440,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk download brats2023 {output:q} --downloads {params.downloads:q} "
         "--settings {params.settings} > {log:q} 2>&1"
@@ -96,7 +96,7 @@ rule download_isles2015:
         mem_mb=2000,
         runtime=240,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk download isles2015 {output:q} --downloads {params.downloads:q} "
         "--settings {params.settings} > {log:q} 2>&1"
@@ -116,7 +116,7 @@ rule download_synthrad2023:
         mem_mb=2000,
         runtime=720,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk download synthrad2023 {output:q} --downloads {params.downloads:q} "
         "--settings {params.settings} > {log:q} 2>&1"

@@ -20,7 +20,7 @@ rule evaluate_predictions:
         mem_mb=4000,
         runtime=240,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk evaluate {input.store:q} {input.predictions:q} {input.split:q} {wildcards.direction} "
         "{params.out_dir:q} --dataset {wildcards.dataset} --method {wildcards.method} "

@@ -38,7 +38,7 @@ rule encode_knowledge:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk knowledge {wildcards.target} --out {output.knowledge:q} --encoder {params.encoder:q} "
         "{params.biomedclip_dir} {params.prompts} --threads {threads} > {log:q} 2>&1"

@@ -21,7 +21,7 @@ rule prepare_slices:
         mem_mb=4000,
         runtime=120,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk prepare {wildcards.dataset} {input.raw:q} {output.store:q} "
         "--modalities {params.modalities} --size {params.size} "
@@ -49,7 +49,7 @@ rule split_subjects:
         mem_mb=500,
         runtime=5,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk split {input.store:q} --out {output.split:q} --seed {params.seed} "
         "--fractions {params.fractions} > {log:q} 2>&1"

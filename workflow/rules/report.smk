@@ -24,7 +24,7 @@ rule plot_comparison:
         mem_mb=2000,
         runtime=10,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk figure {input.store:q} {input.split:q} {wildcards.direction} {output.figure:q} "
         "{params.predictions} > {log:q} 2>&1"
@@ -47,7 +47,7 @@ rule tabulate_comparison:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk tables {input.metrics:q} --runs {input.runs:q} --out-stem {params.out_stem:q} "
         "--caption {params.caption:q} > {log:q} 2>&1"
@@ -70,7 +70,7 @@ rule tabulate_ablation:
         mem_mb=1000,
         runtime=10,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk tables {input.metrics:q} --runs {input.runs:q} --out-stem {params.out_stem:q} "
         "--caption {params.caption:q} --capacity > {log:q} 2>&1"

@@ -65,7 +65,7 @@ rule track_runs:
         runtime=30,
         mlflow_db=1,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk track --train-dirs {params.train_dirs:q} --eval-dirs {params.eval_dirs:q} "
         "{params.figures:q} {params.uri} --results-dir {params.results_dir:q} "

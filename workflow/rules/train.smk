@@ -41,7 +41,7 @@ rule train_method_stage:
         runtime=lookup("train/runtime", within=config, default=1440),
         gpu=method_gpus,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} "
         "--stage {wildcards.stage} {params.init} "
@@ -88,7 +88,7 @@ rule train_method:
         runtime=lookup("train/runtime", within=config, default=1440),
         gpu=method_gpus,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} {params.init} "
         "--seed {wildcards.seed} --preset {params.preset:q} --overrides {params.overrides} "
@@ -118,7 +118,7 @@ rule translate_test_set:
         runtime=240,
         gpu=method_gpus,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk predict {input.model:q} {input.store:q} {input.split:q} {output.predictions:q} "
         "--batch-size {params.batch_size} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
