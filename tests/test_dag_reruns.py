@@ -44,17 +44,33 @@ CONFIG = {
     "methods": {
         "identity": {"preset": "tiny"},
         "pix2pix": {"preset": "tiny", "overrides": {"steps": 2, "batch_size": 2}},
+        "my_p2p": {"preset": "tiny", "module": "my_p2p", "directions": ["t1n-to-ct"]},
     },
     "train": {"device": "cpu", "threads": 1, "checkpoint_every": 2, "gpus": 0},
     "tracking": {"experiment": "dag"},
 }
+MY_P2P = """from baselines.pix2pix import Pix2Pix
+from dfbk.methods.registry import register_method
+
+
+@register_method("my_p2p")
+class MyPix2Pix(Pix2Pix):
+    \"\"\"A user's baseline outside the package.\"\"\"
+"""
 
 
 def snakemake(workdir: Path, *args: str, config: dict | None = None) -> str:
     """Run Snakemake on `workdir` with CONFIG (or `config`); stdout and stderr together."""
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config or CONFIG, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    (workdir / "ext").mkdir(exist_ok=True)
+    if not (workdir / "ext/my_p2p.py").exists():
+        (workdir / "ext/my_p2p.py").write_text(MY_P2P)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PYTHONPATH": str(workdir / "ext"),
+    }
     result = subprocess.run(
         [SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir)]
         + ["--configfile", str(path), "--cores", "1", *args],
@@ -116,8 +132,8 @@ def test_changed_size_reruns_every_consumer_of_the_store_with_quoted_paths(tree)
     output = snakemake(tree, "-n", "-p", config=config)
     jobs = planned_jobs(output)
     assert jobs["prepare_slices"] == 1
-    assert jobs["train_method"] == 4 and jobs["translate_test_set"] == 4
-    assert jobs["evaluate_predictions"] == 4 and jobs["plot_comparison"] == 2
+    assert jobs["train_method"] == 5 and jobs["translate_test_set"] == 5
+    assert jobs["evaluate_predictions"] == 5 and jobs["plot_comparison"] == 2
     assert jobs["tabulate_comparison"] == 1 and jobs["track_runs"] == 1
     assert "split_subjects" not in jobs and "synthesise_phantom" not in jobs
     commands = [line.split(":", 1)[1] for line in output.splitlines() if "Shell command:" in line]
@@ -131,7 +147,7 @@ def test_deleted_raw_data_reruns_everything_made_from_it(tree):
     shutil.rmtree(tree / RAW / "phantom")
     jobs = planned_jobs(snakemake(tree, "-n"))
     assert jobs["synthesise_phantom"] == 1 and jobs["prepare_slices"] == 1
-    assert jobs["train_method"] == 4 and jobs["tabulate_comparison"] == 1
+    assert jobs["train_method"] == 5 and jobs["tabulate_comparison"] == 1
     assert jobs["track_runs"] == 1
 
 
@@ -152,3 +168,11 @@ def test_imported_runs_missing_from_the_store_are_reported(tree):
     assert "lacks 1 run(s)" in output and "phantom/t1n-to-ct/pix2pix/seed-0" in output
     assert "a run without -n re-imports them" in output
     assert flag.exists()  # a dry run changes nothing
+
+
+def test_edited_baseline_module_retrains_that_method_only(tree):
+    module = tree / "ext/my_p2p.py"
+    module.write_text(module.read_text() + "\n# tuned\n")
+    jobs = planned_jobs(snakemake(tree, "-n"))
+    assert jobs["train_method"] == 1 and jobs["translate_test_set"] == 1
+    assert jobs["tabulate_comparison"] == 1 and "prepare_slices" not in jobs

@@ -1,4 +1,5 @@
 # Shared definitions: paths, wildcard constraints, config checks and the list of jobs.
+import importlib.util
 import json
 from pathlib import Path
 import shlex
@@ -131,6 +132,22 @@ def previous_stage_model(wildcards):
         return []
     run = RUN.format(**{k: wildcards[k] for k in ("dataset", "direction", "method", "seed")})
     return [f"{RESULTS}/train/{run}/stage-{stages[position - 1]}/model.pt"]
+
+
+def method_code(wildcards):
+    """Source file of a method declared with `module` (outside the package); [] otherwise.
+
+    Such a file is the user's baseline, edited between runs, so editing it retrains that method
+    (and what follows). The package's own methods are one installed version for the whole grid
+    and are not listed.
+    """
+    import_path = method_modules(config).get(wildcards.method)
+    spec = importlib.util.find_spec(import_path) if import_path else None  # not executed
+    if spec is None or not spec.has_location:
+        return []
+    origin = Path(spec.origin).resolve()
+    here = Path.cwd().resolve()  # relative inside the working directory: a moved tree stays valid
+    return [str(origin.relative_to(here) if origin.is_relative_to(here) else origin)]
 
 
 def init_from_option(wildcards, input):
