@@ -333,18 +333,20 @@ class Trainer:
         return state
 
     def _validate(self) -> dict[str, float]:
-        """Score the inference weights on the validation slices; keep best.pt by SSIM."""
+        """Score the inference weights on the validation slices; keep best.pt by SSIM.
+
+        The training state is restored afterwards whatever translate did (methods that infer
+        in train mode, as pix2pix's released test script does, update BatchNorm statistics).
+        """
         state = self._inference_state()
-        saved = None
+        saved = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
         if self.ema is not None:
-            saved = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
             self.method.load_state_dict(state)
         try:
             knowledge = None if self.spec.knowledge is None else self.spec.knowledge.to(self.device)
             metrics = self.validator.evaluate(self.method, knowledge)
         finally:
-            if saved is not None:
-                self.method.load_state_dict(saved)
+            self.method.load_state_dict(saved)
         best = self.best["val_ssim"]
         if math.isfinite(metrics["val_ssim"]) and (best is None or metrics["val_ssim"] > best):
             self.best = {"step": self.step, "val_ssim": metrics["val_ssim"]}
