@@ -1,6 +1,8 @@
 # train: one job per dataset x direction x method x seed; translate: the test split.
 # The resumable training state lives in checkpoints/, outside the rule outputs, so a failed or
-# preempted job resumes instead of restarting.
+# preempted job resumes instead of restarting. Each job validates on fixed validation slices and
+# writes best.pt beside model.pt; model.pt is the last step unless train/evaluate_checkpoint
+# says best (the same rule for every method; run.json records which).
 
 
 rule train_method_stage:
@@ -10,8 +12,10 @@ rule train_method_stage:
         init=previous_stage_model,
         knowledge=knowledge_cache,
         code=method_code,  # a baseline module outside the package: editing it retrains
+        code=method_code,  # a baseline module outside the package: editing it retrains
     output:
         model=f"{RESULTS}/train/{RUN}/stage-{{stage}}/model.pt",
+        best=f"{RESULTS}/train/{RUN}/stage-{{stage}}/best.pt",
         run=f"{RESULTS}/train/{RUN}/stage-{{stage}}/run.json",
         log=f"{RESULTS}/train/{RUN}/stage-{{stage}}/train_log.jsonl",
     params:
@@ -23,6 +27,11 @@ rule train_method_stage:
         init=init_from_option,
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
+        val_every=lambda wc: (
+            "" if (n := lookup("train/val_every", within=config, default=None)) is None
+            else f"--val-every {n}"
+        ),
+        evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
     log:
         f"{RESULTS}/logs/train_method_stage/{RUN}/{{stage}}.log",
     benchmark:
@@ -33,14 +42,15 @@ rule train_method_stage:
         runtime=lookup("train/runtime", within=config, default=1440),
         gpu=method_gpus,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} "
         "--stage {wildcards.stage} {params.init} "
         "--seed {wildcards.seed} --preset {params.preset:q} --overrides {params.overrides} "
         "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
-        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
+        "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
 
 
 rule train_method:
@@ -50,8 +60,10 @@ rule train_method:
         init=previous_stage_model,
         knowledge=knowledge_cache,
         code=method_code,  # a baseline module outside the package: editing it retrains
+        code=method_code,  # a baseline module outside the package: editing it retrains
     output:
         model=f"{RESULTS}/train/{RUN}/model.pt",
+        best=f"{RESULTS}/train/{RUN}/best.pt",
         run=f"{RESULTS}/train/{RUN}/run.json",
         log=f"{RESULTS}/train/{RUN}/train_log.jsonl",
     params:
@@ -63,6 +75,11 @@ rule train_method:
         init=init_from_option,
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
+        val_every=lambda wc: (
+            "" if (n := lookup("train/val_every", within=config, default=None)) is None
+            else f"--val-every {n}"
+        ),
+        evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
     log:
         f"{RESULTS}/logs/train_method/{RUN}.log",
     benchmark:
@@ -73,13 +90,14 @@ rule train_method:
         runtime=lookup("train/runtime", within=config, default=1440),
         gpu=method_gpus,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} {params.init} "
         "--seed {wildcards.seed} --preset {params.preset:q} --overrides {params.overrides} "
         "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
-        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+        "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
+        "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
 
 
 rule translate_test_set:
@@ -102,7 +120,7 @@ rule translate_test_set:
         runtime=240,
         gpu=method_gpus,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "dfbk predict {input.model:q} {input.store:q} {input.split:q} {output.predictions:q} "
         "--batch-size {params.batch_size} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
