@@ -12,7 +12,6 @@ rule train_method_stage:
         init=previous_stage_model,
         knowledge=knowledge_cache,
         code=method_code,  # a baseline module outside the package: editing it retrains
-        code=method_code,  # a baseline module outside the package: editing it retrains
     output:
         model=f"{RESULTS}/train/{RUN}/stage-{{stage}}/model.pt",
         best=f"{RESULTS}/train/{RUN}/stage-{{stage}}/best.pt",
@@ -59,7 +58,6 @@ rule train_method:
         split=rules.split_subjects.output.split,
         init=previous_stage_model,
         knowledge=knowledge_cache,
-        code=method_code,  # a baseline module outside the package: editing it retrains
         code=method_code,  # a baseline module outside the package: editing it retrains
     output:
         model=f"{RESULTS}/train/{RUN}/model.pt",
