@@ -6,15 +6,16 @@ Every error is one line that names the key (`datasets.phantom.split.fractions: .
 - `check_config`: names that must exist in the registries, directions a dataset can serve, and
   split fractions that make a split (cheap: no method module is imported);
 - `check_method_settings`: each configured method's resolved hyperparameters (preset, stages,
-  overrides): `steps` and `batch_size`, and slice and patch sizes its network can take. It
-  imports the method modules, so the Snakefile runs it in the main process only, not in every
-  cluster job.
+  overrides): `steps` and `batch_size`, and slice and patch sizes its network can take. Built-in
+  methods are read from the checked-in catalog (dfbk/methods/catalog.json), so planning never
+  imports torch; only methods a config declares with `methods.<name>.module` are imported.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import yaml
 
 from dfbk.data.adapters import get_adapter
 from dfbk.errors import ConfigError
+from dfbk.methods.catalog import method_info
 from dfbk.methods.registry import add_method_module, get_method_class, list_methods, method_stages
 
 # The schema's default slice size (workflow/schemas/config.schema.yaml, datasets.*.size).
@@ -125,7 +127,7 @@ def check_split_fractions(config: dict[str, Any]) -> None:
             raise ConfigError(f"{key}: fractions must sum to 1; got {fractions} (sum {total:g})")
 
 
-# ----- method settings (imports the method modules) ----------------------------------------
+# ----- method settings (built-ins from the catalog; user modules imported) ------------------
 def _unet_rule(h: dict[str, Any]) -> int:
     return 2 ** int(h["num_downs"])  # num_downs stride-2 convolutions, skips concatenated
 
@@ -141,8 +143,9 @@ def _ncsnpp_rule(h: dict[str, Any]) -> int:
     return diffusive if h.get("paired") else math.lcm(diffusive, 4)  # + ResNet translators
 
 
-# Side multiples of the built-in networks, by the module that defines the class. A method class
-# may declare its own: a classmethod `size_multiple(hparams) -> int`, which takes precedence.
+# Side multiples of the built-in networks, by the module that defines the class (torch-free, so
+# planning evaluates them on catalog data). A user's method class may declare its own: a
+# classmethod `size_multiple(hparams) -> int`, which takes precedence.
 SIZE_RULES: dict[str, Callable[[dict[str, Any]], int]] = {
     "baselines.identity": lambda h: 1,
     "baselines.pix2pix": _unet_rule,
@@ -163,6 +166,35 @@ def size_multiple(cls: type, hparams: dict[str, Any]) -> int:
         return int(declared(hparams))
     rule = SIZE_RULES.get(cls.__module__)
     return rule(hparams) if rule is not None else 1
+
+
+@dataclass(frozen=True)
+class _MethodSpec:
+    """What the settings check needs of one method, from the catalog or from its class."""
+
+    stages: dict[str, dict[str, Any]]
+    preset_steps: dict[str, Any]
+    resolve: Callable[[str, dict[str, Any]], dict[str, Any]]
+    size_multiple: Callable[[dict[str, Any]], int]
+
+
+def _method_spec(name: str, user_modules: dict[str, str]) -> _MethodSpec:
+    """Built-in: the catalog (no import). Declared with `module`: import the user's class."""
+    if name in user_modules:
+        cls = get_method_class(name)
+        return _MethodSpec(
+            stages=dict(getattr(cls, "STAGES", {})),
+            preset_steps={p: h.get("steps") for p, h in cls.PRESETS.items()},
+            resolve=cls.resolve_hparams,
+            size_multiple=lambda h: size_multiple(cls, h),
+        )
+    info = method_info(name)
+    return _MethodSpec(
+        stages=info.stages,
+        preset_steps={p: h.get("steps") for p, h in info.presets.items()},
+        resolve=info.resolve_hparams,
+        size_multiple=SIZE_RULES[info.module],
+    )
 
 
 def _method_entries(config: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any], list]]:
@@ -194,14 +226,15 @@ def check_method_settings(config: dict[str, Any]) -> None:
     `steps` >= 1 (0 for a method without training) and `batch_size` >= 1, and every dataset's
     slice size (and `patch_size`, when set) is a multiple its network can take.
     """
-    for name, module in method_modules(config).items():
+    user_modules = method_modules(config)
+    for name, module in user_modules.items():
         add_method_module(name, module)
     for section, name, settings, datasets in _method_entries(config):
         prefix = f"{section}.{name}"
-        cls = get_method_class(name)
+        spec = _method_spec(name, user_modules)
         preset = settings.get("preset", "tiny")
         overrides = settings.get("overrides") or {}
-        declared = getattr(cls, "STAGES", {})
+        declared = spec.stages
         for stage in (*method_stages(name, settings.get("stages")), None):
             if stage is not None and stage not in declared:
                 raise ConfigError(
@@ -211,12 +244,12 @@ def check_method_settings(config: dict[str, Any]) -> None:
             stage_overrides = declared.get(stage, {}) if stage else {}
             where = f"{prefix} (stage {stage})" if stage else prefix
             try:
-                hparams = cls.resolve_hparams(preset, {**stage_overrides, **overrides})
+                hparams = spec.resolve(preset, {**stage_overrides, **overrides})
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err}") from err
             key = f"{prefix}.overrides" if overrides.keys() & {"steps", "batch_size"} else where
-            _check_trainer_keys(key, hparams, cls.PRESETS[preset].get("steps"))
-            multiple = size_multiple(cls, hparams)
+            _check_trainer_keys(key, hparams, spec.preset_steps[preset])
+            multiple = spec.size_multiple(hparams)
             patch = hparams.get("patch_size")
             for dataset in datasets:
                 size = tuple(config["datasets"][dataset].get("size", DEFAULT_SIZE))
