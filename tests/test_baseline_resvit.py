@@ -8,7 +8,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 
 from dfbk.errors import ConfigError, TrainingError
 from dfbk.methods.base import Batch, to_signed
-from dfbk.methods.registry import build_method
+from dfbk.methods.registry import build_method, get_method_class
 
 SIZE = 32
 SMALL = {
@@ -255,8 +255,8 @@ def test_train_mode_inference_runs_each_slice_as_the_released_test_script():
     import copy
 
     torch.manual_seed(0)
-    method = resvit()
-    assert method.hparams["inference"] == "train"
+    method = resvit(inference="train")  # the paper preset's value (tiny: eval, batch 8)
+    assert get_method_class("resvit").resolve_hparams("paper")["inference"] == "train"
     method.training_step(make_batch(), 0)
     method.eval()
     state = {k: v.clone() for k, v in method.state_dict().items()}
