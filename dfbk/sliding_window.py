@@ -25,6 +25,15 @@ import torch
 
 from dfbk.diffusion.noise import SliceNoise
 
+
+class NonFiniteOutput(ValueError):
+    """The model predicted NaN or infinite values (callers name the checkpoint)."""
+
+    def __init__(self, bad: int, total: int) -> None:
+        super().__init__(f"{bad} of {total} predicted values are NaN or infinite")
+        self.bad, self.total = bad, total
+
+
 STEP = 0.5  # tile stride as a fraction of the tile (nnU-Net's default)
 SIGMA_SCALE = 1.0 / 8.0  # Gaussian sigma as a fraction of the tile side (nnU-Net's default)
 
@@ -90,6 +99,7 @@ def translate_tiled(
 ) -> tuple[np.ndarray, int]:
     """Translate (N, H, W) slices in [0, 1] with h x w tiles; returns (predictions, tiles run).
 
+    Raises NonFiniteOutput at the first batch with a NaN or infinite prediction.
     seeds: (N,) int64 per-slice noise seeds. foreground: (N, H, W) bool; tiles without a
     foreground voxel are skipped and voxels no computed tile covers stay 0 (background).
     Tiles are batched in a fixed order (slice, row, column) and accumulated in that order, so
@@ -140,4 +150,8 @@ def _run_tiles(method, canvas, chunk, plan: Tiling, seeds, knowledge, sampler: b
         offsets = torch.tensor([(r, c) for _, r, c in chunk], dtype=torch.int64)
         extra["noise"] = SliceNoise(tile_seeds, (1, h, w), method.device, offsets, plan.canvas)
     pred = method.translate(source, knowledge, tile_seeds.to(method.device), **extra)
-    return pred.squeeze(1).double().cpu().numpy()
+    pred = pred.squeeze(1).double().cpu().numpy()
+    if not np.isfinite(pred).all():  # stop at the first bad batch, not after the whole volume
+        bad = int(pred.size - np.count_nonzero(np.isfinite(pred)))
+        raise NonFiniteOutput(bad, int(pred.size))
+    return pred

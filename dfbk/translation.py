@@ -26,7 +26,7 @@ from dfbk.data.store import SliceStore
 from dfbk.diffusion.noise import slice_seeds
 from dfbk.errors import DataError, TrainingError
 from dfbk.methods.base import Knowledge
-from dfbk.sliding_window import translate_tiled
+from dfbk.sliding_window import NonFiniteOutput, translate_tiled
 from dfbk.training.checkpoint import load_checkpoint, rebuild_method
 from dfbk.training.trainer import parse_direction, pick_device
 
@@ -74,10 +74,15 @@ def check_finite(pred: np.ndarray, checkpoint: Path, what: str) -> None:
     """Refuse NaN/Inf predictions (a diverged model) before anything is written."""
     bad = int(np.size(pred) - np.count_nonzero(np.isfinite(pred)))
     if bad:
-        raise TrainingError(
-            f"{checkpoint}: {bad} of {np.size(pred)} predicted voxels of {what} are NaN or "
-            "infinite (diverged model?); nothing written"
-        )
+        raise non_finite_error(checkpoint, what, NonFiniteOutput(bad, int(np.size(pred))))
+
+
+def non_finite_error(checkpoint: Path, what: str, err: NonFiniteOutput) -> TrainingError:
+    """The one-line error for a diverged model's output, naming the checkpoint."""
+    return TrainingError(
+        f"{checkpoint}: {err.bad} of {err.total} predicted voxels of {what} are NaN or infinite "
+        "(diverged model?); nothing written"
+    )
 
 
 @torch.no_grad()
@@ -128,7 +133,12 @@ def predict_test_set(
         for subject in tqdm(subjects, desc=f"translate {payload['method']}", mininterval=5):
             start, stop = store.subject_range(subject)
             seeds = slice_seeds(run_seed(payload), subject, axial[start:stop])
-            pred = translate_slices(method, images[start:stop], batch_size, knowledge, seeds, tile)
+            try:
+                pred = translate_slices(
+                    method, images[start:stop], batch_size, knowledge, seeds, tile
+                )
+            except NonFiniteOutput as err:
+                raise non_finite_error(Path(checkpoint), f"subject {subject}", err) from err
             check_finite(pred, Path(checkpoint), f"subject {subject}")
             write_nifti(
                 np.moveaxis(pred, 0, 2), store.subject_affine(subject), tmp / f"{subject}.nii.gz"

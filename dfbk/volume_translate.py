@@ -194,9 +194,9 @@ def translate_volume(
 ) -> dict[str, Any]:
     """Translate `source` with `checkpoint` into `output` (same grid, affine and header)."""
     from dfbk.diffusion.noise import slice_seeds
-    from dfbk.sliding_window import translate_tiled
+    from dfbk.sliding_window import NonFiniteOutput, translate_tiled
     from dfbk.training.checkpoint import load_checkpoint, rebuild_method
-    from dfbk.translation import check_finite, run_seed, training_tile
+    from dfbk.translation import check_finite, non_finite_error, run_seed, training_tile
 
     checkpoint, source, output = Path(checkpoint), Path(source), Path(output)
     mask = None if mask is None else Path(mask)
@@ -234,9 +234,12 @@ def translate_volume(
     seeds = slice_seeds(run_seed(payload), _subject_name(source), keep)
     desc = f"translate {payload['method']} {payload.get('direction', '')}".strip()
     with tqdm(desc=desc, unit="tile", file=sys.stderr, mininterval=2) as bar:
-        pred, tiles = translate_tiled(
-            method, work, seeds, tile, max(1, batch_size), tokens, work_fg, bar.update
-        )
+        try:
+            pred, tiles = translate_tiled(
+                method, work, seeds, tile, max(1, batch_size), tokens, work_fg, bar.update
+            )
+        except NonFiniteOutput as err:
+            raise non_finite_error(checkpoint, str(source), err) from err
     check_finite(pred, checkpoint, str(source))
     out_planes = np.zeros(planes.shape, dtype=np.float32)
     out_planes[keep] = resample_planes(pred, planes.shape[1:], "bilinear")

@@ -46,7 +46,9 @@ def test_tile_noise_is_the_crop_of_its_slice_canvas_whatever_the_batch():
     noise = SliceNoise(seeds, (1, 4, 6), offsets=offsets, canvas=(10, 11))
     first, second = noise.spatial(), noise.spatial()
     for draw, expected in ((first, 0), (second, 1)):
-        for item, (seed, (row, col)) in enumerate(zip(seeds.tolist(), offsets.tolist())):
+        for item, (seed, (row, col)) in enumerate(
+            zip(seeds.tolist(), offsets.tolist(), strict=True)
+        ):
             generator = torch.Generator().manual_seed(seed)
             canvases = [torch.randn((1, 10, 11), generator=generator) for _ in range(2)]
             crop = canvases[expected][:, row : row + 4, col : col + 6]
