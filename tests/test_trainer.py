@@ -125,6 +125,8 @@ def test_ema_weights_are_what_inference_uses(phantom_store, tmp_path):
         preset="tiny",
         overrides={"steps": 3, "batch_size": 2, "ema_decay": 0.5},
         device="cpu",
+        val_every=0,
+        val_slices=2,
     )
     trainer = Trainer(spec)
     trainer.run()

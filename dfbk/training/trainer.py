@@ -242,6 +242,11 @@ class Trainer:
         set_rng_state(payload["rng"])
         self.step = int(payload["step"])
         self.best = dict(payload["best"])
+        if self.best["step"] is not None and not self.best_path.exists():
+            raise TrainingError(
+                f"{self.best_path}: missing, though {self.last_path} records best step "
+                f"{self.best['step']}; delete {self.spec.checkpoint_dir} to train from scratch"
+            )
         self.flops = payload.get("train_flops_per_step")
         truncate_log(self.log_path, self.step)
         return True
