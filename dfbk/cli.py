@@ -69,9 +69,10 @@ def cmd_split(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from dfbk.training.guard import FolderLock
+    from dfbk.training.guard import FolderLock, stop_with_workflow
 
     lock = FolderLock(args.checkpoint_dir).acquire()  # before torch: a second trainer fails fast
+    stop_with_workflow()
     import torch
 
     from dfbk.training.trainer import TrainSpec, train

@@ -28,6 +28,7 @@ from dfbk.errors import TrainingError
 
 PR_SET_PDEATHSIG = 1
 WATCH_SECONDS = 1.0
+_WATCHED: list[int] | None = None  # pids watched by stop_with_workflow, once set up
 
 
 # folder -> [fd, holders]: POSIX locks belong to the process, and closing any descriptor of the
@@ -136,11 +137,17 @@ def _alive(pid: int, start: str) -> bool:
 def stop_with_workflow() -> list[int]:
     """Under Snakemake, SIGTERM this process when Snakemake or an intermediate parent ends.
 
-    Returns the watched pids (empty when not started by Snakemake, or off Linux).
+    Returns the watched pids (empty when not started by Snakemake, or off Linux). Idempotent:
+    the CLI calls it before loading torch (a Snakemake killed during start-up is seen too), the
+    trainer again for library callers.
     """
+    global _WATCHED
+    if _WATCHED is not None:
+        return _WATCHED
     if not sys.platform.startswith("linux"):
         return []
     chain = workflow_ancestors()
+    _WATCHED = [pid for pid, _ in chain]
     if not chain:
         return []
     libc = ctypes.CDLL(None, use_errno=True)
@@ -156,4 +163,4 @@ def stop_with_workflow() -> list[int]:
                 return
 
     threading.Thread(target=watch, name="dfbk-parent-watch", daemon=True).start()
-    return [pid for pid, _ in chain]
+    return _WATCHED
