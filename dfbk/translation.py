@@ -1,11 +1,12 @@
 """translate: run a trained checkpoint over the test split, one volume per subject.
 
-The checkpoint alone rebuilds the model (`rebuild_method`); its data contract must match the
-slice store's (same modality, range and normalisation; the slice size may differ, as slices
-are covered by tiles of the training size — `dfbk.sliding_window`) or the job is refused.
-Each slice's noise seed comes from (the run's seed, subject, axial slice index), so a
-diffusion method's volume does not depend on the batch size. A prediction with a NaN or
-infinite voxel is refused, naming the checkpoint, and nothing is written.
+The checkpoint alone rebuilds the model (`rebuild_method`); it must have been trained on this
+slice store and split (its fingerprint), and its data contract must match the store's (same
+modality, range and normalisation; the slice size may differ, as slices are covered by tiles
+of the training size — `dfbk.sliding_window`) or the job is refused. Each slice's noise seed
+comes from (the run's seed, subject, axial slice index), so a diffusion method's volume does
+not depend on the batch size. A prediction with a NaN or infinite voxel is refused, naming
+the checkpoint, and nothing is written.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dfbk.diffusion.noise import slice_seeds
 from dfbk.errors import DataError, TrainingError
 from dfbk.methods.base import Knowledge
 from dfbk.sliding_window import NonFiniteOutput, translate_tiled
-from dfbk.training.checkpoint import load_checkpoint, rebuild_method
+from dfbk.training.checkpoint import check_fingerprint, load_checkpoint, rebuild_method
 from dfbk.training.trainer import parse_direction, pick_device
 
 CONTRACT_KEYS = ("modality", "range", "norm")  # size: tiles; spacing: compared when recorded
@@ -117,6 +118,7 @@ def predict_test_set(
     payload = load_checkpoint(checkpoint)
     store = SliceStore(store_dir)
     source, _ = check_contract(payload, store, Path(checkpoint))
+    check_fingerprint(payload, store_dir, split_path, Path(checkpoint))  # no training subject
     method = rebuild_method(payload).to(pick_device(device))
     knowledge = checkpoint_knowledge(payload)
     if knowledge is not None:

@@ -184,15 +184,34 @@ def test_nan_output_and_unsafe_output_paths_are_refused(tmp_path):
     assert nib.load(str(source)).get_fdata().max() == data.max()  # input untouched
 
 
-def test_predict_refuses_nan_and_keeps_nothing(phantom_store, tmp_path):
-    store, split = phantom_store
-    ckpt = nan_checkpoint(tmp_path / "model.pt", size=store.size)
+def store_checkpoint(ckpt, store, split, **hparams):
+    """Make `ckpt` a model.pt of the phantom store's t1n -> t2w, tiles of 32 over 48x48."""
     payload = load_checkpoint(ckpt)
     payload["dataset"], payload["direction"] = "phantom", "t1n-to-t2w"
     payload["source"], payload["target"] = store.contract("t1n"), store.contract("t2w")
-    payload["hparams"] = {**payload["hparams"], "patch_size": 32}  # tiles of 32 over 48
+    payload["hparams"] = {**payload["hparams"], "patch_size": 32, **hparams}
     payload["fingerprint"] = data_fingerprint(store.root, split)
-    save_atomic(payload, ckpt)
+    return save_atomic(payload, ckpt)
+
+
+def test_predict_gives_the_same_volumes_for_batch_size_1_and_32(phantom_store, tmp_path):
+    store, split = phantom_store
+    ckpt = narrow_resshift_checkpoint(tmp_path / "model.pt", store.size)
+    store_checkpoint(ckpt, store, split, num_steps=4)  # 4 steps: the sampler's cost, not its logic
+    volumes = []
+    for batch_size in (1, 32):
+        out = tmp_path / f"b{batch_size}"
+        index = predict_test_set(ckpt, store.root, split, out, batch_size, device="cpu")
+        volumes += [nib.load(str(out / f"{s}.nii.gz")).get_fdata() for s in index["subjects"]]
+    half = len(volumes) // 2
+    assert index["tile"] == [32, 32] and index["slice_size"] == [48, 48]
+    for one, many in zip(volumes[:half], volumes[half:], strict=True):
+        assert one.shape[:2] == (48, 48) and np.abs(one - many).max() <= TOLERANCE
+
+
+def test_predict_refuses_nan_and_keeps_nothing(phantom_store, tmp_path):
+    store, split = phantom_store
+    ckpt = store_checkpoint(nan_checkpoint(tmp_path / "model.pt", size=store.size), store, split)
     out = tmp_path / "predictions"
     with pytest.raises(TrainingError, match=f"{ckpt}: .* of subject .* NaN or infinite"):
         predict_test_set(ckpt, store.root, split, out, device="cpu")

@@ -35,9 +35,12 @@ DIFFUSION_DEFAULTS = {
 # are 256/128/64/32), so `paper` keeps three Swin levels, the three lowest (128, 64, 32), as
 # ResShift puts Swin on every level of the same layout in its 64x64 latent space.
 # tiny: cheap enough for one CPU core (bench/bench_dfbk.py measures the step time).
+# augment hflip: ResShift's released training data (configs/*.yaml: `hflip: True` /
+# `use_hflip: True`, `rotation`/`use_rot: False`) flips left-right and never rotates.
 SWIN_UNET_PRESETS = {
     "tiny": {
         **DIFFUSION_DEFAULTS,
+        "augment": "hflip",
         "steps": 300,  # demo budget: SSIM 0.87 on phantom T1->T2 (identity 0.36)
         "batch_size": 8,
         "ema_decay": 0.99,
@@ -59,6 +62,7 @@ SWIN_UNET_PRESETS = {
     },
     "paper": {
         **DIFFUSION_DEFAULTS,
+        "augment": "hflip",
         "steps": 300_000,
         "batch_size": 16,
         "ema_decay": 0.999,
