@@ -402,21 +402,29 @@ def test_unreachable_server_is_one_line_with_bounded_retries(tmp_path, monkeypat
     assert not (tmp_path / "runs.json").exists()
 
 
-def test_locked_sqlite_store_is_one_line(tmp_path, monkeypatch):
-    """Another process holds the database's write lock: one line naming the file, no output."""
+def test_locked_sqlite_store_is_one_line(tmp_path):
+    """Another process holds the database's write lock: `dfbk track` fails in one line."""
+    import os
     import sqlite3
+    import subprocess
+    import sys
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    runs = [_write_run(tmp_path, *RUNS[1])]
-    import_runs(runs, {}, uri, EXPERIMENT, tmp_path / "first.json")
-    monkeypatch.setenv("DFBK_TRACKING_LOCKED_SECONDS", "0")  # one attempt (MLflow waits 20 s)
+    train_dir, eval_dir = _write_run(tmp_path, *RUNS[1])
+    import_runs([(train_dir, eval_dir)], {}, uri, EXPERIMENT, tmp_path / "first.json")
     holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
+    command = [str(Path(sys.executable).with_name("dfbk")), "track", "--uri", uri]
+    command += ["--train-dirs", str(train_dir), "--eval-dirs", str(eval_dir)]
+    command += ["--experiment", EXPERIMENT, "--out", str(tmp_path / "runs.json")]
+    # one attempt: MLflow itself waits 20 s for the lock
+    env = {**os.environ, "DFBK_TRACKING_LOCKED_SECONDS": "0"}
     try:
-        with pytest.raises(DataError) as error:
-            import_runs(runs, {}, uri, EXPERIMENT, tmp_path / "runs.json")
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     finally:
         holder.close()
-    message = str(error.value)
-    assert "\n" not in message and "mlflow.db: database is locked" in message
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line and line.startswith("dfbk track: error: ")
+    assert "mlflow.db: database is locked" in line
     assert not (tmp_path / "runs.json").exists()

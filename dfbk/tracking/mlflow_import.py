@@ -56,6 +56,7 @@ from filelock import FileLock, Timeout
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
+from sqlalchemy.exc import SQLAlchemyError
 
 from dfbk.errors import DataError
 from dfbk.tracking.store import (
@@ -498,7 +499,7 @@ def import_runs(
             return records
         except Timeout:
             raise DataError(f"{lock.lock_file}: another import held the lock too long") from None
-        except MlflowException as error:
+        except (MlflowException, SQLAlchemyError) as error:  # SQLite errors at store start-up
             message = " ".join(str(error).split())
             if "database is locked" in message and time.monotonic() < deadline:
                 _logger.warning("%s: database is locked; retrying the import", db_path)
