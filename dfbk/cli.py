@@ -37,6 +37,24 @@ def cmd_phantom(args: argparse.Namespace) -> None:
     print(f"wrote {len(names)} {args.layout} phantom subjects to {args.out_dir}")
 
 
+def _layout(text: str | None) -> dict | None:
+    """--layout: a YAML file, or the layout itself as inline YAML/JSON (the workflow's form)."""
+    if text is None:
+        return None
+    import yaml
+
+    from dfbk.errors import ConfigError
+
+    path = Path(text)
+    try:
+        layout = yaml.safe_load(path.read_text() if path.is_file() else text)
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--layout {text}: cannot read the layout ({err})") from err
+    if isinstance(layout, dict) and set(layout) == {"layout"}:
+        layout = layout["layout"]  # a file holding `layout:` at its top
+    return layout
+
+
 def cmd_prepare(args: argparse.Namespace) -> None:
     from dfbk.data.prepare import prepare_dataset
 
@@ -50,6 +68,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         args.on_bad_case,
         args.skipped_csv,
         args.jobs,
+        _layout(args.layout),
     )
     from dfbk.data.store import store_fingerprint
 
@@ -252,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--skipped-csv", type=Path, help="where to list skipped subjects")
     p.add_argument("--jobs", type=int, default=1, help="reader processes (default 1)")
+    p.add_argument(
+        "--layout",
+        help="YAML file (or inline YAML) describing a dataset of your own: case and file "
+        "patterns, label, mask, foreground (docs/data.md, 'Your own paired dataset')",
+    )
     p.set_defaults(func=cmd_prepare)
 
     p = verbs.add_parser("split", help="seeded subject-level train/val/test split, written once")

@@ -83,7 +83,7 @@ def check_config(config: dict[str, Any]) -> None:
                 )
     for dataset, spec in config["datasets"].items():
         try:
-            adapter = get_adapter(dataset)
+            adapter = get_adapter(dataset, spec.get("layout"))
         except ConfigError as err:
             raise ConfigError(f"datasets.{dataset}: {err}") from err
         for direction in spec["directions"]:

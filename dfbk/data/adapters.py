@@ -21,6 +21,8 @@ class SubjectFiles:
     `problems` says what an adapter found wrong with the case folder itself, keyed by the
     modality, "label" or "mask" concerned (an ambiguous or missing file); prepare refuses or
     skips such a subject like any other bad case when the key is one it needs.
+    `foreground` is how prepare finds the foreground when there is no mask file: "nonzero"
+    (skull-stripped data) or "otsu" (raw scans; dfbk.data.foreground).
     """
 
     name: str
@@ -29,6 +31,7 @@ class SubjectFiles:
     mask: Path | None = None
     missing: list[str] = field(default_factory=list)
     problems: dict[str, str] = field(default_factory=dict)
+    foreground: str = "nonzero"
 
 
 class DatasetAdapter(ABC):
@@ -114,10 +117,25 @@ def register_adapter(cls: type[DatasetAdapter]) -> type[DatasetAdapter]:
     return cls
 
 
-def get_adapter(name: str) -> DatasetAdapter:
-    """The adapter for dataset layout `name`; unknown names list the known ones."""
+def get_adapter(name: str, layout: dict | None = None) -> DatasetAdapter:
+    """The adapter for dataset `name`: a built-in layout, or the YAML `layout` given for it.
+
+    Unknown names list the known ones.
+    """
     import dfbk.data.datasets  # noqa: F401  (registers brats2023, isles2015, synthrad2023)
 
+    if layout is not None:
+        if name in ADAPTERS:
+            raise ConfigError(
+                f"layout: '{name}' is a built-in dataset; give a YAML-defined "
+                "dataset a name of its own"
+            )
+        from dfbk.data.paired_nifti import PairedNiftiAdapter
+
+        return PairedNiftiAdapter(name, layout)
     if name not in ADAPTERS:
-        raise ConfigError(f"unknown dataset '{name}'; known: {', '.join(ADAPTERS)}")
+        raise ConfigError(
+            f"unknown dataset '{name}'; known: {', '.join(ADAPTERS)}; or describe its files "
+            f"with datasets.{name}.layout (docs/data.md, 'Your own paired dataset')"
+        )
     return ADAPTERS[name]()

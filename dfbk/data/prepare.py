@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 import dfbk
 from dfbk.data.adapters import DatasetAdapter, SubjectFiles, get_adapter
+from dfbk.data.foreground import otsu_foreground
 from dfbk.data.io import read_volume, write_text
 from dfbk.data.normalise import normalisation_name, normalise
 from dfbk.data.store import STORE_VERSION
@@ -99,6 +100,8 @@ def prepare_subject(
 
     if "mask" in extras:
         foreground = extras["mask"].data > 0.5
+    elif files.foreground == "otsu":  # raw scans, noise everywhere (dfbk.data.foreground)
+        foreground = otsu_foreground([v.data for v in volumes.values()])
     else:  # skull-stripped data (BraTS): foreground = nonzero in any modality
         foreground = np.any([np.abs(v.data) > 0 for v in volumes.values()], axis=0)
     if not foreground.any():
@@ -244,9 +247,14 @@ def prepare_dataset(
     on_bad_case: str = "error",
     skipped_csv: Path | None = None,
     jobs: int = 1,
+    layout: dict | None = None,
 ) -> dict:
-    """Build the slice store for `dataset` in `out_dir` atomically; returns its metadata."""
-    adapter: DatasetAdapter = get_adapter(dataset)
+    """Build the slice store for `dataset` in `out_dir` atomically; returns its metadata.
+
+    `layout` describes a YAML-defined dataset's files (dfbk.data.paired_nifti); None for the
+    built-in layouts.
+    """
+    adapter: DatasetAdapter = get_adapter(dataset, layout)
     adapter.check_modalities(modalities)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     subjects = adapter.find_subjects(raw_dir)

@@ -12,6 +12,11 @@ rule prepare_slices:
         min_foreground=lambda wc: lookup(f"datasets/{wc.dataset}/min_foreground", within=config, default=0.05),
         on_bad_case=lambda wc: lookup(f"datasets/{wc.dataset}/on_bad_case", within=config, default="error"),
         skipped=f"{RESULTS}/prepare/{{dataset}}/skipped.csv",
+        layout=lambda wc: (  # a dataset of your own: its files as YAML (docs/data.md)
+            f"--layout {shlex.quote(json.dumps(spec, sort_keys=True))}"
+            if (spec := lookup(f"datasets/{wc.dataset}/layout", within=config, default=None))
+            else ""
+        ),
     log:
         f"{RESULTS}/logs/prepare_slices/{{dataset}}.log",
     benchmark:
@@ -26,7 +31,7 @@ rule prepare_slices:
         "dfbk prepare {wildcards.dataset} {input.raw:q} {output.store:q} "
         "--modalities {params.modalities} --size {params.size} "
         "--min-foreground {params.min_foreground} --on-bad-case {params.on_bad_case} "
-        "--skipped-csv {params.skipped:q} --jobs {threads} > {log:q} 2>&1"
+        "--skipped-csv {params.skipped:q} --jobs {threads} {params.layout} > {log:q} 2>&1"
 
 
 rule split_subjects:
