@@ -285,17 +285,37 @@ def proc_gone(pid: int) -> bool:
     return state in ("Z", "X")  # a zombie has stopped; only its parent's wait is missing
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux")
-def test_the_trainer_stops_when_snakemake_is_killed(phantom_store, tmp_path):
-    command = train_command(phantom_store, tmp_path, 100_000, "--checkpoint-every", "100000")
-    fake = tmp_path / "bin" / "snakemake"  # runs its job as Snakemake does: bash -c "…"
+def fake_snakemake(phantom_store, folder: Path) -> subprocess.Popen:
+    """A `snakemake` process running one training job as Snakemake does: bash -c "…"."""
+    command = train_command(phantom_store, folder, 100_000, "--checkpoint-every", "100000")
+    fake = folder / "bin" / "snakemake"
     fake.parent.mkdir()
-    job = f"set -euo pipefail; {shlex.join(command)} > {tmp_path / 'train.log'} 2>&1"
+    job = f"set -euo pipefail; {shlex.join(command)} > {folder / 'train.log'} 2>&1"
     fake.write_text(
         f"#!{sys.executable}\nimport subprocess\nsubprocess.run(['bash', '-c', {job!r}])\n"
     )
     fake.chmod(0o755)
-    snakemake = subprocess.Popen([str(fake)], start_new_session=True)
+    return subprocess.Popen([str(fake)], start_new_session=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux")
+def test_a_trainer_starting_up_stops_when_snakemake_is_killed(phantom_store, tmp_path):
+    snakemake = fake_snakemake(phantom_store, tmp_path)
+    wait_until(lambda: lock_holder(tmp_path) is not None)  # before torch is even imported
+    trainer = lock_holder(tmp_path)
+    snakemake.kill()
+    snakemake.wait(timeout=60)
+    try:
+        wait_until(lambda: proc_gone(trainer), timeout=60)
+    finally:
+        if not proc_gone(trainer):
+            os.kill(trainer, signal.SIGKILL)
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and prctl are Linux")
+def test_the_trainer_stops_when_snakemake_is_killed(phantom_store, tmp_path):
+    snakemake = fake_snakemake(phantom_store, tmp_path)
     wait_until(lambda: lock_holder(tmp_path) is not None)
     trainer = lock_holder(tmp_path)
     log = tmp_path / "ckpt" / "train_log.jsonl"
