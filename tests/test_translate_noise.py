@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from dfbk.diffusion.noise import SliceNoise, slice_seeds, stable_seed
-from dfbk.methods.base import Batch
+from dfbk.methods.base import Batch, Knowledge
 from dfbk.methods.registry import build_method
 from dfbk.translation import translate_slices
 
@@ -93,3 +93,23 @@ def test_batch_size_1_and_32_give_the_same_slices(name):
     # the noise matters: other seeds give other samples, far beyond the tolerance
     other = translate_slices(method, slices[:4], 4, seeds=slice_seeds(1, "sub-01", range(4)))
     assert abs(big[:4] - other).max() > 100 * TOLERANCE
+
+
+def test_dfbk_tiles_take_their_noise_from_the_slice_canvas():
+    """DFBK (KG on) passes `noise=` through to the sampler: a tile's noise is its canvas crop."""
+    torch.manual_seed(0)
+    method = build_method("dfbk", "tiny", {**SMALL["resshift"], "knowledge_dim": 16}).eval()
+    knowledge = Knowledge(torch.randn(3, 16))
+    canvas = torch.rand(1, 1, SIZE, SIZE + 8)
+    seeds = slice_seeds(0, "sub-01", [7])
+    # the same tile cut at column 8, alone and beside another tile of the same slice
+    tile = canvas[..., 8 : 8 + SIZE]
+    tiles = torch.cat([canvas[..., :SIZE], tile])
+    offsets = torch.tensor([[0, 0], [0, 8]])
+    both = SliceNoise(seeds.repeat(2), (1, SIZE, SIZE), offsets=offsets, canvas=(SIZE, SIZE + 8))
+    alone = SliceNoise(seeds, (1, SIZE, SIZE), offsets=offsets[1:], canvas=(SIZE, SIZE + 8))
+    pair = method.translate(tiles, knowledge, seeds.repeat(2), noise=both)
+    single = method.translate(tile, knowledge, seeds, noise=alone)
+    assert (pair[1:] - single).abs().max() <= TOLERANCE
+    plain = method.translate(tile, knowledge, seeds)  # uncropped noise: another sample
+    assert (plain - single).abs().max() > 100 * TOLERANCE
