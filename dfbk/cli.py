@@ -136,7 +136,11 @@ def cmd_predict(args: argparse.Namespace) -> None:
     index = predict_test_set(
         args.checkpoint, args.store, args.split, args.out_dir, args.batch_size, args.device
     )
-    print(f"{args.out_dir}: {len(index['subjects'])} test subjects")
+    size, tile = index["slice_size"], index["tile"]
+    print(
+        f"{args.out_dir}: {len(index['subjects'])} test subjects, whole {size[0]}x{size[1]} "
+        f"slices in tiles of {tile[0]}x{tile[1]} (the store's grid and spacing)"
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
