@@ -25,7 +25,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 # --software-deployment-method apptainer: every rule runs in this image (docs/cluster.md).
 # --software-deployment-method conda: workflow/envs/dfbk.yaml installs this repository, found
 # through DFBK_BENCH_DIR (this file's folder, also when workflow/Snakefile is the entry point).
-os.environ["DFBK_BENCH_DIR"] = str(workflow.current_basedir)
+os.environ.update(DFBK_BENCH_DIR=str(workflow.current_basedir))
 
 
 container: config["container"]

@@ -6,11 +6,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 
 from dfbk import weights
 from dfbk.cli import main
@@ -190,3 +194,25 @@ def test_vit_npz_that_is_not_the_published_one_is_refused(tmp_path):
     with pytest.raises(WeightsError, match=r"R50\+ViT-B_16.npz: not the R50\+ViT-B/16 .npz"):
         weights.convert_vit_npz(npz, tmp_path / "out.safetensors")
     assert not list(tmp_path.glob("out.safetensors*"))
+
+
+def test_fetch_weights_rule_passes_dest_and_from_dir(tmp_path):
+    """Rule fetch_weights: one job per listed set, resvit-vit into weights.dir, from_dir quoted."""
+    root = Path(__file__).resolve().parents[1]
+    config = {
+        "datasets": {"phantom": {"directions": ["t1n-to-t2w"]}},
+        "methods": {"pix2pix": {"preset": "tiny"}},
+        "weights": {"fetch": ["inception", "resvit-vit"], "from_dir": "/media/usb stick"},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    receipts = ["results/weights/inception.json", "results/weights/resvit-vit.json"]
+    command = [str(Path(sys.executable).parent / "snakemake"), "-s", str(root / "Snakefile")]
+    command += ["--configfile", "config.yaml", "-n", "-p", "--cores", "1", *receipts]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shells = [line for line in done.stdout.splitlines() if "dfbk weights" in line]
+    assert len(shells) == 2, done.stdout[-2000:]
+    vit = next(line for line in shells if "resvit-vit" in line)
+    assert "--dest resources/weights --from-file '/media/usb stick'" in vit
+    inception = next(line for line in shells if "weights inception" in line)
+    assert "--dest" not in inception and "--receipt results/weights/inception.json" in inception

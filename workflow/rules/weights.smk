@@ -4,7 +4,7 @@
 # weights". Config: weights.fetch (which sets), weights.dir (ResViT's converted file),
 # weights.from_dir (air-gapped: a folder of the files copied by hand instead of the internet).
 # Each job writes a receipt under {RESULTS}/weights/ listing the verified files and their
-# SHA-256; rules that need a set take its receipt as an input (weights_receipt). Downloads need
+# SHA-256; rules that need a set take its receipt as an input (WEIGHTS_RECEIPT). Downloads need
 # the internet, so these jobs run on the submit host.
 
 WEIGHT_SETS = ("biomedclip", "resvit-vit", "inception")
@@ -14,32 +14,25 @@ localrules:
     fetch_weights,
 
 
-def weights_receipt(name):
-    """Receipt of weight set `name`; an input of every rule that reads those weights."""
-    return f"{RESULTS}/weights/{name}.json"
-
-
-def configured_weights():
-    """Receipts of the sets listed in weights.fetch (targets of rule all)."""
-    return [weights_receipt(name) for name in lookup("weights/fetch", within=config, default=[])]
-
-
-def weights_options(wildcards):
-    options = []
-    if wildcards.weights == "resvit-vit":
-        options.append(f"--dest {shlex.quote(lookup('weights/dir', within=config, default='resources/weights'))}")
-    if from_dir := lookup("weights/from_dir", within=config, default=None):
-        options.append(f"--from-file {shlex.quote(from_dir)}")
-    return " ".join(options)
+# Receipts of the sets listed in weights.fetch: targets for rule all. A rule reading one set
+# takes its receipt as an input: WEIGHTS_RECEIPT.format(weights="biomedclip").
+WEIGHTS_RECEIPT = f"{RESULTS}/weights/{{weights}}.json"
+CONFIGURED_WEIGHTS = [
+    WEIGHTS_RECEIPT.format(weights=name) for name in lookup("weights/fetch", within=config, default=[])
+]
 
 
 rule fetch_weights:
     output:
-        receipt=f"{RESULTS}/weights/{{weights}}.json",
+        receipt=WEIGHTS_RECEIPT,
     wildcard_constraints:
         weights="|".join(WEIGHT_SETS),
     params:
-        options=weights_options,
+        # resvit-vit goes to weights.dir; weights.from_dir copies instead of downloading
+        options=lambda wc: " ".join(
+            ([f"--dest {shlex.quote(config.get('weights', {}).get('dir', 'resources/weights'))}"] if wc.weights == "resvit-vit" else [])
+            + ([f"--from-file {shlex.quote(d)}"] if (d := config.get("weights", {}).get("from_dir")) else [])
+        ),
     log:
         f"{RESULTS}/logs/fetch_weights/{{weights}}.log",
     benchmark:
