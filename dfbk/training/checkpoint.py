@@ -100,6 +100,7 @@ def save_atomic(obj: Any, path: Path) -> Path:
     tmp = atomic_path(path)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; others in the group may read results
         os.replace(tmp, path)
     except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
         reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
@@ -107,6 +108,13 @@ def save_atomic(obj: Any, path: Path) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def file_mode() -> int:
+    """Permissions a plain `open()` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from typing import TextIO
 
 from dfbk.data.io import atomic_path
 from dfbk.errors import TrainingError
+from dfbk.training.checkpoint import file_mode
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
@@ -23,6 +24,7 @@ def write_text_atomic(path: Path, text: str) -> Path:
     tmp = atomic_path(path)
     try:
         tmp.write_text(text)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except OSError as err:
         raise TrainingError(f"{path}: cannot write ({err.strerror or err})") from err
