@@ -141,7 +141,9 @@ def biomedclip_howto(
 ) -> str:
     """How to make BiomedCLIP available on a machine without internet."""
     return (
-        "to use BiomedCLIP, on a machine with internet run "
+        "to use BiomedCLIP, run `dfbk weights biomedclip` (without internet: "
+        "`dfbk weights biomedclip --from-file <folder with the files>`), or on a machine with "
+        "internet run "
         f"`hf download {BIOMEDCLIP_ID} {' '.join(BIOMEDCLIP_FILES)}` and "
         f"`hf download {text_repo} {' '.join(TEXT_MODEL_FILES)}` "
         "(older huggingface_hub: `huggingface-cli download ...`), then copy ~/.cache/huggingface "

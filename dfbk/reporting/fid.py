@@ -44,7 +44,8 @@ def fid_unavailable_reason() -> str | None:
     if not path.exists():
         return (
             f"pytorch-fid Inception weights not found at {path} "
-            "(put pt_inception-2015-12-05-6726825d.pth in $TORCH_HOME/hub/checkpoints/)"
+            "(run `dfbk weights inception`, or put pt_inception-2015-12-05-6726825d.pth in "
+            "$TORCH_HOME/hub/checkpoints/)"
         )
     try:
         import pytorch_fid  # noqa: F401
