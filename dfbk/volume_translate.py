@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,6 +99,61 @@ def resample_planes(slices: np.ndarray, shape: tuple[int, int], mode: str) -> np
     else:
         out = F.interpolate(planes, size=shape, mode=mode)
     return out.squeeze(1).numpy()
+
+
+@dataclass
+class TrainingGrid:
+    """The axial planes with foreground, on the training spacing when it differs from the input's.
+
+    planes: (Z, X, Y) all RAS axial planes of the input; keep: indices of those with foreground;
+    work/work_fg: the kept planes (and their foreground) on the grid the model runs on.
+    """
+
+    planes: np.ndarray
+    keep: np.ndarray
+    work: np.ndarray
+    work_fg: np.ndarray
+    input_mm: tuple[float, float]
+    resampled: bool
+
+    @staticmethod
+    def plan(
+        unit_ras: np.ndarray,
+        fg_ras: np.ndarray,
+        input_mm: tuple[float, float],
+        trained_mm: list[float] | None,
+    ) -> TrainingGrid:
+        planes, fg_planes = np.moveaxis(unit_ras, 2, 0), np.moveaxis(fg_ras, 2, 0)
+        keep = np.flatnonzero(fg_planes.any(axis=(1, 2)))
+        target = planned_spacing(input_mm, trained_mm)
+        shape = planes.shape[1:]
+        if target is not None:  # same extent, the training spacing
+            pairs = zip(shape, input_mm, target, strict=True)
+            shape = tuple(max(1, round(n * i / t)) for n, i, t in pairs)
+        work = resample_planes(planes[keep], shape, "bilinear")
+        work_fg = resample_planes(fg_planes[keep].astype(np.float32), shape, "nearest-exact") > 0.5
+        work_fg |= ~work_fg.any(axis=(1, 2), keepdims=True)  # a sliver lost by resampling
+        return TrainingGrid(planes, keep, work, work_fg, input_mm, target is not None)
+
+    def back_to_input(self, pred: np.ndarray) -> np.ndarray:
+        """(len(keep), *work grid) predictions -> (Z, X, Y) on the input grid, 0 elsewhere."""
+        out = np.zeros(self.planes.shape, dtype=np.float32)
+        out[self.keep] = resample_planes(pred, self.planes.shape[1:], "bilinear")
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        fov, grid = self.planes.shape[1:], self.work.shape[1:]
+        used = [i * n / g for i, n, g in zip(self.input_mm, fov, grid, strict=True)]
+        return {
+            "slices": int(self.planes.shape[0]),
+            "translated": len(self.keep),
+            "field_of_view": [int(n) for n in fov],
+            "field_of_view_mm": [round(i * n, 1) for i, n in zip(self.input_mm, fov, strict=True)],
+            "input_spacing_mm": [round(v, 3) for v in self.input_mm],
+            "spacing_mm": [round(v, 3) for v in used],
+            "resampled": self.resampled,
+            "grid": [int(n) for n in grid],
+        }
 
 
 # ----- checkpoint and knowledge -------------------------------------------------------------
@@ -214,41 +270,27 @@ def translate_volume(
     unit_ras, back = to_ras(unit, image.affine)
     fg_ras, _ = to_ras(foreground, image.affine)
     input_mm = tuple(float(v) for v in voxel_sizes(ras_affine(image.affine, data.shape))[:2])
-    spacing = planned_spacing(input_mm, src_contract.get("spacing"))
-    planes = np.moveaxis(unit_ras, 2, 0)  # (Z, X, Y) axial planes
-    fg_planes = np.moveaxis(fg_ras, 2, 0)
-    keep = np.flatnonzero(fg_planes.any(axis=(1, 2)))
-    grid = planes.shape[1:]
-    if spacing is not None:  # the training grid: same extent, the training spacing
-        grid = tuple(
-            max(1, round(n * i / t)) for n, i, t in zip(grid, input_mm, spacing, strict=True)
-        )
-    work = resample_planes(planes[keep], grid, "bilinear")
-    work_fg = resample_planes(fg_planes[keep].astype(np.float32), grid, "nearest-exact") > 0.5
-    work_fg |= ~work_fg.any(axis=(1, 2), keepdims=True)  # a sliver lost by resampling: run all
+    grid = TrainingGrid.plan(unit_ras, fg_ras, input_mm, src_contract.get("spacing"))
 
     method = rebuild_method(payload).to(_device(device))
     tokens = _knowledge(payload, knowledge, checkpoint)
     tokens = None if tokens is None else tokens.to(method.device)
     tile = training_tile(payload)
-    seeds = slice_seeds(run_seed(payload), _subject_name(source), keep)
+    seeds = slice_seeds(run_seed(payload), _subject_name(source), grid.keep)
     desc = f"translate {payload['method']} {payload.get('direction', '')}".strip()
     with tqdm(desc=desc, unit="tile", file=sys.stderr, mininterval=2) as bar:
         try:
             pred, tiles = translate_tiled(
-                method, work, seeds, tile, max(1, batch_size), tokens, work_fg, bar.update
+                method, grid.work, seeds, tile, max(1, batch_size), tokens, grid.work_fg, bar.update
             )
         except NonFiniteOutput as err:
             raise non_finite_error(checkpoint, str(source), err) from err
     check_finite(pred, checkpoint, str(source))
-    out_planes = np.zeros(planes.shape, dtype=np.float32)
-    out_planes[keep] = resample_planes(pred, planes.shape[1:], "bilinear")
-    volume = apply_orientation(np.moveaxis(out_planes, 0, 2), back)
+    volume = apply_orientation(np.moveaxis(grid.back_to_input(pred), 0, 2), back)
     if is_ct(tgt_contract["modality"]):
         volume = ct_to_hu(volume)
     header = _output_header(image, payload)
     write_nifti(np.ascontiguousarray(volume, dtype=np.float32), image.affine, output, header=header)
-    used_mm = tuple(i * n / g for i, n, g in zip(input_mm, planes.shape[1:], grid, strict=True))
     return {
         "output": str(output),
         "method": payload["method"],
@@ -256,17 +298,8 @@ def translate_volume(
         "source_modality": src_contract["modality"],
         "target_modality": tgt_contract["modality"],
         "orientation": "".join(nib.aff2axcodes(image.affine)),
-        "slices": int(planes.shape[0]),
-        "translated": len(keep),
-        "field_of_view": [int(n) for n in planes.shape[1:]],
-        "field_of_view_mm": [
-            round(i * n, 1) for i, n in zip(input_mm, planes.shape[1:], strict=True)
-        ],
-        "input_spacing_mm": [round(v, 3) for v in input_mm],
-        "spacing_mm": [round(v, 3) for v in used_mm],
-        "resampled": spacing is not None,
+        **grid.describe(),
         "training_spacing_recorded": bool(src_contract.get("spacing")),
-        "grid": [int(n) for n in grid],
         "tile": [int(n) for n in tile],
         "tiles": int(tiles),
         "device": str(method.device),
