@@ -340,7 +340,11 @@ EPILOG = """\
 The checkpoint alone rebuilds the model and says how to normalise the input (its data
 contract). Any voxel orientation works (LPS, permuted axes...): slicing happens in RAS+ and the
 result is written back on the input's grid with its affine and header. MR output is in [0, 1];
-a CT target is written in Hounsfield units.
+a CT target is written in Hounsfield units. The whole field of view is translated: each axial
+slice with foreground is covered by overlapping tiles of the training size, blended with a
+Gaussian weight (no seams); a checkpoint that records its training spacing gets the input
+resampled to it and back. The summary line names the field of view, spacing and tiles. The
+batch size changes speed only: each slice's noise comes from (run seed, file name, slice).
 
 example:
   dfbk translate --checkpoint results/train/brats2023/t1n-to-t2w/dfbk/seed-0/model.pt \\
@@ -383,7 +387,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--mask", type=Path, help="foreground mask for MR percentiles (default: nonzero)"
     )
-    p.add_argument("--batch-size", type=int, default=16, help="slices per batch (default 16)")
+    p.add_argument("--batch-size", type=int, default=16, help="tiles per batch (default 16)")
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1")
     p.add_argument("--knowledge", type=Path, help="knowledge file replacing the checkpoint's own")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
