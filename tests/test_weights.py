@@ -216,3 +216,25 @@ def test_fetch_weights_rule_passes_dest_and_from_dir(tmp_path):
     assert "--dest resources/weights --from-file '/media/usb stick'" in vit
     inception = next(line for line in shells if "weights inception" in line)
     assert "--dest" not in inception and "--receipt results/weights/inception.json" in inception
+
+
+def test_converted_vit_is_what_resvits_paper_preset_loads(monkeypatch, tmp_path):
+    """convert_vit_npz writes timm's vit_base_r50_s16_224 layout; ResViT's paper ViT takes its
+    blocks, its 1x1 patch embedding over 1024 channels and its 14x14 position grid (resampled).
+    timm's `.npz` reader itself is stubbed here: the real file is a 400 MB download."""
+    import torch
+    from timm.models.vision_transformer import VisionTransformer
+
+    from dfbk.methods.registry import build_method
+
+    monkeypatch.setattr(VisionTransformer, "load_pretrained", lambda self, path, prefix="": None)
+    out = weights.convert_vit_npz(tmp_path / weights.VIT_NPZ, tmp_path / weights.VIT_SAFETENSORS)
+    from safetensors.torch import load_file
+
+    state = load_file(str(out))
+    method = build_method("resvit", "paper", {"vit_weights": str(out)}, module="baselines.resvit")
+    described = method.describe()
+    assert described["patch_embed"] == "loaded"
+    assert described["pos_embed"] == "loaded (14x14 -> 16x16)"
+    vit = method.generator.vit.state_dict()
+    assert all(torch.equal(value, state[key]) for key, value in vit.items())
