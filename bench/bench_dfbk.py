@@ -9,8 +9,15 @@ Measures, in one run on this machine (CUDA if available, else CPU):
 - the Haar DWT+IDWT round trip of dfbk/networks/wavelets.py ("conv") vs pytorch_wavelets.
 The two methods' steps are interleaved so that load from other processes hits both alike.
 Prints a table with DFBK/ResShift ratios (aim: <= 1.3x per training step) and the machine.
+Knowledge is 108 text-token slots of width 768 with a padding mask (BiomedCLIP's size).
+
+`--capacity` prints instead, for every ablation row at `paper` (256x256, its batch of 16):
+trainable parameters, + % over resshift, and forward+backward TFLOPs per training step, for
+BiomedCLIP knowledge (768-d text + 197 image tokens) and the MiniLM fallback (384-d text), plus
+the frozen image tower's forward FLOPs (dfbk/networks/capacity.py; meta device, no weights).
 
     python bench/bench_dfbk.py --quick     # ~3 minutes on 1 CPU thread
+    python bench/bench_dfbk.py --capacity  # ~2 minutes on 1 CPU thread
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from collections.abc import Callable
 import torch
 
 from dfbk.methods import Batch, build_method
-from dfbk.methods.base import count_parameters
+from dfbk.methods.base import Knowledge, count_parameters
+from dfbk.networks import capacity
 
 METHODS = ("resshift", "dfbk")
 
@@ -49,13 +57,16 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, float]
 def make_batch(batch: int, size: int, knowledge_dim: int, device: torch.device) -> Batch:
     g = torch.Generator().manual_seed(0)
     source = torch.rand(batch, 1, size, size, generator=g)
-    knowledge = torch.randn(4, knowledge_dim, generator=g)
+    slots = capacity.TEXT_TOKENS  # 4 prompts x 27 token slots, the shorter ones padded
+    mask = torch.arange(slots) % 27 < torch.tensor([27, 23, 22, 27]).repeat_interleave(27)
+    knowledge = Knowledge(torch.randn(slots, knowledge_dim, generator=g), mask)
     return Batch(source, 1 - source, torch.ones_like(source), knowledge).to(device)
 
 
 def build(name: str, preset: str, device: torch.device):
     torch.manual_seed(0)
-    method = build_method(name, preset).to(device)
+    overrides = {"knowledge_dim": 768, "visual_knowledge": "off"} if name != "resshift" else {}
+    method = build_method(name, preset, overrides).to(device)
     method.amp = device.type == "cuda"  # as the trainer does: bf16 autocast on GPU
     return method
 
@@ -65,7 +76,7 @@ def bench_training(
 ) -> dict:
     """Median seconds per training step for each method, steps interleaved after warm-up."""
     methods = {name: build(name, preset, device) for name in METHODS}
-    data = make_batch(batch, size, 512, device)
+    data = make_batch(batch, size, 768, device)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in METHODS}
     for step in range(warmup + steps):
         for name, method in methods.items():
@@ -86,7 +97,7 @@ def bench_training(
 def bench_sampling(preset: str, size: int, batch: int, nfe: int | None, device: torch.device):
     """Seconds per sampled slice: a full `translate`, or `nfe` network evaluations scaled to T."""
     result = {}
-    data = make_batch(batch, size, 512, device)
+    data = make_batch(batch, size, 768, device)
     t = torch.zeros(batch, dtype=torch.long, device=device)
     y = data.source * 2 - 1
     for name in METHODS:
@@ -120,26 +131,37 @@ def bench_haar(shape: tuple[int, ...], repeats: int, device: torch.device) -> di
 
 
 def training_flops(preset: str, size: int) -> dict[str, float]:
-    """Forward+backward FLOPs per slice (matmuls and convolutions), counted on the meta device.
+    """Forward+backward FLOPs per slice, counted on the meta device (dfbk/networks/capacity.py).
 
     Costs nothing to run, so the 256x256 paper networks are compared even where a CPU cannot
     afford one of their steps.
     """
-    from torch.utils.flop_counter import FlopCounterMode
+    return {
+        name: capacity.training_flops(capacity.network_hparams(name, preset, 768), size, 1)
+        for name in METHODS
+    }
 
-    from dfbk.methods.registry import get_method_class
-    from dfbk.networks.swin_unet import SwinUNet, SwinUNetConfig
 
-    flops = {}
-    for name in METHODS:
-        hparams = get_method_class(name).PRESETS[preset]
-        with torch.device("meta"):
-            net = SwinUNet(SwinUNetConfig.from_hparams(hparams))
-            x, t = torch.randn(1, 2, size, size), torch.zeros(1, dtype=torch.long)
-            with FlopCounterMode(display=False) as counter:
-                net(x, t, torch.randn(4, hparams.get("knowledge_dim", 512))).sum().backward()
-        flops[name] = float(counter.get_total_flops())
-    return flops
+def print_capacity() -> None:
+    """Parameters and training FLOPs per step of every ablation row at `paper`, 256x256."""
+    from dfbk.methods.dfbk import ABLATIONS
+
+    names = ["resshift", *ABLATIONS]
+    for knowledge_dim, visual_dim, label in (
+        (768, 768, "BiomedCLIP knowledge: 768-d text tokens + 197 image tokens per slice"),
+        (384, 0, "MiniLM fallback: 384-d text tokens, no image tokens"),
+    ):
+        print(f"\n{label} (paper, 256x256, batch 16)")
+        print(f"  {'method':16} {'parameters':>13} {'vs resshift':>11} {'TFLOP/step':>11} ratio")
+        rows = capacity.ablation_capacity(names, "paper", 256, knowledge_dim, visual_dim)
+        for row in rows:
+            ratio = row["train_flops_per_step"] / rows[0]["train_flops_per_step"]
+            print(
+                f"  {row['method']:16} {row['n_parameters']:13,d} {100 * row['vs_first']:+10.1f}% "
+                f"{row['train_flops_per_step'] / 1e12:11.2f} {ratio:6.3f}"
+            )
+    tower = capacity.vision_tower_flops(16)
+    print(f"\nfrozen BiomedCLIP image tower (ViT-B/16, 224x224): {tower / 1e12:.2f} TFLOP/step")
 
 
 def machine(device: torch.device) -> str:
@@ -170,8 +192,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer steps; about 3 min on CPU")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--paper-size", type=int, help="slice size for `paper` (default 256)")
+    parser.add_argument(
+        "--capacity", action="store_true", help="only parameters and FLOPs of every ablation row"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.capacity:
+        print_capacity()
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     print(f"machine: {machine(device)}")
     rows = []
