@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -215,7 +216,7 @@ def second_trainer(ws: Workspace) -> str:
     )
     try:
         deadline = time.monotonic() + 120
-        while not any(folder.iterdir()) and time.monotonic() < deadline:
+        while not (folder.is_dir() and any(folder.iterdir())) and time.monotonic() < deadline:
             expect(first.poll() is None, f"first trainer ended early ({first.returncode})")
             time.sleep(0.5)
         time.sleep(2)
@@ -229,34 +230,48 @@ def second_trainer(ws: Workspace) -> str:
             first.kill()
 
 
-@case("3", "a trainer whose parent (Snakemake) is killed stops")
+@case("3", "a trainer whose Snakemake is killed stops")
 def orphan_trainer(ws: Workspace) -> str:
     store, split = ws.store
     folder = ws.path("orphan")
-    pid_file = folder / "trainer.pid"
-    command = (
-        f"{DFBK} train phantom t1n-to-t2w pix2pix --overrides "
-        f"""'{{"steps": 100000, "batch_size": 2}}' --store '{store}' --split '{split}' """
-        f"--out-dir '{folder}/out' --checkpoint-dir '{folder}/checkpoints' --device cpu "
-        f"--threads 1 & echo $! > '{pid_file}'; wait"
+    pids = folder / "pids"
+    overrides = json.dumps({"steps": 100000, "batch_size": 2})
+    train = (
+        f"{DFBK} train phantom t1n-to-t2w pix2pix --overrides {shlex.quote(overrides)} "
+        f"--store {shlex.quote(str(store))} --split {shlex.quote(str(split))} --device cpu "
+        f"--out-dir out --checkpoint-dir checkpoints --threads 1"
     )
-    parent = subprocess.Popen(["bash", "-c", command], start_new_session=True)
-    deadline = time.monotonic() + 30
-    while not pid_file.exists() or not pid_file.read_text().strip():
+    shell = f"{train} > train.log 2>&1 & echo $$ $! > pids; wait"
+    shell = shell.replace("{", "{{").replace("}", "}}")  # Snakemake formats shell strings
+    (folder / "Snakefile").write_text(
+        f'rule train:\n    output: "out/model.pt"\n    shell: {json.dumps(shell)}\n'
+    )
+    command = [str(BIN / "snakemake"), "--snakefile", str(folder / "Snakefile"), "--cores", "1"]
+    command += ["--directory", str(folder), "--workflow-profile", "none"]
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    workflow = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not pids.exists() or len(pids.read_text().split()) < 2:
+        expect(workflow.poll() is None, f"snakemake ended early ({workflow.returncode})")
         expect(time.monotonic() < deadline, "trainer did not start")
-        time.sleep(0.2)
-    trainer = int(pid_file.read_text())
-    time.sleep(8)  # past start-up, into training
-    parent.kill()
-    parent.wait()
-    for _ in range(40):
-        try:
-            os.kill(trainer, 0)
-        except ProcessLookupError:
-            return "trainer ended within seconds of its parent's SIGKILL"
         time.sleep(0.5)
-    os.kill(trainer, signal.SIGKILL)
-    raise Unhandled("trainer still running 20 s after its parent was killed (killed it now)")
+    shell, trainer = map(int, pids.read_text().split())
+    time.sleep(10)  # past start-up, into training
+    workflow.kill()  # what a killed Snakemake looks like to its jobs
+    workflow.wait()
+    try:
+        for _ in range(60):
+            try:
+                os.kill(trainer, 0)
+            except ProcessLookupError:
+                return "the trainer stopped within seconds of Snakemake's SIGKILL"
+            time.sleep(0.5)
+        raise Unhandled("trainer still running 30 s after Snakemake was killed")
+    finally:
+        for pid in (trainer, shell):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @case("4", "negative steps are refused naming the key")
@@ -291,8 +306,11 @@ def nan_checkpoint(ws: Workspace) -> str:
             return type(value)(poison(v) for v in value)
         return value
 
-    bad = ws.path("nan_ckpt") / "model.pt"
-    torch.save(poison(torch.load(ws.model, map_location="cpu", weights_only=True)), bad)
+    from dfbk.training.checkpoint import HASH_KEY, load_checkpoint, save_atomic
+
+    payload = poison(load_checkpoint(ws.model))
+    payload.pop(HASH_KEY, None)  # a checkpoint saved with NaN weights: its hash is valid
+    bad = save_atomic(payload, ws.path("nan_ckpt") / "model.pt")
     store, split = ws.store
     out = ws.root / "nan_ckpt" / "predictions"
     line = one_line_error(dfbk("predict", bad, store, split, out, "--device", "cpu"), "predict")
