@@ -125,6 +125,15 @@ def test_model_refuses_a_split_or_store_it_was_not_trained_with(phantom_store, f
         check_fingerprint(payload, copy, split, model)
 
 
+def test_a_previous_stage_trained_on_another_split_is_refused(phantom_store, finished, tmp_path):
+    split = other_split(phantom_store, tmp_path)
+    spec = spec_for(
+        phantom_store, tmp_path, split_path=split, init_from=finished.out_dir / "model.pt"
+    )
+    with pytest.raises(DataError, match=r"model\.pt: trained on other data .*split_sha256"):
+        Trainer(spec)
+
+
 # ----- items 5 and 8: corrupt and malicious files ---------------------------------------------
 def test_flipped_bytes_are_refused_naming_the_file(finished, tmp_path):
     path = tmp_path / "model.pt"
