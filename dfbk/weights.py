@@ -215,7 +215,10 @@ def _copy_verified(source: Path, dest: Path, sha256: str | None, size: int | Non
     problem = verify(part, {"sha256": sha256} if sha256 else None, size)
     if problem is not None:
         part.unlink()
-        raise WeightsError(f"{source}: {problem}; not the published file")
+        raise WeightsError(
+            f"{source}: {problem}; not the published file (or not the one recorded in "
+            f"{LOCK_NAME} at the first download)"
+        )
     os.replace(part, dest)
 
 
