@@ -7,6 +7,7 @@ import sys
 from dfbk.tracking.store import default_tracking_uri, missing_runs
 
 TRACKING_FLAG = f"{RESULTS}/tracking/imported.json"
+TRACKING_REPORTED = []
 
 
 def tracking_uri():
@@ -22,7 +23,8 @@ def tracking_flag_checked(wildcards):
     run nothing is removed; the message says what a real run will do.
     """
     missing = missing_runs(Path(TRACKING_FLAG), tracking_uri())
-    if missing:
+    if missing and not TRACKING_REPORTED:
+        TRACKING_REPORTED.append(len(missing))  # Snakemake may evaluate this more than once
         action = "a run without -n re-imports them" if workflow.dryrun else "re-importing"
         print(
             f"MLflow store {tracking_uri()} lacks {len(missing)} run(s) listed in "
