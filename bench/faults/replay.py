@@ -258,6 +258,10 @@ def orphan_trainer(ws: Workspace) -> str:
         time.sleep(0.5)
     shell, trainer = map(int, pids.read_text().split())
     time.sleep(10)  # past start-up, into training
+    try:
+        os.kill(trainer, 0)
+    except ProcessLookupError:
+        raise Unhandled(f"the trainer ended by itself; see {folder / 'train.log'}") from None
     workflow.kill()  # what a killed Snakemake looks like to its jobs
     workflow.wait()
     try:
