@@ -195,3 +195,44 @@ def test_conda_files_install_the_package_under_the_lock(path):
     pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
     assert any(p.startswith("-c ") and p.endswith("requirements/constraints.txt") for p in pip)
     assert any(p.startswith("-e ") for p in pip)
+
+
+FAKE_APPTAINER = textwrap.dedent(
+    """\
+    #!/bin/bash
+    # Stand-in for apptainer: logs each call and runs the job's command on the host.
+    echo "$@" >> "$FAKE_APPTAINER_LOG"
+    if [ "$1" = "--version" ]; then echo "apptainer version 1.3.4"; exit 0; fi
+    while [ "$#" -gt 2 ]; do shift; done    # ... IMAGE bash -c CMD: keep `-c CMD`
+    exec bash "$@"
+    """
+)
+
+
+def test_sdm_apptainer_runs_each_job_in_the_configured_image(tmp_path):
+    """`--sdm apptainer` wraps every job in `apptainer exec <config container> bash -c ...`."""
+    fake_bin = tmp_path / "fakebin"
+    fake_bin.mkdir()
+    (fake_bin / "apptainer").write_text(FAKE_APPTAINER)
+    (fake_bin / "apptainer").chmod(0o755)
+    (tmp_path / "containers").mkdir()
+    (tmp_path / "containers" / "dfbk.sif").write_bytes(b"")  # a local image: never pulled
+    config = {
+        "datasets": {
+            "phantom": {"directions": ["t1n-to-t2w"], "phantom": {"subjects": 3, "voxel_mm": 8.0}}
+        },
+        "methods": {"pix2pix": {"preset": "tiny"}},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    log = tmp_path / "apptainer.log"
+    env = {**os.environ, "PATH": f"{fake_bin}:{BIN}:{os.environ['PATH']}"}
+    env.update(FAKE_APPTAINER_LOG=str(log), HF_HUB_OFFLINE="1")
+    command = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--configfile"]
+    command += ["config.yaml", "--sdm", "apptainer", "--cores", "1", "resources/raw/phantom"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    calls = [line for line in log.read_text().splitlines() if " exec " in f" {line} "]
+    assert len(calls) == 1 and " containers/dfbk.sif bash -c " in calls[0], calls
+    assert "dfbk phantom resources/raw/phantom " in calls[0] and "--subjects 3 " in calls[0]
+    subjects = (tmp_path / "resources" / "raw" / "phantom").glob("phantom-*")
+    assert len([p for p in subjects if p.is_dir()]) == 3
