@@ -235,3 +235,29 @@ def test_unpaired_partners_come_from_another_subject_at_a_similar_level(phantom_
             assert s1 != s2
             assert abs(r1 - r2) <= (PARTNER_WINDOW + 0.5) / (n - 1) + 1e-9
     assert np.array_equal(batcher.unpaired_indices(2), batcher.unpaired_indices(2))
+
+
+def test_flops_are_counted_through_autograd_grad_as_torch_counts_them():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dfbk.training.flops import counted
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+    x = torch.randn(2, 1, 16, 16)
+
+    def plain_step():
+        return conv(x).square().sum()
+
+    def r1_step():  # SynDiff's R1 penalty: a gradient of the output w.r.t. the input
+        real = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(conv(real).sum(), real, create_graph=True)
+        return grad.square().sum()
+
+    with FlopCounterMode(display=False) as reference:
+        expected = plain_step()
+    value, flops = counted(plain_step)
+    assert flops == reference.get_total_flops() == 2 * 2 * 8 * 16 * 16 * 9
+    assert torch.equal(value, expected)
+    value, flops = counted(r1_step)  # FlopCounterMode's module hooks raise here
+    assert flops > 0 and torch.equal(value, r1_step())

@@ -24,7 +24,6 @@ from typing import Any
 
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from dfbk.data.loader import SliceBatcher
@@ -35,6 +34,7 @@ from dfbk.knowledge.cache import load_knowledge
 from dfbk.methods.base import Knowledge, count_parameters
 from dfbk.methods.registry import build_method, get_method_class
 from dfbk.training import checkpoint as ckpt
+from dfbk.training.flops import counted
 from dfbk.training.guard import FolderLock, stop_with_workflow
 from dfbk.training.logfile import append_line, flush_log, truncate_log, write_text_atomic
 from dfbk.training.seeding import rng_state, seed_everything, set_rng_state
@@ -311,9 +311,7 @@ class Trainer:
         if self.spec.knowledge is not None:
             batch.knowledge = self.spec.knowledge.to(self.device)
         if self.step == 0 and self.flops is None:  # the real step, counted (same numerics)
-            with FlopCounterMode(display=False) as counter:
-                losses = self.method.training_step(batch, self.step)
-            self.flops = int(counter.get_total_flops())
+            losses, self.flops = counted(lambda: self.method.training_step(batch, 0))
         else:
             losses = self.method.training_step(batch, self.step)
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
