@@ -92,3 +92,16 @@ def test_loader_supply_and_derived_demand(tmp_path):
 def test_dag_bench_reads_the_job_total():
     output = "Job stats:\njob      count\n-----  -------\nall          1\ntotal      574\n"
     assert bench("bench_dag")._total_jobs(output) == 574
+
+
+def test_flops_are_counted_through_a_gradient_penalty():
+    """SynDiff's step 0 takes torch.autograd.grad (R1); the module tracker would fail there."""
+    from dfbk.methods import build_method
+
+    gpu = bench("bench_gpu")
+    torch.manual_seed(0)
+    method = build_method("syndiff", "tiny", {"batch_size": 1})
+    batch = gpu.make_batch(method, 64, torch.device("cpu"), tokens=4)
+    with gpu.flop_counter() as counter:
+        method.training_step(batch, 0)
+    assert counter.get_total_flops() > 0
