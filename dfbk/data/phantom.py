@@ -201,7 +201,7 @@ def _lesion_site(tissues: dict, rng: np.random.Generator, voxel_mm: float, depth
     return np.array(np.unravel_index(rng.choice(candidates), depth.shape))
 
 
-SULCUS_WIDTH_MM = (0.8, 1.5)  # CSF-filled sulcal gap between the grey-matter banks
+SULCUS_WIDTH_MM = (0.5, 1.0)  # CSF-filled sulcal gap between the grey-matter banks
 SULCUS_SPACING_MM = 9.0  # correlation length of the field whose zero set draws the sulci
 CORTEX_DEPTH_MM = 18.0  # sulci are cut into grey matter no deeper than this below the surface
 
@@ -352,6 +352,7 @@ def make_phantom_subject(
     head: bool = True,
     extent_mm: tuple[float, float, float] | None = None,
     resolution: dict[str, tuple[float, float, float]] | None = None,
+    snr: tuple[float, float] = (20.0, 40.0),
 ) -> PhantomSubject:
     """Synthesise subject `index` of the phantom for `seed` at isotropic `voxel_mm` (mm).
 
@@ -362,7 +363,8 @@ def make_phantom_subject(
     texture and lobulated, heterogeneous lesions (the dataset-shaped phantoms of
     `dfbk.data.phantom_layouts` use it). `head=False` leaves out skull and scalp; `extent_mm`
     sets the field of view (default: the head plus a margin of air); `resolution` gives
-    modalities acquired coarser than the grid (modality -> FWHM per axis in mm).
+    modalities acquired coarser than the grid (modality -> FWHM per axis in mm); `snr` the range
+    of each sequence's white-matter signal-to-noise ratio.
     """
     _check_lesion(lesion)
     if not (np.isfinite(voxel_mm) and 0.5 <= voxel_mm <= 10.0):
@@ -373,7 +375,9 @@ def make_phantom_subject(
     template = _template(float(voxel_mm), extent)
     tissues = _anatomy(template, anatomy_rng, lesion_rng, float(voxel_mm), lesion, structure, head)
     texture = texture_fields(texture_rng, template.gm.shape, float(voxel_mm)) if structure else None
-    images = render_images(tissues, acquisition_rng, texture, resolution, float(voxel_mm))
+    images = render_images(
+        tissues, acquisition_rng, texture, resolution, float(voxel_mm), tuple(snr)
+    )
     return PhantomSubject(
         name=f"phantom-{index:03d}",
         images={modality: images[modality] for modality in PHANTOM_MODALITIES},

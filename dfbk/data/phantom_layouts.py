@@ -55,6 +55,13 @@ def _slab(rng: np.random.Generator, orientations: tuple[str, ...], lo: float, hi
     return tuple(fwhm)
 
 
+# White-matter SNR of one sequence at 3 T; a 1.5 T scan has about half (signal scales with the
+# field). BraTS pools 1.5 T and 3 T scanners of many institutions (Bakas et al. 2017), so each
+# BraTS-like subject is drawn at one of the two.
+SNR_3T: tuple[float, float] = (20.0, 40.0)
+SNR_15T: tuple[float, float] = (10.0, 20.0)
+
+
 def brats_resolution(rng: np.random.Generator) -> Resolution:
     """Acquired resolution of each BraTS sequence (ranges of Bakas et al. 2017)."""
     return {
@@ -85,6 +92,7 @@ class Layout:
     extent_mm: tuple[float, float, float] | None
     resolution: Callable[[np.random.Generator], Resolution] | None
     subject_name: Callable[[int], str]
+    field_strengths: tuple[str, ...] = ("3T",)  # drawn per subject: "1.5T" or "3T"
 
 
 def _synthrad_name(index: int) -> str:
@@ -99,6 +107,7 @@ LAYOUT_SPECS: dict[str, Layout] = {
         (240.0, 240.0, 155.0),
         brats_resolution,
         lambda i: f"BraTS-GLI-{i:05d}-000",
+        ("1.5T", "3T"),
     ),
     "isles2015": Layout(
         "isles2015",
@@ -125,15 +134,16 @@ def make_layout_subject(
     """Subject `index` of the `layout` phantom, in RAS arrays (written LPS where the data are).
 
     Skull-stripped layouts have every image set to 0 outside the brain, as the real data are;
-    the acquisition geometry is drawn from its own stream (`default_rng([seed, index, 1])`).
+    the acquisition geometry and field strength are drawn from their own stream
+    (`default_rng([seed, index, 1])`).
     """
     spec = layout_spec(layout)
     lesion = spec.lesions[0] if lesion is None else lesion
     if lesion not in spec.lesions:
         raise ValueError(f"{layout} phantom: lesion {lesion!r} not one of {spec.lesions}")
-    resolution = (
-        spec.resolution(np.random.default_rng([seed, index, 1])) if spec.resolution else None
-    )
+    geometry = np.random.default_rng([seed, index, 1])
+    resolution = spec.resolution(geometry) if spec.resolution else None
+    field = str(geometry.choice(spec.field_strengths))
     subject = make_phantom_subject(
         index,
         seed,
@@ -143,6 +153,7 @@ def make_layout_subject(
         head=spec.head,
         extent_mm=spec.extent_mm,
         resolution=resolution,
+        snr=SNR_15T if field == "1.5T" else SNR_3T,
     )
     subject.name = spec.subject_name(index)
     if not spec.head:

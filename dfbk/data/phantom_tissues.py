@@ -161,12 +161,11 @@ def _linear_weights(size_in: int, size_out: int) -> np.ndarray:
 
 # Tissue texture: relative SD of the voxel-wise (T1, T2, ADC) and PD variation of each tissue
 # around its subject value. Healthy tissue varies by a few percent (myelin and iron content,
-# cortical layers; T1/T2 maps of normal white matter scatter by 3-5%, Stanisz 2005); tumour and
-# infarct are heterogeneous (necrosis, cysts, haemorrhage), so lesions vary more. CSF and air
-# are homogeneous.
+# cortical layers), relaxation more than water content; tumour and infarct are heterogeneous
+# (necrosis, cysts, haemorrhage), so lesions vary more. CSF and air are homogeneous.
 TEXTURE_SD: dict[str, tuple[float, float]] = {
-    "gm": (0.04, 0.02),
-    "wm": (0.04, 0.02),
+    "gm": (0.06, 0.01),
+    "wm": (0.06, 0.01),
     "bone": (0.05, 0.03),
     "fat": (0.03, 0.02),
     "skin": (0.04, 0.02),
@@ -263,6 +262,7 @@ def render_images(
     texture: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     resolution: dict[str, tuple[float, float, float]] | None = None,
     voxel_mm: float = 1.0,
+    snr: tuple[float, float] = (20.0, 40.0),
 ) -> dict[str, np.ndarray]:
     """Images of all modalities from tissue fractions, with subject-level property jitter.
 
@@ -270,7 +270,8 @@ def render_images(
     then Rician noise |S + n1 + i n2| at SNR 20-40 (relative to white matter). CT: partial-volume
     sum of HU with a smooth 700-1500 HU bone density, plus Gaussian noise of 3-8 HU. `texture`
     (from `texture_fields`) varies each tissue's properties voxel by voxel around its value;
-    `resolution` (modality -> acquired FWHM per axis, mm) blurs a sequence before its noise.
+    `resolution` (modality -> acquired FWHM per axis, mm) blurs a sequence before its noise;
+    `snr` is the range the white-matter SNR of each sequence is drawn from.
     """
     table = tissue_table()
     population = {m: mr_signal(table, SEQUENCES[m]) for m in SEQUENCES}
@@ -300,7 +301,7 @@ def render_images(
             clean = blurred.ravel().astype(np.float32)
         log_bias = smooth_noise(rng, shape, max(shape) / 2.0).ravel()
         clean *= np.exp(rng.uniform(0.1, 0.2) * log_bias / np.abs(log_bias).max())
-        sigma = gain * population[modality][wm] / rng.uniform(20.0, 40.0)
+        sigma = gain * population[modality][wm] / rng.uniform(*snr)
         real = clean + sigma * rng.standard_normal(clean.shape, dtype=np.float32)
         imag = sigma * rng.standard_normal(clean.shape, dtype=np.float32)
         images[modality] = np.hypot(real, imag).reshape(shape).astype(np.float32)
