@@ -322,23 +322,23 @@ def test_default_tracking_uri_honours_env(monkeypatch, tmp_path):
 
 
 def test_long_curves_are_window_means_with_at_most_the_cap():
-    from dfbk.tracking.mlflow_import import _window_means
+    from dfbk.tracking.files import window_means
 
     rows = [{"step": i, "time": float(i), "loss": float(i)} for i in range(2500)]
-    merged = _window_means(rows, 1000)
+    merged = window_means(rows, 1000)
     assert len(merged) <= 1000
     assert merged[0] == {"step": 2, "time": 2.0, "loss": 1.0}  # mean of steps 0, 1, 2
     assert merged[-1]["step"] == 2499
-    assert _window_means(rows[:10], 1000) == rows[:10]
+    assert window_means(rows[:10], 1000) == rows[:10]
 
 
 def test_resumed_log_keeps_the_last_pass(tmp_path):
     """A trainer resumed from step 20 rewrites steps 20-40: one point per step, the later ones."""
-    from dfbk.tracking.mlflow_import import _last_pass
+    from dfbk.tracking.files import last_pass
 
     rows = [{"step": s, "loss": 1.0} for s in (0, 10, 20, 30, 40)]
     rows += [{"step": s, "loss": 2.0} for s in (20, 30, 40, 50)]
-    kept, restarts = _last_pass(rows)
+    kept, restarts = last_pass(rows)
     assert [r["step"] for r in kept] == [0, 10, 20, 30, 40, 50]
     assert [r["loss"] for r in kept] == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]
     assert restarts == [20]

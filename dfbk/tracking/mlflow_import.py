@@ -38,14 +38,11 @@ the store, not a traceback.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
 import logging
-import math
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +56,14 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
 from dfbk.errors import DataError
+from dfbk.tracking.files import (
+    finite,
+    last_pass,
+    read_json,
+    read_jsonl,
+    window_means,
+    write_json_atomic,
+)
 from dfbk.tracking.store import (
     DATA_SHA_TAG,
     bound_http_retries,
@@ -120,57 +125,6 @@ class _RunInputs:
     log_restarts: list[int] = field(default_factory=list)  # steps where a new pass began
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """Read a JSON object, failing with a message that names the file."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing") from None
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error})") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object")
-    return data
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read one JSON object per line; blank lines are skipped (an empty log is allowed)."""
-    if not path.is_file():
-        raise DataError(f"{path}: missing (write an empty file for methods without training)")
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not valid JSON ({error})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
-            raise DataError(f"{path}:{number}: expected an object with an integer 'step'")
-        rows.append(row)
-    return rows
-
-
-def _last_pass(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[int]]:
-    """Rows with strictly rising steps, later passes replacing earlier ones; and restart steps.
-
-    A row whose step is not above the last kept step begins a new pass (a resumed or second
-    trainer): kept rows from that step on belong to an abandoned pass and are dropped.
-    """
-    kept: list[dict[str, Any]] = []
-    steps: list[int] = []
-    restarts: list[int] = []
-    for row in rows:
-        step = row["step"]
-        if steps and step <= steps[-1]:
-            restarts.append(step)
-            cut = bisect.bisect_left(steps, step)
-            del kept[cut:], steps[cut:]
-        kept.append(row)
-        steps.append(step)
-    return kept, restarts
-
-
 def _sha256(named_files: Iterable[tuple[str, Path]]) -> str:
     """Hash of file names and contents (plus the import format), order-sensitive."""
     digest = hashlib.sha256(f"dfbk-import-{IMPORT_FORMAT}\n".encode())
@@ -184,7 +138,7 @@ def _load_inputs(train_dir: Path, eval_dir: Path, figures: Sequence[Path]) -> _R
     """Read a run's files, check run.json and metrics.json describe the same run, hash them."""
     run_path, log_path = train_dir / "run.json", train_dir / "train_log.jsonl"
     metrics_path = eval_dir / "metrics.json"
-    run, metrics = _read_json(run_path), _read_json(metrics_path)
+    run, metrics = read_json(run_path), read_json(metrics_path)
     for name in _RUN_FIELDS:
         if name not in run:
             raise DataError(f"{run_path}: missing key {name!r}")
@@ -200,7 +154,7 @@ def _load_inputs(train_dir: Path, eval_dir: Path, figures: Sequence[Path]) -> _R
     for path, _ in artifacts:
         if not path.is_file():
             raise DataError(f"{path}: figure or artifact missing")
-    train_log, restarts = _last_pass(_read_jsonl(log_path))
+    train_log, restarts = last_pass(read_jsonl(log_path))
     if restarts:
         _logger.warning(
             "%s: steps go back %d time(s) (at steps %s): a resumed or second trainer wrote it; "
@@ -260,11 +214,6 @@ def _params(inputs: _RunInputs) -> list[Param]:
     return [Param(key, value) for key, value in flat.items()]
 
 
-def _finite(value: Any) -> bool:
-    """True for real numbers MLflow can store faithfully (NaN/Inf are skipped, not mangled)."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _curve_metrics(inputs: _RunInputs) -> list[Metric]:
     """One point per loss per logged step; ``time`` (seconds) places the point in wall time.
 
@@ -272,40 +221,20 @@ def _curve_metrics(inputs: _RunInputs) -> list[Metric]:
     the start is estimated as the end of training (run.json's mtime) minus ``wall_seconds``.
     """
     wall = inputs.run.get("wall_seconds")
-    start_ms = inputs.train_end_ms - int(1000 * wall if _finite(wall) else 0)
+    start_ms = inputs.train_end_ms - int(1000 * wall if finite(wall) else 0)
     metrics = []
-    for row in _window_means(inputs.train_log, MAX_CURVE_POINTS):
+    for row in window_means(inputs.train_log, MAX_CURVE_POINTS):
         elapsed = row.get("time")
-        if not _finite(elapsed):
+        if not finite(elapsed):
             timestamp = start_ms
         elif elapsed > 1e9:
             timestamp = int(elapsed * 1000)
         else:
             timestamp = start_ms + int(elapsed * 1000)
         for name, value in row.items():
-            if name not in ("step", "time") and _finite(value):
+            if name not in ("step", "time") and finite(value):
                 metrics.append(Metric(name, float(value), timestamp, row["step"]))
     return metrics
-
-
-def _window_means(rows: list[dict[str, Any]], max_points: int) -> list[dict[str, Any]]:
-    """Rows averaged over consecutive windows so at most `max_points` remain.
-
-    Each window is reported at its last step and time; short logs pass through unchanged.
-    """
-    if len(rows) <= max_points:
-        return rows
-    size = -(-len(rows) // max_points)  # ceil
-    merged = []
-    for start in range(0, len(rows), size):
-        window = rows[start : start + size]
-        out = {"step": window[-1]["step"], "time": window[-1].get("time")}
-        for name in {k for row in window for k in row} - {"step", "time"}:
-            values = [row[name] for row in window if _finite(row.get(name))]
-            if values:
-                out[name] = sum(values) / len(values)
-        merged.append(out)
-    return merged
 
 
 def _final_metrics(inputs: _RunInputs) -> list[Metric]:
@@ -319,7 +248,7 @@ def _final_metrics(inputs: _RunInputs) -> list[Metric]:
     return [
         Metric(name, float(value), inputs.eval_end_ms, step)
         for name, value in values.items()
-        if _finite(value)
+        if finite(value)
     ]
 
 
@@ -356,7 +285,7 @@ def _create_run(client: MlflowClient, experiment_id: str, inputs: _RunInputs) ->
     if inputs.log_restarts:
         tags[LOG_RESTARTS_TAG] = json.dumps(inputs.log_restarts[:100])  # tags are short
     wall = run.get("wall_seconds")
-    start_ms = inputs.train_end_ms - int(1000 * wall if _finite(wall) else 0)
+    start_ms = inputs.train_end_ms - int(1000 * wall if finite(wall) else 0)
     run_id = client.create_run(
         experiment_id, start_time=start_ms, tags=tags, run_name=inputs.key
     ).info.run_id
@@ -441,25 +370,11 @@ def _lock_path(tracking_uri: str, out_json: Path) -> Path:
     return Path(out_json).resolve().parent / ".mlflow-import.lock"
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename: readers never see half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(data, stream, indent=2)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _check_unique_keys(runs: Sequence[tuple[Path, Path]]) -> None:
     """Two inputs with one key would replace each other on every import; refuse up front."""
     seen: dict[str, Path] = {}
     for train_dir, _ in runs:
-        run = _read_json(Path(train_dir) / "run.json")
+        run = read_json(Path(train_dir) / "run.json")
         key = run_key(*(run.get(name) for name in _RUN_FIELDS))
         if key in seen:
             raise DataError(f"{train_dir} and {seen[key]} both describe run {key}")
@@ -495,7 +410,7 @@ def import_runs(
         try:
             with lock:
                 records = _import_all(runs, figures, tracking_uri, experiment)
-                _write_json_atomic(out_json, records)
+                write_json_atomic(out_json, records)
             return records
         except Timeout:
             raise DataError(f"{lock.lock_file}: another import held the lock too long") from None
@@ -534,7 +449,7 @@ def _import_all(
     experiment_id = _ensure_experiment(client, experiment, tracking_uri)
     records = []
     for train_dir, eval_dir in runs:
-        run_info = _read_json(Path(train_dir) / "run.json")
+        run_info = read_json(Path(train_dir) / "run.json")
         pair = (run_info["dataset"], run_info["direction"])
         run_id = import_run(client, experiment_id, train_dir, eval_dir, figures.get(pair, []))
         run = client.get_run(run_id)
