@@ -64,8 +64,14 @@ def fabricate_store(root: Path, n_slices: int, size: int, per_subject: int = 40)
     return write_store(root, images, mask, np.zeros_like(mask), subjects), list(subjects)
 
 
-def supply(store, subjects: list[str], hparams: dict, paired: bool, seconds: float) -> float:
-    """Samples per second SliceBatcher.batch delivers with these data settings."""
+def supply(
+    store, subjects: list[str], hparams: dict, paired: bool, seconds: float
+) -> tuple[float, float]:
+    """Samples per wall second and per CPU second that SliceBatcher.batch delivers.
+
+    On a busy machine the wall figure is what this process got; the CPU figure is what one
+    idle core would deliver (the loader is single-threaded).
+    """
     batcher = SliceBatcher(
         store,
         "t1n",
@@ -78,11 +84,12 @@ def supply(store, subjects: list[str], hparams: dict, paired: bool, seconds: flo
         patch_size=hparams["patch_size"],
     )
     batcher.batch(0)  # first touch of the maps
-    samples, step, start = 0, 1, time.perf_counter()
+    samples, step = 0, 1
+    start, cpu_start = time.perf_counter(), time.thread_time()
     while (elapsed := time.perf_counter() - start) < seconds:
         samples += batcher.batch(step).source.shape[0]
         step += 1
-    return samples / elapsed
+    return samples / elapsed, samples / (time.thread_time() - cpu_start)
 
 
 def demand(name: str, batch: int, args: argparse.Namespace, measured: dict) -> tuple[float, str]:
@@ -118,26 +125,29 @@ def main() -> None:
             else f"R {args.tflops:g} TFLOP/s, floor {args.floor_ms:g} ms"
         )
     )
-    print("| method | batch | paired | patch | loader samples/s | step samples/s | step | ratio |")
-    print("|---|---:|---|---:|---:|---:|---|---:|")
+    print(
+        "| method | batch | paired | patch | loader samples/s (wall) | per CPU s "
+        "| step samples/s | step | ratio (wall) | ratio (CPU) |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---|---:|---:|")
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as folder:
         store, subjects = fabricate_store(Path(folder) / "store", args.slices, args.size)
-        worst = None
+        worst = best = None
         for name in PAPER_STEP_TFLOP:
             hparams = catalog[name].presets["paper"]
             batch = int(hparams["batch_size"])
             paired = bool(hparams.get("paired", catalog[name].paired))  # as Method.paired
-            have = supply(store, subjects, hparams, paired, args.seconds)
+            wall, cpu = supply(store, subjects, hparams, paired, args.seconds)
             need, how = demand(name, batch, args, measured)
-            ratio = have / need
-            worst = ratio if worst is None else min(worst, ratio)
+            worst = min(worst or wall / need, wall / need)
+            best = min(best or cpu / need, cpu / need)
             print(
-                f"| {name} | {batch} | {paired} | "
-                f"{hparams['patch_size'] or '–'} | {have:,.0f} | {need:,.0f} | {how} | "
-                f"{ratio:.1f}x |"
+                f"| {name} | {batch} | {paired} | {hparams['patch_size'] or '–'} | {wall:,.0f} "
+                f"| {cpu:,.0f} | {need:,.0f} | {how} | {wall / need:.1f}x | {cpu / need:.1f}x |"
             )
-    verdict = "under" if worst < SAFE_RATIO else "at least"
-    print(f"lowest ratio {worst:.1f}x: {verdict} {SAFE_RATIO:g}x")
+    for label, ratio in (("wall", worst), ("CPU", best)):
+        verdict = "under" if ratio < SAFE_RATIO else "at least"
+        print(f"lowest ratio ({label}) {ratio:.1f}x: {verdict} {SAFE_RATIO:g}x")
 
 
 if __name__ == "__main__":
