@@ -230,7 +230,8 @@ class EaGAN(Method):
         self.opt_d.zero_grad(set_to_none=True)
         with self.autocast():
             d_real = self.discriminator(self.discriminator_input(source, target))
-            d_fake = self.discriminator(self.pool.query(self.discriminator_input(source, fake)))
+            fakes = self.pool.query(self.discriminator_input(source, fake.detach()))
+            d_fake = self.discriminator(fakes)
         loss_d = 0.5 * (
             gan_loss(d_real.float(), True, mode) + gan_loss(d_fake.float(), False, mode)
         )
