@@ -1,0 +1,65 @@
+# segment: the downstream segmentation check (as BraSyn scores synthesis). A small U-Net is
+# trained once per dataset and target modality on the real target slices of the training split,
+# then applied to every method's translations of the test split; Dice per label and test subject
+# lands in results/segment/{run}/dice.csv (dfbk/evaluation/segmentation.py). Only datasets with
+# labels take part (BraTS tumour sub-regions, ISLES lesion, the generic phantom's lesions).
+# Target: `snakemake segmentation` (not yet part of `all`, so the demo's time is unchanged).
+
+SEGMENTED = ("brats2023", "isles2015", "phantom")
+SEGMENTER_STEPS = 300
+
+
+def segmentation_runs():
+    return [run for run in runs() if run["dataset"] in SEGMENTED]
+
+
+rule train_segmenter:
+    input:
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        model=f"{RESULTS}/segment/{{dataset}}/segmenter-{{target}}.pt",
+    params:
+        steps=SEGMENTER_STEPS,
+    log:
+        f"{RESULTS}/logs/train_segmenter/{{dataset}}/{{target}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_segmenter/{{dataset}}/{{target}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m dfbk.evaluation.segmentation train {input.store:q} {input.split:q} "
+        "{wildcards.target} --out {output.model:q} --steps {params.steps} > {log:q} 2>&1"
+
+
+rule score_segmentation:
+    input:
+        model=lambda wc: f"{RESULTS}/segment/{wc.dataset}/segmenter-{wc.direction.split('-to-')[1]}.pt",
+        predictions=rules.translate_test_set.output.predictions,
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        dice=f"{RESULTS}/segment/{RUN}/dice.csv",
+    params:
+        target=lambda wc: wc.direction.split("-to-")[1],
+    log:
+        f"{RESULTS}/logs/score_segmentation/{RUN}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../environment.yml"
+    shell:
+        "python -m dfbk.evaluation.segmentation score {input.store:q} {input.split:q} "
+        "{params.target} --model {input.model:q} --pred {input.predictions:q} "
+        "--out {output.dice:q} > {log:q} 2>&1"
+
+
+rule segmentation:
+    input:
+        [f"{RESULTS}/segment/{RUN.format(**run)}/dice.csv" for run in segmentation_runs()],
