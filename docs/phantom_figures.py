@@ -1,7 +1,7 @@
 """Figures and numbers of docs/phantom.md: one axial slice of each dataset-shaped phantom beside
 its tissue maps, and the copy-the-input baseline under each dataset's protocol.
 
-    python docs/phantom_figures.py --out docs/images  # about a minute on one core
+    python docs/phantom_figures.py --out docs/images  # a few minutes on one core
 
 Numbers are printed as a Markdown table; the figures are written as PNG.
 """
@@ -27,6 +27,7 @@ PANELS = {
     "synthrad2023": ("t1n", "ct"),
 }
 TITLES = {"t1n": "T1", "t1c": "T1c", "t2w": "T2", "t2f": "FLAIR", "dwi": "DWI", "ct": "CT (HU)"}
+DEMO_SEEDS = {"brats2023": 0, "isles2015": 1, "synthrad2023": 2}  # config/config.yaml
 COPY = {"brats2023": [("t1n", "t2f"), ("t1n", "t2w")], "isles2015": [("t2f", "dwi")]}
 
 
@@ -79,15 +80,17 @@ def figure(layout: str, subject, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("docs/images"))
-    parser.add_argument("--subjects", type=int, default=3)
+    parser.add_argument("--subjects", type=int, default=8, help="BraTS-like subjects (demo: 8)")
     parser.add_argument("--voxel-mm", type=float, default=2.0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for layout in PANELS:
-        for index in range(args.subjects):
+        count = args.subjects if layout == "brats2023" else 2
+        for index in range(count):
             start = time.perf_counter()
-            subject = make_layout_subject(layout, index, seed=0, voxel_mm=args.voxel_mm)
+            seed = DEMO_SEEDS[layout]
+            subject = make_layout_subject(layout, index, seed=seed, voxel_mm=args.voxel_mm)
             seconds = time.perf_counter() - start
             if index == 0:
                 figure(layout, subject, args.out / f"phantom_{layout}.png")
