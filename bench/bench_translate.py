@@ -92,10 +92,15 @@ def main() -> None:
         print("| method | s per test set | volumes/min | slices/s |")
         print("|---|---:|---:|---:|")
         for name in args.methods or list_methods():
-            model = checkpoint(name, args.preset, root, store, split, knowledge)
-            start = time.perf_counter()
-            predict_test_set(model, store, split, root / "pred" / name, args.batch_size, "cpu")
-            seconds = time.perf_counter() - start
+            try:
+                model = checkpoint(name, args.preset, root, store, split, knowledge)
+                start = time.perf_counter()
+                predict_test_set(model, store, split, root / "pred" / name, args.batch_size, "cpu")
+                seconds = time.perf_counter() - start
+            except Exception as err:  # a broken method gets its row; the others still run
+                message = str(err).splitlines()[0][:100] if str(err) else ""
+                print(f"| {name} | error: {type(err).__name__}: {message} | | |", flush=True)
+                continue
             print(
                 f"| {name} | {seconds:.2f} | {60 * len(test) / seconds:.1f} | "
                 f"{slices / seconds:.0f} |",
