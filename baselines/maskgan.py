@@ -36,7 +36,8 @@ Checked against the released code (github.com/HieuPhan33/MaskGAN, `models/networ
 - Initialisation: `init_net` has its `init_weights` call commented out, so the encoder, both
   heads and the discriminators keep PyTorch's default initialisation; only the residual blocks
   of the attention generator draw N(0, 0.02) weights with zero biases (`resnet_block.weight_init`
-  called by `ResnetGenerator_Att`). Followed here.
+  called by `ResnetGenerator_Att`). Followed here (tiny, phantom T1->T2 at 64x64, 7 training
+  subjects, 250 steps: SSIM 0.706; with N(0, 0.02) everywhere 0.714; identity 0.618).
 - Augmentation: the README's training command passes `--no_flip` (and `--preprocess
   resize_pad_crop`, a deterministic resize/pad/centre crop to 224): no flips (`augment: none`).
 - Unpaired partners ("position-based selection", commit "position based strategy", 2024): the
