@@ -21,10 +21,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest
 import torch
 
-from dfbk.diffusion import resshift as rs
 from dfbk.knowledge import DEFAULT_PROMPTS, encode_prompts
+from dfbk.knowledge.effects import fixed_predictor, knowledge_effects, rms_change
 from dfbk.methods import Batch, build_method
-from dfbk.methods.base import Knowledge, to_signed
 from dfbk.networks.dfb import DynamicFrequencyBalance
 from dfbk.networks.knowledge_guidance import KnowledgeEmbedding
 
@@ -66,57 +65,29 @@ def trained():
         history.append(method.diagnostics())
     method.eval()
     source, target = synthetic_pairs(8, torch.Generator().manual_seed(5))
-    x0, y = to_signed(target), to_signed(source)
-    t = torch.arange(0, 15, 2)
-    x_t = rs.q_sample(x0, y, t, method.schedule, torch.randn(x0.shape, generator=gen))
-
-    @torch.no_grad()
-    def predict(knowledge: Knowledge) -> torch.Tensor:
-        return method.denoise(x_t, y, t, knowledge)
-
-    return method, t2, predict, history
-
-
-def rms_change(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).pow(2).mean().sqrt())
-
-
-def random_tokens_like(knowledge: Knowledge, seed: int) -> Knowledge:
-    """Random tokens with the real tokens' per-feature mean and spread, each of its token's norm."""
-    gen = torch.Generator().manual_seed(seed)
-    real = knowledge.tokens[knowledge.mask]
-    noise = real.mean(0) + real.std(0) * torch.randn(knowledge.tokens.shape, generator=gen)
-    noise = noise / noise.norm(dim=-1, keepdim=True) * knowledge.tokens.norm(dim=-1, keepdim=True)
-    return Knowledge(noise, knowledge.mask)
-
-
-def isotropic_tokens_like(knowledge: Knowledge, seed: int) -> Knowledge:
-    """Isotropic Gaussian tokens, each of its token's norm (out of the encoder's distribution)."""
-    noise = torch.randn(knowledge.tokens.shape, generator=torch.Generator().manual_seed(seed))
-    noise = noise / noise.norm(dim=-1, keepdim=True) * knowledge.tokens.norm(dim=-1, keepdim=True)
-    return Knowledge(noise, knowledge.mask)
+    return method, t2, fixed_predictor(method, source, target, seed=1), history
 
 
 def test_prompt_swap_changes_the_output_more_than_random_tokens(trained):
     method, t2, predict, _ = trained
-    base = predict(t2.as_knowledge())
-    flair = rms_change(
-        predict(encode_prompts(DEFAULT_PROMPTS["t2f"], "minilm").as_knowledge()), base
+    effects = knowledge_effects(
+        predict,
+        t2.as_knowledge(),
+        {
+            "flair": encode_prompts(DEFAULT_PROMPTS["t2f"], "minilm").as_knowledge(),
+            "other_t2": encode_prompts(DEFAULT_PROMPTS["t2w"][1:3], "minilm").as_knowledge(),
+        },
     )
-    other_t2 = rms_change(
-        predict(encode_prompts(DEFAULT_PROMPTS["t2w"][1:3], "minilm").as_knowledge()), base
-    )
-    random = [rms_change(predict(random_tokens_like(t2.as_knowledge(), s)), base) for s in range(8)]
-    isotropic = rms_change(predict(isotropic_tokens_like(t2.as_knowledge(), 0)), base)
     print(
-        f"\nRMS output change (x0 in [-1, 1], output RMS {float(base.pow(2).mean().sqrt()):.3f}): "
-        f"T2->FLAIR prompts {flair:.4f}; other T2 prompts {other_t2:.4f}; random tokens of equal "
-        f"norm mean {sum(random) / len(random):.4f} (max {max(random):.4f}); isotropic random "
-        f"tokens {isotropic:.4f} (not asserted: far outside the encoder's token distribution)"
+        f"\nRMS output change (x0 in [-1, 1], output RMS {effects['output_rms']:.3f}): "
+        f"T2->FLAIR prompts {effects['flair']:.4f}; other T2 prompts {effects['other_t2']:.4f}; "
+        f"random tokens of equal norm mean {effects['random_tokens_mean']:.4f} (max "
+        f"{effects['random_tokens_max']:.4f}); isotropic random tokens "
+        f"{effects['isotropic_tokens']:.4f} (not asserted: far outside the encoder's tokens)"
     )
-    assert flair > 2.0 * max(random)
-    assert flair > 2.0 * other_t2
-    assert flair > 1e-3  # not a learned constant: the content reaches the output
+    assert effects["flair"] > 2.0 * effects["random_tokens_max"]
+    assert effects["flair"] > 2.0 * effects["other_t2"]
+    assert effects["flair"] > 1e-3  # not a learned constant: the content reaches the output
 
 
 def test_modules_switched_on_within_the_run(trained):
