@@ -405,7 +405,8 @@ def import_runs(
     bound_http_retries()
     lock = FileLock(str(_lock_path(tracking_uri, out_json)), timeout=LOCK_TIMEOUT_SECONDS)
     budget = float(os.environ.get("DFBK_TRACKING_LOCKED_SECONDS") or LOCKED_RETRY_SECONDS)
-    deadline = time.monotonic() + budget
+    start = time.monotonic()
+    deadline = start + budget
     while True:
         try:
             with lock:
@@ -420,15 +421,16 @@ def import_runs(
                 _logger.warning("%s: database is locked; retrying the import", db_path)
                 time.sleep(2.0)
                 continue
-            raise DataError(_outage_message(tracking_uri, message, budget)) from None
+            elapsed = time.monotonic() - start
+            raise DataError(_outage_message(tracking_uri, message, elapsed)) from None
 
 
-def _outage_message(tracking_uri: str, message: str, budget: float) -> str:
+def _outage_message(tracking_uri: str, message: str, elapsed: float) -> str:
     """One line naming the store and what went wrong (MLflow's text cut to 300 characters)."""
     db_path = sqlite_path(tracking_uri)
     if db_path is not None and "database is locked" in message:
         return (
-            f"{db_path}: database is locked by another process (retried for {budget:.0f} s; "
+            f"{db_path}: database is locked by another process (waited {elapsed:.0f} s; "
             "a busy `mlflow ui` or import?); rerun when it is free"
         )
     retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
