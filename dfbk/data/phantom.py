@@ -192,9 +192,17 @@ def _head_layers(brain: np.ndarray, rng: np.random.Generator, voxel_mm: float) -
     }
 
 
+def _brain_depth(tissues: dict, voxel_mm: float) -> np.ndarray:
+    """Distance (mm) of each voxel inside the brain to its surface, computed once per subject."""
+    if "_depth" not in tissues:
+        brain = tissues["brain"] >= 0.5
+        tissues["_depth"] = ndimage.distance_transform_edt(brain, sampling=voxel_mm)
+    return tissues["_depth"]
+
+
 def _lesion_site(tissues: dict, rng: np.random.Generator, voxel_mm: float, depth_mm: float):
     """A white-matter voxel at least `depth_mm` inside the brain (deepest WM if none is)."""
-    depth = ndimage.distance_transform_edt(tissues["brain"] >= 0.5, sampling=voxel_mm)
+    depth = _brain_depth(tissues, voxel_mm)
     candidates = np.flatnonzero((tissues["wm"] >= 0.9).ravel() & (depth.ravel() >= depth_mm))
     if candidates.size == 0:
         candidates = np.array([np.argmax(tissues["wm"] * depth)])
@@ -222,7 +230,7 @@ def _add_sulci(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> None
     distance = np.abs(field) / np.maximum(gradient, 1e-6)
     width = rng.uniform(*SULCUS_WIDTH_MM)
     gap = np.clip((width / 2 - distance) / voxel_mm + 0.5, 0.0, 1.0)
-    depth = ndimage.distance_transform_edt(tissues["brain"] >= 0.5, sampling=voxel_mm)
+    depth = _brain_depth(tissues, voxel_mm)
     gap *= np.clip((CORTEX_DEPTH_MM - depth) / 4.0, 0.0, 1.0)  # fade out over 4 mm
     moved = (tissues["gm"] * gap).astype(np.float32)
     tissues["gm"] -= moved
