@@ -30,7 +30,7 @@ rule train_segmenter:
         mem_mb=4000,
         runtime=60,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "python -m dfbk.evaluation.segmentation train {input.store:q} {input.split:q} "
         "{wildcards.target} --out {output.model:q} --steps {params.steps} > {log:q} 2>&1"
@@ -53,7 +53,7 @@ rule score_segmentation:
         mem_mb=4000,
         runtime=30,
     conda:
-        "../../environment.yml"
+        "../envs/dfbk.yaml"
     shell:
         "python -m dfbk.evaluation.segmentation score {input.store:q} {input.split:q} "
         "{params.target} --model {input.model:q} --pred {input.predictions:q} "
