@@ -80,3 +80,29 @@ def test_segmenter_finds_the_phantom_lesion_in_real_targets_not_in_blank_ones(ph
     assert present, "the test subject should carry a lesion"
     assert on_real[present].to_numpy().mean() > on_blank[present].to_numpy().mean()
     assert segment(model, real[test[0]], labels).dtype == np.uint8
+
+
+def test_table_averages_seeds_per_subject_then_subjects(tmp_path):
+    from dfbk.evaluation.segmentation import tabulate
+
+    def run(method, seed, rows):
+        folder = tmp_path / "segment" / "brats2023" / "t1n-to-t2f" / method / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        lines = ["subject,dice_1,dice_2"] + [f"{s},{a},{b}" for s, a, b in rows]
+        (folder / "dice.csv").write_text("\n".join(lines) + "\n")
+        return folder / "dice.csv"
+
+    files = [
+        run("dfbk", 0, [("007", 0.5, 1.0), ("009", 0.7, 0.0)]),
+        run("dfbk", 1, [("007", 0.7, 1.0), ("009", 0.9, 0.0)]),
+        run("identity", 0, [("007", 0.1, 0.2), ("009", 0.3, 0.4)]),
+    ]
+    summary = tabulate(files, tmp_path / "tables" / "segmentation").set_index("method")
+    # dfbk: subject means over seeds 0.6 and 0.8 -> mean 0.7, SD (n-1) 0.1414
+    assert summary.loc["dfbk", "dice_1_mean"] == pytest.approx(0.7)
+    assert summary.loc["dfbk", "dice_1_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
+    assert summary.loc["identity", "dice_2_mean"] == pytest.approx(0.3)
+    assert summary.loc["dfbk", "n_subjects"] == 2
+    markdown = (tmp_path / "tables" / "segmentation.md").read_text()
+    assert "| brats2023 | t1n-to-t2f | dfbk | 0.700 ± 0.141 | 0.500 ± 0.707 | 2 |" in markdown
+    assert (tmp_path / "tables" / "segmentation.csv").exists()

@@ -190,7 +190,58 @@ def dice_table(
     return pd.DataFrame(rows)
 
 
-# ----- command line (python -m dfbk.evaluation.segmentation {train,score} ...) ------------------
+def run_key(dice_csv: Path) -> dict[str, str]:
+    """(dataset, direction, method, seed) of `{dataset}/{direction}/{method}/seed-{s}/dice.csv`."""
+    parts = Path(dice_csv).parts
+    if len(parts) < 5 or not parts[-2].startswith("seed-"):
+        raise DataError(f"{dice_csv}: not in a {{dataset}}/{{direction}}/{{method}}/seed-N/ folder")
+    dataset, direction, method, seed = parts[-5:-1]
+    return {"dataset": dataset, "direction": direction, "method": method, "seed": seed[5:]}
+
+
+def tabulate(dice_files: list[Path], out_stem: Path) -> pd.DataFrame:
+    """Mean and SD over test subjects of each label's Dice, per dataset, direction and method.
+
+    Seeds are averaged per subject first (as the comparison table does). Written as
+    `{out_stem}.csv` (numbers) and `{out_stem}.md` (mean ± std); returns the CSV's frame.
+    """
+    frames = []
+    for path in dice_files:
+        frame = pd.read_csv(path, dtype={"subject": str})
+        frames.append(frame.assign(**run_key(path)))
+    if not frames:
+        raise DataError("no dice.csv given: nothing to tabulate")
+    data = pd.concat(frames, ignore_index=True)
+    groups = ["dataset", "direction", "method"]
+    columns = sorted(c for c in data.columns if c.startswith("dice_"))
+    per_subject = data.groupby([*groups, "subject"], sort=False)[columns].mean().reset_index()
+    summary = per_subject.groupby(groups, sort=False)[columns].agg(["mean", "std"])
+    summary.columns = [f"{c}_{stat}" for c, stat in summary.columns]
+    summary = summary.reset_index()
+    summary["n_subjects"] = per_subject.groupby(groups, sort=False).size().to_numpy()
+    out_stem = Path(out_stem)
+    write_text(out_stem.with_suffix(".csv"), summary.to_csv(index=False))
+    header = [*groups, *(f"Dice {c[5:]}" for c in columns), "n"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for _, row in summary.iterrows():
+        cells = [str(row[g]) for g in groups]
+        cells += [
+            "—"
+            if np.isnan(row[f"{c}_mean"])
+            else f"{row[f'{c}_mean']:.3f} ± {np.nan_to_num(row[f'{c}_std']):.3f}"
+            for c in columns
+        ]
+        lines.append("| " + " | ".join([*cells, str(row["n_subjects"])]) + " |")
+    caption = (
+        "Downstream segmentation check: Dice per label of a 2-D U-Net trained on the real "
+        "target images of the training split, applied to each method's translations of the test "
+        "split (mean ± std over test subjects; a label absent from both scores 1)."
+    )
+    write_text(out_stem.with_suffix(".md"), "\n".join([caption, "", *lines]) + "\n")
+    return summary
+
+
+# ----- command line (python -m dfbk.evaluation.segmentation {train,score,table} ...) ------------
 def _train(args: argparse.Namespace) -> None:
     store = SliceStore(args.store)
     labels = [int(v) for v in store.meta["provenance"]["config"]["label_values"] if int(v) > 0]
@@ -240,6 +291,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--pred", type=Path, help="translation folder (default: the real targets)")
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_score)
+    p = verbs.add_parser("table", help="mean ± std Dice per dataset, direction and method")
+    p.add_argument("dice", type=Path, nargs="+", help="dice.csv files of the runs")
+    p.add_argument("--out-stem", type=Path, required=True)
+    p.set_defaults(func=lambda a: tabulate(a.dice, a.out_stem))
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -1,8 +1,9 @@
 # segment: the downstream segmentation check (as BraSyn scores synthesis). A small U-Net is
 # trained once per dataset and target modality on the real target slices of the training split,
 # then applied to every method's translations of the test split; Dice per label and test subject
-# lands in results/segment/{run}/dice.csv (dfbk/evaluation/segmentation.py). Only datasets with
-# labels take part (BraTS tumour sub-regions, ISLES lesion, the generic phantom's lesions).
+# lands in results/segment/{run}/dice.csv (dfbk/evaluation/segmentation.py), summarised in
+# results/tables/segmentation.{md,csv}. Only datasets with labels take part (BraTS tumour
+# sub-regions, ISLES lesion, the generic phantom's lesions).
 # Target: `snakemake segmentation` (not yet part of `all`, so the demo's time is unchanged).
 
 SEGMENTED = ("brats2023", "isles2015", "phantom")
@@ -60,6 +61,30 @@ rule score_segmentation:
         "--out {output.dice:q} > {log:q} 2>&1"
 
 
+def segmentation_dice_files():
+    return [f"{RESULTS}/segment/{RUN.format(**run)}/dice.csv" for run in segmentation_runs()]
+
+
+rule tabulate_segmentation:
+    input:
+        dice=segmentation_dice_files(),
+    output:
+        md=f"{RESULTS}/tables/segmentation.md",
+        csv=f"{RESULTS}/tables/segmentation.csv",
+    params:
+        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
+    log:
+        f"{RESULTS}/logs/tabulate_segmentation.log",
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/dfbk.yaml"
+    shell:
+        "python -m dfbk.evaluation.segmentation table {input.dice:q} "
+        "--out-stem {params.out_stem:q} > {log:q} 2>&1"
+
+
 rule segmentation:
     input:
-        [f"{RESULTS}/segment/{RUN.format(**run)}/dice.csv" for run in segmentation_runs()],
+        rules.tabulate_segmentation.output.md,
