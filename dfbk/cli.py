@@ -90,7 +90,14 @@ def cmd_split(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from dfbk.training.guard import FolderLock, stop_with_workflow
 
-    lock = FolderLock(args.checkpoint_dir).acquire()  # before torch: a second trainer fails fast
+    if args.gpus > 1 and "WORLD_SIZE" not in os.environ:  # data parallel: torchrun runs N of us
+        FolderLock(args.checkpoint_dir).acquire().release()  # fail fast if another trainer runs
+        from dfbk.training.distributed import torchrun_command
+
+        command = torchrun_command(args.argv, args.gpus)
+        os.execv(command[0], command)
+    worker = os.environ.get("RANK", "0") != "0"
+    lock = None if worker else FolderLock(args.checkpoint_dir).acquire()  # before torch
     stop_with_workflow()
     import torch
 
@@ -121,9 +128,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         evaluate=args.evaluate,
     )
     try:
-        print(f"wrote {train(spec)}")
+        written = train(spec)
+        if not worker:
+            print(f"wrote {written}")
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -316,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument(
+        "--gpus",
+        type=int,
+        default=1,
+        help="data-parallel processes on this node, one GPU each (gloo on CPU); the preset's "
+        "batch is split between them (default 1)",
+    )
+    p.add_argument(
         "--val-every",
         type=int,
         help="steps between validations (default: 5 per run; 0: only at the last step)",
@@ -437,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PYTHONHASHSEED", "0")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --gpus N` re-runs them
     try:
         args.func(args)
     except DfbkError as err:

@@ -43,6 +43,8 @@ class SliceBatcher:
         flip: bool = True,
         paired: bool = True,
         patch_size: int | None = None,
+        rank: int = 0,
+        world: int = 1,
     ) -> None:
         self.source = store.images(source)
         self.target = store.images(target)
@@ -56,6 +58,16 @@ class SliceBatcher:
                 f"{store.size[0]}x{store.size[1]}"
             )
         self.batch_size = min(batch_size, self.indices.size)
+        if self.batch_size % world:
+            raise DataError(
+                f"{store.root}: batch of {self.batch_size} slices does not split evenly over "
+                f"{world} processes"
+            )
+        # data parallel: this rank's contiguous share of every global batch (all draws below
+        # are made for the whole global batch, then sliced, so the union over ranks is the
+        # single-process batch)
+        share = self.batch_size // world
+        self.share = slice(rank * share, (rank + 1) * share)
         self.seed = seed
         self.flip = flip
         self.paired = paired
@@ -101,20 +113,21 @@ class SliceBatcher:
         return rng.integers(0, high, size=(n, 2))
 
     def batch(self, step: int) -> Batch:
-        """The batch at `step`; with paired=False the targets come from partner slices."""
+        """This rank's share of the batch at `step`; with paired=False targets are partners."""
         idx = self.batch_indices(step)
         target_idx = idx if self.paired else self.unpaired_indices(step)
+        flips = np.random.default_rng([self.seed, step, 1]).random(len(idx)) < 0.5
+        corners = self.crop_corners(step, len(idx)) if self.patch_size is not None else None
+        idx, target_idx, flips = idx[self.share], target_idx[self.share], flips[self.share]
         src, msk = self._read(self.source, idx), self._read(self.mask, idx)
         tgt = self._read(self.target, target_idx)
         if self.flip:  # left-right flips: the brain is near-symmetric, anatomy stays plausible
-            flips = torch.from_numpy(
-                np.random.default_rng([self.seed, step, 1]).random(len(idx)) < 0.5
-            )
+            flips = torch.from_numpy(flips)
             for t in (src, tgt, msk):
                 t[flips] = t[flips].flip(-1)
         if self.patch_size is not None:
             p = self.patch_size
-            corners = self.crop_corners(step, len(idx))
+            corners = corners[self.share]
             src, tgt, msk = (
                 torch.stack([t[i, :, y : y + p, x : x + p] for i, (y, x) in enumerate(corners)])
                 for t in (src, tgt, msk)

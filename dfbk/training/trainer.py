@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
@@ -34,6 +36,7 @@ from dfbk.knowledge.cache import load_knowledge
 from dfbk.methods.base import Knowledge, count_parameters
 from dfbk.methods.registry import build_method, get_method_class
 from dfbk.training import checkpoint as ckpt
+from dfbk.training import distributed as ddp
 from dfbk.training.flops import counted
 from dfbk.training.guard import FolderLock, stop_with_workflow
 from dfbk.training.logfile import append_line, flush_log, truncate_log, write_text_atomic
@@ -105,8 +108,10 @@ class Trainer:
         if spec.evaluate not in EVALUATED:
             raise ConfigError(f"evaluate '{spec.evaluate}' unknown; known: last, best")
         self.spec = spec
-        seed_everything(spec.seed)
-        self.device = pick_device(spec.device)
+        seed_everything(spec.seed)  # the same on every rank: every rank builds the same model
+        self.world = ddp.world_from_env()
+        self.device = ddp.rank_device(pick_device(spec.device), self.world)
+        ddp.init(self.world, self.device)
         source, target = parse_direction(spec.direction)
         self.store = SliceStore(spec.store_dir)
         self.contracts = {
@@ -115,6 +120,11 @@ class Trainer:
         }
         self.method = self._build_method(spec)
         self.method.to(self.device)
+        if self.world.active:
+            ddp.sync_batchnorm(self.method, self.world, self.device)
+            ddp.broadcast_state(self.method, self.world)
+            ddp.average_gradients(self.method, self.world)
+            seed_everything(rank_seed(spec.seed, self.world.rank))  # own noise per rank
         self.method.amp = spec.amp and self.device.type == "cuda"
         self.hparams = self.method.hparams
         split = read_split(spec.split_path)
@@ -128,6 +138,8 @@ class Trainer:
             flip=self.hparams["augment"] == "hflip",
             paired=self.method.paired,
             patch_size=self.hparams["patch_size"],
+            rank=self.world.rank,
+            world=self.world.size,
         )
         self.validator = Validator(
             self.store, source, target, split["val"], spec.seed, spec.val_slices
@@ -206,6 +218,10 @@ class Trainer:
         }
 
     def save_training_state(self) -> None:
+        """Write last.pt (rank 0); every rank takes part, as each rank's RNG state is kept."""
+        states = ddp.gather(rng_state(), self.world)
+        if not self.world.is_main:
+            return
         state = {
             **self._recipe(),
             "kind": "training-state",
@@ -216,7 +232,8 @@ class Trainer:
             "optimizers": {k: o.state_dict() for k, o in self.method.optimizers().items()},
             "schedulers": {k: s.state_dict() for k, s in self.method.schedulers().items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
-            "rng": rng_state(),
+            "rng": states[0],
+            **({"rng_ranks": states} if self.world.active else {}),
         }
         ckpt.save_atomic(state, self.last_path)
 
@@ -239,8 +256,12 @@ class Trainer:
             sched.load_state_dict(payload["schedulers"][key])
         if self.ema is not None:
             self.ema.load_state_dict(payload["ema"])
-        set_rng_state(payload["rng"])
         self.step = int(payload["step"])
+        ranks = payload.get("rng_ranks") or [payload["rng"]]
+        if self.world.rank < len(ranks):  # a rank the saving run had: its exact RNG state
+            set_rng_state(ranks[self.world.rank])
+        else:  # resumed with more processes: a fresh stream fixed by (seed, rank, step)
+            seed_everything(rank_seed(self.spec.seed, self.world.rank, self.step))
         self.best = dict(payload["best"])
         if self.best["step"] is not None and not self.best_path.exists():
             raise TrainingError(
@@ -248,38 +269,49 @@ class Trainer:
                 f"{self.best['step']}; delete {self.spec.checkpoint_dir} to train from scratch"
             )
         self.flops = payload.get("train_flops_per_step")
-        truncate_log(self.log_path, self.step)
+        if self.world.is_main:
+            truncate_log(self.log_path, self.step)
         return True
 
     # ----- the loop -----------------------------------------------------------------------
     def run(self) -> Path:
         """Train to `steps`, then write model.pt, best.pt, run.json and the log into out_dir."""
+        if not self.world.is_main:  # rank 0 holds the folder for the whole job
+            try:
+                return self._run_locked()
+            finally:
+                ddp.shutdown()
         with FolderLock(self.spec.checkpoint_dir):
             for folder in (self.spec.checkpoint_dir, self.spec.out_dir):
                 ckpt.remove_stale_temporaries(folder)
             stop_with_workflow()
-            return self._run_locked()
+            try:
+                return self._run_locked()
+            finally:
+                ddp.shutdown()
 
     def _run_locked(self) -> Path:
         resumed = self.try_resume()
-        if not resumed:
+        main = self.world.is_main
+        if not resumed and main:
             write_text_atomic(self.log_path, "")
             self.best_path.unlink(missing_ok=True)  # from a run that never checkpointed
-            if self.init_payload is not None:
-                self.method.init_from_stage(self.init_payload["state"])
+        if not resumed and self.init_payload is not None:
+            self.method.init_from_stage(self.init_payload["state"])
         self.stop.install()
         total = int(self.hparams["steps"])
         start_time = time.time()
         every = max(1, int(self.spec.checkpoint_every))
         self.method.train()
         with (
-            open(self.log_path, "a") as log,
+            open(self.log_path if main else os.devnull, "a") as log,
             tqdm(
                 total=total,
                 initial=self.step,
                 desc=f"train {self.method.name}",
                 mininterval=5,
                 file=sys.stderr,
+                disable=not main,
             ) as bar,
         ):
             while self.step < total:
@@ -287,14 +319,21 @@ class Trainer:
                 line = {"step": self.step, "time": time.time() - start_time, **losses}
                 line.update({f"diag_{k}": float(v) for k, v in self.method.diagnostics().items()})
                 self.step += 1
-                if self.step == total or (self.val_every and self.step % self.val_every == 0):
+                validate = self.step == total or (
+                    self.val_every and self.step % self.val_every == 0
+                )
+                if validate:  # on every rank (SyncBatchNorm in train mode is collective)
                     line.update(self._validate())
-                append_line(log, self.log_path, json.dumps(line), flush=self.step % 50 == 0)
+                if main:
+                    append_line(log, self.log_path, json.dumps(line), flush=self.step % 50 == 0)
                 bar.update(1)
                 if self.step % 50 == 0:
                     bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()})
+                # every rank stops at the same step, whichever of them got the signal
+                self.stop.signal = ddp.any_signal(self.stop.signal, self.world)
                 if self.step % every == 0 or self.stop.signal is not None:
-                    flush_log(log, self.log_path)
+                    if main:
+                        flush_log(log, self.log_path)
                     self.save_training_state()
                 if self.stop.signal is not None:
                     bar.write(
@@ -304,6 +343,8 @@ class Trainer:
                     )
                     raise SystemExit(128 + self.stop.signal)  # 143 for SIGTERM, as if killed
         self.save_training_state()
+        if not main:
+            return self.spec.out_dir / "model.pt"  # written by rank 0
         return self._finish(time.time() - start_time, resumed)
 
     def _one_step(self) -> dict[str, float]:
@@ -314,6 +355,8 @@ class Trainer:
             losses, self.flops = counted(lambda: self.method.training_step(batch, 0))
         else:
             losses = self.method.training_step(batch, self.step)
+        losses = ddp.mean_losses(losses, self.world)  # the global batch's losses on every rank
+        ddp.average_buffers(self.method, self.world)
         bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
         if bad:
             raise TrainingError(
@@ -353,7 +396,8 @@ class Trainer:
         best = self.best["val_ssim"]
         if math.isfinite(metrics["val_ssim"]) and (best is None or metrics["val_ssim"] > best):
             self.best = {"step": self.step, "val_ssim": metrics["val_ssim"]}
-            ckpt.save_atomic(self._model_payload(state, "best"), self.best_path)
+            if self.world.is_main:
+                ckpt.save_atomic(self._model_payload(state, "best"), self.best_path)
         return metrics
 
     def _model_payload(self, state: dict[str, torch.Tensor], which: str) -> dict[str, Any]:
@@ -399,10 +443,16 @@ class Trainer:
             "wall_seconds": round(wall_seconds, 2),
             "resumed": resumed,
             "device": str(self.device),
+            "processes": self.world.size,  # data-parallel ranks (train.gpus); batch is global
             "knowledge_encoder": (self.spec.knowledge_info or {}).get("encoder"),
         }
         write_text_atomic(out / "run.json", json.dumps(info, indent=2, default=str) + "\n")
         return out / "model.pt"
+
+
+def rank_seed(seed: int, rank: int, step: int = 0) -> int:
+    """A seed for rank `rank`'s own noise stream (ranks > 0; rank 0 keeps the run's seed)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 def train(spec: TrainSpec) -> Path:

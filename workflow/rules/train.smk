@@ -3,6 +3,8 @@
 # preempted job resumes instead of restarting. Each job validates on fixed validation slices and
 # writes best.pt beside model.pt; model.pt is the last step unless train/evaluate_checkpoint
 # says best (the same rule for every method; run.json records which).
+# train.gpus > 1: `dfbk train --gpus N` runs N data-parallel ranks under torchrun on the job's
+# node (the preset's batch split between them; docs/training.md).
 
 
 rule train_method_stage:
@@ -49,6 +51,7 @@ rule train_method_stage:
         "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
         "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
+        "--gpus {resources.gpu} "
         "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
 
 
@@ -95,6 +98,7 @@ rule train_method:
         "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
         "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
+        "--gpus {resources.gpu} "
         "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
 
 
