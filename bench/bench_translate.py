@@ -103,7 +103,7 @@ def main() -> None:
                 continue
             print(
                 f"| {name} | {seconds:.2f} | {60 * len(test) / seconds:.1f} | "
-                f"{slices / seconds:.0f} |",
+                f"{slices / seconds:.3g} |",
                 flush=True,
             )
 
