@@ -3,9 +3,11 @@ import importlib.util
 import json
 from pathlib import Path
 import shlex
+import sys
 
 from dfbk.config_checks import check_config, method_modules
 from dfbk.methods.registry import CPU_ONLY_METHODS, method_stages
+from dfbk.tracking.store import default_tracking_uri, missing_runs
 
 RESULTS = config["results_dir"]
 RAW = config["raw_dir"]
@@ -205,3 +207,34 @@ def method_gpus(wildcards):
         return 0
     # a plain dict read: Snakemake's lookup() costs ~2 ms a call, 372 calls per paper dry run
     return config.get("train", {}).get("gpus", 1)
+
+
+# track.smk: imported.json is checked against the MLflow store while the DAG is built.
+TRACKING_FLAG = f"{RESULTS}/tracking/imported.json"
+TRACKING_REPORTED = []
+
+
+def tracking_uri():
+    """The URI `dfbk track` will use: tracking.uri, else $MLFLOW_TRACKING_URI, else SQLite."""
+    return lookup("tracking/uri", within=config, default=None) or default_tracking_uri(RESULTS)
+
+
+def tracking_flag_checked(wildcards):
+    """No input; removes imported.json when the store lacks a run it lists, so the import reruns.
+
+    Snakemake alone only sees that imported.json exists. A SQLite store is read directly
+    (milliseconds, no MLflow); a server is not checked (`-R track_runs` re-imports). In a dry
+    run nothing is removed; the message says what a real run will do.
+    """
+    missing = missing_runs(Path(TRACKING_FLAG), tracking_uri())
+    if missing and not TRACKING_REPORTED:
+        TRACKING_REPORTED.append(len(missing))  # Snakemake may evaluate this more than once
+        action = "a run without -n re-imports them" if workflow.dryrun else "re-importing"
+        print(
+            f"MLflow store {tracking_uri()} lacks {len(missing)} run(s) listed in "
+            f"{TRACKING_FLAG} (e.g. {missing[0]}); {action}",
+            file=sys.stderr,
+        )
+        if not workflow.dryrun:
+            Path(TRACKING_FLAG).unlink(missing_ok=True)
+    return []

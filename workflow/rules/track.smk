@@ -2,40 +2,6 @@
 # jobs themselves only write JSON/JSONL, so concurrent training never touches the database.
 # imported.json records what was imported; it is checked against the store while the DAG is
 # built (tracking_flag_checked), so a run deleted or lost in MLflow is imported again.
-import sys
-
-from dfbk.tracking.store import default_tracking_uri, missing_runs
-
-TRACKING_FLAG = f"{RESULTS}/tracking/imported.json"
-TRACKING_REPORTED = []
-
-
-def tracking_uri():
-    """The URI `dfbk track` will use: tracking.uri, else $MLFLOW_TRACKING_URI, else SQLite."""
-    return lookup("tracking/uri", within=config, default=None) or default_tracking_uri(RESULTS)
-
-
-def tracking_flag_checked(wildcards):
-    """No input; removes imported.json when the store lacks a run it lists, so the import reruns.
-
-    Snakemake alone only sees that imported.json exists. A SQLite store is read directly
-    (milliseconds, no MLflow); a server is not checked (`-R track_runs` re-imports). In a dry
-    run nothing is removed; the message says what a real run will do.
-    """
-    missing = missing_runs(Path(TRACKING_FLAG), tracking_uri())
-    if missing and not TRACKING_REPORTED:
-        TRACKING_REPORTED.append(len(missing))  # Snakemake may evaluate this more than once
-        action = "a run without -n re-imports them" if workflow.dryrun else "re-importing"
-        print(
-            f"MLflow store {tracking_uri()} lacks {len(missing)} run(s) listed in "
-            f"{TRACKING_FLAG} (e.g. {missing[0]}); {action}",
-            file=sys.stderr,
-        )
-        if not workflow.dryrun:
-            Path(TRACKING_FLAG).unlink(missing_ok=True)
-    return []
-
-
 rule track_runs:
     input:
         train=run_paths(f"{RESULTS}/train/{RUN}/run.json"),
