@@ -101,16 +101,19 @@ def train_segmenter(
     subjects: list[str],
     modality: str,
     labels: list[int],
-    steps: int = 300,
+    steps: int = 200,
     batch_size: int = 16,
     lr: float = 2e-3,
     seed: int = 0,
     widths: tuple[int, ...] = (16, 32, 64),
+    patch: int | None = 64,
 ) -> SegmentationUNet:
     """Fit the U-Net on the real `modality` slices of `subjects` against the store's labels.
 
     Cross-entropy plus soft Dice (small lesions would otherwise be ignored); slices with a label
-    are drawn half the time so the lesion is seen at all. Seeded by `seed`.
+    are drawn half the time so the lesion is seen at all. Like the translators, it trains on
+    random `patch` x `patch` crops (one position per batch; None: whole slices) and segments
+    whole slices. Seeded by `seed`.
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -126,8 +129,12 @@ def train_segmenter(
     for _ in range(steps):
         pool = lesion_rows if lesion_rows.size and rng.random() < 0.5 else rows
         batch = np.sort(rng.choice(pool, size=batch_size))
-        x = torch.from_numpy(np.array(images[batch], dtype=np.float32)[:, None])
-        y = torch.from_numpy(lookup[np.asarray(label_map[batch])])
+        window = (slice(None), slice(None), slice(None))
+        if patch is not None and patch < min(store.size):
+            top, left = (int(rng.integers(0, n - patch + 1)) for n in store.size)
+            window = (slice(None), slice(top, top + patch), slice(left, left + patch))
+        x = torch.from_numpy(np.array(images[batch][window], dtype=np.float32)[:, None])
+        y = torch.from_numpy(lookup[np.asarray(label_map[batch][window])])
         logits = model(x)
         probs = logits.softmax(1)[:, 1:]
         onehot = nn.functional.one_hot(y, len(labels) + 1).permute(0, 3, 1, 2)[:, 1:].float()
@@ -280,7 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("split", type=Path)
     p.add_argument("modality")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
     p = verbs.add_parser("score", help="Dice per test subject of a run's translations")

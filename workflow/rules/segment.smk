@@ -7,7 +7,7 @@
 # Target: `snakemake segmentation` (not yet part of `all`, so the demo's time is unchanged).
 
 SEGMENTED = ("brats2023", "isles2015", "phantom")
-SEGMENTER_STEPS = 300
+SEGMENTER_STEPS = 200
 
 
 def segmentation_runs():
