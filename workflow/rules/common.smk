@@ -238,3 +238,25 @@ def tracking_flag_checked(wildcards):
         if not workflow.dryrun:
             Path(TRACKING_FLAG).unlink(missing_ok=True)
     return []
+
+
+# download.smk: settings of a synthesised (phantom) dataset.
+def phantom_setting(key, default):
+    return lambda wc: lookup(f"datasets/{wc.dataset}/phantom/{key}", within=config, default=default)
+
+
+def phantom_lesions_option(wildcards):
+    """--lesions for the generic phantom; a dataset's layout has its own lesion types."""
+    if wildcards.dataset != "phantom":
+        return ""
+    lesions = lookup("datasets/phantom/phantom/lesions", within=config, default=None)
+    return f"--lesions {shlex.quote(','.join(lesions or ['tumour', 'stroke', 'none']))}"
+
+
+# segment.smk: runs with labels to score, and their Dice files (SEGMENTED is defined there).
+def segmentation_runs():
+    return [run for run in runs() if run["dataset"] in SEGMENTED]
+
+
+def segmentation_dice_files():
+    return [f"{RESULTS}/segment/{RUN.format(**run)}/dice.csv" for run in segmentation_runs()]

@@ -23,10 +23,6 @@ localrules:
 PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if "phantom" in spec or d == "phantom"]
 
 
-def phantom_setting(key, default):
-    return lambda wc: lookup(f"datasets/{wc.dataset}/phantom/{key}", within=config, default=default)
-
-
 rule synthesise_phantom:
     output:
         directory(f"{RAW}/{{dataset}}"),
@@ -37,11 +33,7 @@ rule synthesise_phantom:
         voxel_mm=phantom_setting("voxel_mm", 3.0),
         # Lesion types apply to the generic phantom; a dataset's layout has its own (BraTS:
         # tumour, ISLES: stroke, SynthRAD: none).
-        lesions=lambda wc: (
-            "--lesions " + shlex.quote(",".join(lookup("datasets/phantom/phantom/lesions", within=config, default=["tumour", "stroke", "none"])))
-            if wc.dataset == "phantom"
-            else ""
-        ),
+        lesions=phantom_lesions_option,
         seed=phantom_setting("seed", 0),
     log:
         f"{RESULTS}/logs/synthesise_phantom/{{dataset}}.log",

@@ -10,10 +10,6 @@ SEGMENTED = ("brats2023", "isles2015", "phantom")
 SEGMENTER_STEPS = 200
 
 
-def segmentation_runs():
-    return [run for run in runs() if run["dataset"] in SEGMENTED]
-
-
 rule train_segmenter:
     input:
         store=rules.prepare_slices.output.store,
@@ -59,10 +55,6 @@ rule score_segmentation:
         "python -m dfbk.evaluation.segmentation score {input.store:q} {input.split:q} "
         "{params.target} --model {input.model:q} --pred {input.predictions:q} "
         "--out {output.dice:q} > {log:q} 2>&1"
-
-
-def segmentation_dice_files():
-    return [f"{RESULTS}/segment/{RUN.format(**run)}/dice.csv" for run in segmentation_runs()]
 
 
 rule tabulate_segmentation:
