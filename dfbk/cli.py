@@ -126,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         val_every=args.val_every,
         val_slices=args.val_slices,
         evaluate=args.evaluate,
+        speed=json.loads(args.speed),
     )
     try:
         written = train(spec)
@@ -325,6 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--speed",
+        default="{}",
+        help='JSON object of speed switches, e.g. {"channels_last": true, "compile": "default", '
+        '"tf32": true, "fused_adam": true} (all off by default; docs/training.md)',
+    )
     p.add_argument(
         "--gpus",
         type=int,

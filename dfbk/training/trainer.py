@@ -41,6 +41,7 @@ from dfbk.training.flops import counted
 from dfbk.training.guard import FolderLock, stop_with_workflow
 from dfbk.training.logfile import append_line, flush_log, truncate_log, write_text_atomic
 from dfbk.training.seeding import rng_state, seed_everything, set_rng_state
+from dfbk.training.speed import Speed
 from dfbk.training.validation import Validator, default_val_every
 
 EVALUATED = ("last", "best")
@@ -73,6 +74,7 @@ class TrainSpec:
     val_every: int | None = None  # None: about 5 validations per run; 0: only at the end
     val_slices: int = 8
     evaluate: str = "last"  # which checkpoint becomes model.pt: "last" or "best" (val SSIM)
+    speed: dict[str, Any] = field(default_factory=dict)  # speed switches (training.speed)
 
 
 def parse_direction(direction: str) -> tuple[str, str]:
@@ -108,6 +110,7 @@ class Trainer:
         if spec.evaluate not in EVALUATED:
             raise ConfigError(f"evaluate '{spec.evaluate}' unknown; known: last, best")
         self.spec = spec
+        self.speed = Speed.from_dict(spec.speed)
         seed_everything(spec.seed)  # the same on every rank: every rank builds the same model
         self.world = ddp.world_from_env()
         self.device = ddp.rank_device(pick_device(spec.device), self.world)
@@ -126,6 +129,8 @@ class Trainer:
             ddp.average_gradients(self.method, self.world)
             seed_everything(rank_seed(spec.seed, self.world.rank))  # own noise per rank
         self.method.amp = spec.amp and self.device.type == "cuda"
+        self.speed.apply_backends(self.device)
+        self.speed.apply_layout(self.method)
         self.hparams = self.method.hparams
         split = read_split(spec.split_path)
         self.batcher = SliceBatcher(
@@ -153,6 +158,8 @@ class Trainer:
             self.ema = AveragedModel(
                 net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True
             )
+        self.speed.apply_compile(self.method)  # after the EMA copy: that one stays eager
+        self.fused_skipped: list[str] = []
         self.step = 0
         self.best: dict[str, Any] = {"step": None, "val_ssim": None}
         self.flops: int | None = None
@@ -298,6 +305,7 @@ class Trainer:
             self.best_path.unlink(missing_ok=True)  # from a run that never checkpointed
         if not resumed and self.init_payload is not None:
             self.method.init_from_stage(self.init_payload["state"])
+        self.fused_skipped = self.speed.apply_fused(self.method)  # after the optimisers' state
         self.stop.install()
         total = int(self.hparams["steps"])
         start_time = time.time()
@@ -349,6 +357,9 @@ class Trainer:
 
     def _one_step(self) -> dict[str, float]:
         batch = self.batcher.batch(self.step).to(self.device)
+        batch.source, batch.target, batch.mask = (
+            self.speed.to_batch(t) for t in (batch.source, batch.target, batch.mask)
+        )
         if self.spec.knowledge is not None:
             batch.knowledge = self.spec.knowledge.to(self.device)
         if self.step == 0 and self.flops is None:  # the real step, counted (same numerics)
@@ -443,6 +454,11 @@ class Trainer:
             "wall_seconds": round(wall_seconds, 2),
             "resumed": resumed,
             "device": str(self.device),
+            "speed": {
+                **self.speed.record(),
+                "amp_bf16": self.method.amp,
+                "fused_adam_skipped": self.fused_skipped,
+            },
             "processes": self.world.size,  # data-parallel ranks (train.gpus); batch is global
             "knowledge_encoder": (self.spec.knowledge_info or {}).get("encoder"),
         }

@@ -33,6 +33,7 @@ rule train_method_stage:
             else f"--val-every {n}"
         ),
         evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
+        speed=json.dumps(config.get("train", {}).get("speed", {})),
     log:
         f"{RESULTS}/logs/train_method_stage/{RUN}/{{stage}}.log",
     benchmark:
@@ -51,7 +52,7 @@ rule train_method_stage:
         "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
         "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
-        "--gpus {resources.gpu} "
+        "--gpus {resources.gpu} --speed {params.speed:q} "
         "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
 
 
@@ -81,6 +82,7 @@ rule train_method:
             else f"--val-every {n}"
         ),
         evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
+        speed=json.dumps(config.get("train", {}).get("speed", {})),
     log:
         f"{RESULTS}/logs/train_method/{RUN}.log",
     benchmark:
@@ -98,7 +100,7 @@ rule train_method:
         "{params.module} --store {input.store:q} --split {input.split:q} --out-dir {params.out_dir:q} "
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
         "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
-        "--gpus {resources.gpu} "
+        "--gpus {resources.gpu} --speed {params.speed:q} "
         "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
 
 
