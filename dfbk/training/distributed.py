@@ -29,8 +29,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dfbk.errors import ConfigError
-
 
 @dataclass(frozen=True)
 class World:
@@ -77,16 +75,6 @@ def rank_device(device: torch.device, world: World) -> torch.device:
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def check_divisible(batch_size: int, world: World) -> int:
-    """Per-rank batch size; the preset's global batch must split evenly between the ranks."""
-    if batch_size % world.size:
-        raise ConfigError(
-            f"batch_size {batch_size} does not split evenly over {world.size} processes "
-            "(train.gpus); choose a batch size divisible by the number of GPUs"
-        )
-    return batch_size // world.size
 
 
 def _average_grad(world_size: int):
