@@ -53,6 +53,42 @@ def test_training_writes_model_run_and_log(phantom_store, tmp_path):
     assert run["n_parameters"] > 0 and run["hparams"]["steps"] == 6
 
 
+def test_a_method_with_no_steps_is_validated_once_and_finishes(phantom_store, tmp_path):
+    """identity trains for 0 steps: the loop never validates, so the end must (the demo's bug)."""
+    store, split = phantom_store
+    spec = TrainSpec(
+        dataset="phantom", direction="t1n-to-t2w", method="identity", seed=0,
+        store_dir=store.root, split_path=split, out_dir=tmp_path / "id" / "out",
+        checkpoint_dir=tmp_path / "id" / "ckpt", preset="tiny", device="cpu",
+    )  # fmt: skip
+    Trainer(spec).run()
+    run = json.loads((spec.out_dir / "run.json").read_text())
+    assert run["steps"] == 0 and run["best_step"] == 0
+    assert 0.0 < run["best_val_ssim"] < 1.0  # the copy scores something, not perfection
+    assert load_checkpoint(spec.out_dir / "best.pt")["step"] == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "overrides"),
+    [
+        ("dea_gan", {"num_downs": 4, "ngf": 8, "ndf": 8, "edge_ramp_steps": 1}),
+        ("maskgan", {"n_blocks": 1, "ngf": 4, "ndf": 4}),
+    ],
+)
+def test_methods_with_an_image_pool_validate_and_finish(phantom_store, tmp_path, method, overrides):
+    """An image pool is non-tensor extra state: validation must copy it, not .detach() it."""
+    store, split = phantom_store
+    spec = TrainSpec(
+        dataset="phantom", direction="t1n-to-t2w", method=method, seed=0,
+        store_dir=store.root, split_path=split, out_dir=tmp_path / method / "out",
+        checkpoint_dir=tmp_path / method / "ckpt", preset="tiny", device="cpu",
+        overrides={"steps": 2, "batch_size": 2, "decay_start": 1, **overrides},
+    )  # fmt: skip
+    Trainer(spec).run()
+    run = json.loads((spec.out_dir / "run.json").read_text())
+    assert run["best_step"] == 2 and np.isfinite(run["best_val_ssim"])
+
+
 def test_resume_after_a_crash_is_bit_identical(phantom_store, tmp_path, monkeypatch):
     reference = spec_for(phantom_store, tmp_path, "reference")
     Trainer(reference).run()

@@ -13,6 +13,7 @@ by Snakemake stops when Snakemake does (`guard.stop_with_workflow`).
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -103,6 +104,13 @@ class _StopFlag:
 
     def _handle(self, signum, _frame) -> None:
         self.signal = signum
+
+
+def _copy(value: Any) -> Any:
+    """A detached copy of a state_dict value: tensors, or extra state (e.g. an image pool's list)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    return copy.deepcopy(value)
 
 
 class Trainer:
@@ -350,6 +358,8 @@ class Trainer:
                         file=sys.stderr,
                     )
                     raise SystemExit(128 + self.stop.signal)  # 143 for SIGTERM, as if killed
+        if not self.best_path.exists():  # no step ran (steps: 0, e.g. identity): score once
+            self._validate()
         self.save_training_state()
         if not main:
             return self.spec.out_dir / "model.pt"  # written by rank 0
@@ -381,12 +391,12 @@ class Trainer:
     # ----- validation and outputs ---------------------------------------------------------
     def _inference_state(self) -> dict[str, torch.Tensor]:
         """The method's state with the EMA weights in place of the raw ones (used by inference)."""
-        state = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+        state = {k: _copy(v) for k, v in self.method.state_dict().items()}
         if self.ema is not None:
             net = self.method.ema_network()
             prefix = next(n for n, m in self.method.named_modules() if m is net)
             for key, value in self.ema.module.state_dict().items():
-                state[f"{prefix}.{key}" if prefix else key] = value.detach().clone()
+                state[f"{prefix}.{key}" if prefix else key] = _copy(value)
         return state
 
     def _validate(self) -> dict[str, float]:
@@ -396,7 +406,7 @@ class Trainer:
         in train mode, as pix2pix's released test script does, update BatchNorm statistics).
         """
         state = self._inference_state()
-        saved = {k: v.detach().clone() for k, v in self.method.state_dict().items()}
+        saved = {k: _copy(v) for k, v in self.method.state_dict().items()}
         if self.ema is not None:
             self.method.load_state_dict(state)
         try:
