@@ -107,7 +107,7 @@ class _StopFlag:
 
 
 def _copy(value: Any) -> Any:
-    """A detached copy of a state_dict value: tensors, or extra state (e.g. an image pool's list)."""
+    """A detached copy of a state_dict value: a tensor, or extra state such as an image pool."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     return copy.deepcopy(value)
