@@ -56,4 +56,5 @@ rule all:
         figures=all_figures(),
         tracking=f"{RESULTS}/tracking/imported.json",
         products=all_products(),  # a deleted intermediate reruns what it feeds (common.smk)
+        weights=CONFIGURED_WEIGHTS,  # pretrained weights the config fetches (weights.smk)
     default_target: True

@@ -88,6 +88,7 @@ def expected_jobs(config: dict) -> dict[str, int]:
         "split_subjects": len(config["datasets"]),
         "plot_comparison": len(directions),
         **{f"download_{d}": 1 for d in config["datasets"]},
+        "fetch_weights": len(config.get("weights", {}).get("fetch", [])),
     }
 
 

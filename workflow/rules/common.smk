@@ -260,3 +260,26 @@ def segmentation_runs():
 
 def segmentation_dice_files():
     return [f"{RESULTS}/segment/{RUN.format(**run)}/dice.csv" for run in segmentation_runs()]
+
+
+def weights_for_training(wildcards):
+    """Receipt of ResViT's pretrained ViT when a run's overrides name `vit_weights`: the run
+    waits for the verified file (rule fetch_weights) instead of failing on a missing path."""
+    overrides = method_setting(wildcards, "overrides", {}) or {}
+    return [WEIGHTS_RECEIPT.format(weights="resvit-vit")] if overrides.get("vit_weights") else []
+
+
+def weights_for_knowledge(wildcards):
+    """Receipt of BiomedCLIP when the config asks for that encoder (not for `auto`, which
+    falls back to MiniLM and records why)."""
+    if config.get("knowledge", {}).get("encoder") == "biomedclip":
+        return [WEIGHTS_RECEIPT.format(weights="biomedclip")]
+    return []
+
+
+def weights_for_evaluation(wildcards):
+    """Inception's receipt when the config fetches it, so FID is computed for every run or none
+    (an evaluation that ran before the download would silently lack FID)."""
+    if "inception" in config.get("weights", {}).get("fetch", []):
+        return [WEIGHTS_RECEIPT.format(weights="inception")]
+    return []

@@ -7,6 +7,7 @@ rule evaluate_predictions:
         predictions=rules.translate_test_set.output.predictions,
         store=rules.prepare_slices.output.store,
         split=rules.split_subjects.output.split,
+        weights=weights_for_evaluation,
     output:
         metrics=f"{RESULTS}/evaluate/{RUN}/metrics.json",
         subjects=f"{RESULTS}/evaluate/{RUN}/subjects.csv",

@@ -11,6 +11,8 @@ from dfbk.knowledge.prompts import DEFAULT_PROMPTS, KNOWLEDGE_FORMAT_VERSION
 
 
 rule encode_knowledge:
+    input:
+        weights=weights_for_knowledge,
     output:
         knowledge=f"{RESULTS}/knowledge/{{dataset}}/{{target}}.pt",
     params:

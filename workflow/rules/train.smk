@@ -14,6 +14,7 @@ rule train_method_stage:
         init=previous_stage_model,
         knowledge=knowledge_cache,
         code=method_code,  # a baseline module outside the package: editing it retrains
+        weights=weights_for_training,
     output:
         model=f"{RESULTS}/train/{RUN}/stage-{{stage}}/model.pt",
         best=f"{RESULTS}/train/{RUN}/stage-{{stage}}/best.pt",
@@ -63,6 +64,7 @@ rule train_method:
         init=previous_stage_model,
         knowledge=knowledge_cache,
         code=method_code,  # a baseline module outside the package: editing it retrains
+        weights=weights_for_training,
     output:
         model=f"{RESULTS}/train/{RUN}/model.pt",
         best=f"{RESULTS}/train/{RUN}/best.pt",
