@@ -358,7 +358,7 @@ class Trainer:
                         file=sys.stderr,
                     )
                     raise SystemExit(128 + self.stop.signal)  # 143 for SIGTERM, as if killed
-        if not self.best_path.exists():  # no step ran (steps: 0, e.g. identity): score once
+        if self.step == 0:  # no step ran (steps: 0, e.g. identity): score once (every rank)
             self._validate()
         self.save_training_state()
         if not main:
