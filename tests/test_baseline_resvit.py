@@ -221,7 +221,8 @@ def test_vit_weights_that_do_not_fit_are_refused(tmp_path):
 
 def test_vit_dropout_and_initialisation_follow_the_released_code():
     torch.manual_seed(0)
-    method = resvit().requires_grad_(False)
+    assert get_method_class("resvit").resolve_hparams("paper")["init"] == "released"
+    method = resvit(init="released").requires_grad_(False)
     assert method.hparams["vit_dropout"] == 0.1 and method.hparams["vit_attention_dropout"] == 0.0
     for block in method.generator.vit.blocks:
         # released Attention: attention_dropout_rate (0.0) on the weights AND the output
@@ -249,6 +250,11 @@ def test_vit_dropout_and_initialisation_follow_the_released_code():
     assert float(first.std()) > 0.05
     d_weight = method.discriminator.model[2].weight
     assert 0.015 < float(d_weight.std()) < 0.025
+    # tiny's "normal": N(0, 0.02) generator convolutions (faster in a CPU budget)
+    normal = resvit(init="normal").generator.arts[2].residual.block[1].weight.detach()
+    assert 0.018 < float(normal.std()) < 0.022
+    with pytest.raises(ConfigError, match="init"):
+        resvit(init="xavier")
 
 
 def test_train_mode_inference_runs_each_slice_as_the_released_test_script():
