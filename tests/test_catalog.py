@@ -67,6 +67,11 @@ OVERRIDES = [
     {"augment": "rot90"},
     {"patch_size": 0},
     {"patch_size": True},
+    {"steps": -5},
+    {"steps": 0},
+    {"steps": 2.5},
+    {"batch_size": 0},
+    {"batch_size": -3},
 ]
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from dfbk.errors import ConfigError
+from dfbk.methods.budget import check_budget
 
 
 @dataclass
@@ -146,6 +147,7 @@ class Method(nn.Module):
                 )
             hparams[key] = value
         _check_common(cls.name, hparams)
+        check_budget(cls.name, hparams, cls.PRESETS[preset].get("steps"))
         return hparams
 
     # ----- the interface ------------------------------------------------------------------

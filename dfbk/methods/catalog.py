@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dfbk.errors import ConfigError
+from dfbk.methods.budget import check_budget
 from dfbk.methods.registry import BUILTIN_METHODS, CPU_ONLY_METHODS
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
@@ -81,6 +82,7 @@ class MethodInfo:
             raise ConfigError(
                 f"method '{self.name}': patch_size must be a positive integer or null"
             )
+        check_budget(self.name, hparams, self.presets[preset].get("steps"))
         return hparams
 
 
