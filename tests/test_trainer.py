@@ -251,7 +251,7 @@ def test_augment_and_patch_size_come_from_the_method_settings(phantom_store, tmp
     assert not np.array_equal(batcher.crop_corners(3, 4), batcher.crop_corners(4, 4))
 
 
-def test_unpaired_partners_come_from_another_subject_at_a_similar_level(phantom_store):
+def test_unpaired_partners_come_from_a_similar_level_of_any_training_subject(phantom_store):
     store, split_path = phantom_store
     train = json.loads(split_path.read_text())["train"]
     batcher = SliceBatcher(store, "t1n", "t2w", train, batch_size=4, seed=1, paired=False)
@@ -262,14 +262,15 @@ def test_unpaired_partners_come_from_another_subject_at_a_similar_level(phantom_
         a, b = ranges[subject]
         return subject, (index - a) / (b - a - 1)
 
+    seen = set()
     for step in range(5):
         for own, partner in zip(
             batcher.batch_indices(step), batcher.unpaired_indices(step), strict=True
         ):
-            (s1, r1), (s2, r2) = where(own), where(partner)
-            n = ranges[s2][1] - ranges[s2][0]
-            assert s1 != s2
-            assert abs(r1 - r2) <= (PARTNER_WINDOW + 0.5) / (n - 1) + 1e-9
+            (_, r1), (_, r2) = where(own), where(partner)
+            assert abs(r1 - r2) <= PARTNER_WINDOW + 1e-9  # MaskGAN's released rule: +-0.03
+            seen.add(where(partner)[0])
+    assert len(seen) > 1  # partners come from several subjects, not the source's own
     assert np.array_equal(batcher.unpaired_indices(2), batcher.unpaired_indices(2))
 
 

@@ -19,8 +19,10 @@ from dfbk.data.store import SliceStore
 from dfbk.errors import DataError
 from dfbk.methods.base import Batch
 
-# Unpaired partners come from this many slices either side of the same relative position.
-PARTNER_WINDOW = 2
+# Unpaired partners come from any training slice within this relative axial position of the
+# source's (position = slice index / (slices - 1) in its subject), as MaskGAN's released loader
+# draws them (positions rounded to 0.01, partners within +-0.03).
+PARTNER_WINDOW = 0.03
 
 
 class SliceBatcher:
@@ -85,21 +87,34 @@ class SliceBatcher:
     def unpaired_indices(self, step: int) -> np.ndarray:
         """Partner (target) indices of the batch at `step` for unpaired training.
 
-        For a source slice at relative position r in its subject, the partner is drawn from
-        another training subject (when there is one) at round(r * (n - 1)) +- PARTNER_WINDOW.
+        For a source slice at relative position r in its subject, the partner is drawn
+        uniformly among every training slice (any subject) whose relative position lies within
+        r +- PARTNER_WINDOW: a similar level of the head, as MaskGAN's released loader does.
         """
         rng = np.random.default_rng([self.seed, step, 2])
+        position_of, ordered, positions = self._relative_positions()
         partners = []
         for index in self.batch_indices(step):
-            own = next(i for i, (a, b) in enumerate(self.ranges) if a <= index < b)
-            start, stop = self.ranges[own]
-            relative = (index - start) / max(1, stop - start - 1)
-            others = [i for i in range(len(self.ranges)) if i != own] or [own]
-            start, stop = self.ranges[others[rng.integers(len(others))]]
-            centre = round(relative * (stop - start - 1))
-            offset = int(rng.integers(-PARTNER_WINDOW, PARTNER_WINDOW + 1))
-            partners.append(start + min(max(centre + offset, 0), stop - start - 1))
+            r = position_of[int(index)]
+            lo = np.searchsorted(positions, r - PARTNER_WINDOW - 1e-9, "left")
+            hi = np.searchsorted(positions, r + PARTNER_WINDOW + 1e-9, "right")
+            partners.append(ordered[lo + int(rng.integers(hi - lo))])
         return np.asarray(partners, dtype=self.indices.dtype)
+
+    def _relative_positions(self) -> tuple[dict[int, float], np.ndarray, np.ndarray]:
+        """Each training index's relative axial position in its subject, and the indices with
+        their positions sorted by position (stable, so draws are reproducible)."""
+        if getattr(self, "_positions", None) is None:
+            members, positions = [], []
+            for start, stop in self.ranges:
+                inside = self.indices[(self.indices >= start) & (self.indices < stop)]
+                members.append(inside)
+                positions.append((inside - start) / max(1, stop - start - 1))
+            index, position = np.concatenate(members), np.concatenate(positions)
+            order = np.argsort(position, kind="stable")
+            lookup = dict(zip(index.tolist(), position.tolist(), strict=True))
+            self._positions = (lookup, index[order], position[order])
+        return self._positions
 
     def _read(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
         order = np.argsort(idx)  # sorted reads are sequential on the memmap
