@@ -208,7 +208,13 @@ def _params(inputs: _RunInputs) -> list[Param]:
         flat[name] = _param_value(run.get(name))
     for name in ("device", "dfbk_version", "torch_version", "knowledge_encoder"):
         flat[name] = _param_value(run.get(name))
-    for section in ("hparams", "describe"):
+    for name in (  # the budget and the rule the table's numbers come from (trainer run.json)
+        "batch_size", "patch_size", "augment", "processes", "train_flops_per_step",
+        "evaluated_checkpoint", "evaluated_step", "best_step",
+    ):  # fmt: skip
+        if name in run:
+            flat[name] = _param_value(run.get(name))
+    for section in ("hparams", "describe", "speed"):
         flat.update(_flatten(section, run.get(section) or {}))
     flat.update(_flatten("protocol", inputs.metrics.get("protocol") or {}))
     return [Param(key, value) for key, value in flat.items()]
