@@ -203,3 +203,22 @@ def test_unpaired_batches_draw_targets_from_other_slices(phantom_store):
     assert torch_equal(paired.batch(0).source, unpaired.batch(0).source)
     assert not torch_equal(paired.batch(0).target, unpaired.batch(0).target)
     assert set(unpaired.unpaired_indices(0).tolist()) <= set(store.indices(train).tolist())
+
+
+def test_store_contract_records_the_in_plane_spacing_translate_resamples_to(tmp_path):
+    """The training spacing travels with every checkpoint's contract (median over subjects)."""
+    from dfbk.data.store import write_store
+
+    images = {"t1n": np.zeros((5, 16, 16), np.float32)}
+    mask = np.ones((5, 16, 16), np.uint8)
+    affines = {
+        "a": np.diag([2.0, 2.0, 3.0, 1.0]),
+        "b": np.array([[0, -1.5, 0, 0], [2.5, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], float),
+        "c": np.diag([2.0, 2.0, 1.0, 1.0]),
+    }
+    store = write_store(
+        tmp_path / "s", images, mask, np.zeros_like(mask), {"a": 2, "b": 2, "c": 1},
+        affines=affines,
+    )  # fmt: skip
+    # column norms: a (2, 2), b (2.5, 1.5), c (2, 2) -> medians (2, 2)
+    assert store.contract("t1n")["spacing"] == [2.0, 2.0]

@@ -133,12 +133,28 @@ class SliceStore:
 
     def contract(self, modality: str) -> dict:
         """What a model trained on this modality expects: range, normalisation, size."""
-        return {
+        contract = {
             "modality": modality,
             "range": [0.0, 1.0],
             "norm": self.meta["normalisation"][modality],
             "size": list(self.size),
         }
+        spacing = self.in_plane_spacing()
+        if spacing is not None:  # `dfbk translate` resamples other inputs to it and back
+            contract["spacing"] = spacing
+        return contract
+
+    def in_plane_spacing(self) -> list[float] | None:
+        """Median in-plane voxel size (mm) of the stored slices, from the subjects' affines
+        (columns 0 and 1 of the RAS affine of the (H, W, S) grid); None without affines."""
+        sizes = [
+            np.linalg.norm(np.asarray(info["affine"], dtype=float)[:3, :2], axis=0)
+            for info in self.meta["subjects"].values()
+            if info.get("affine") is not None
+        ]
+        if not sizes:
+            return None
+        return [round(float(v), 3) for v in np.median(np.stack(sizes), axis=0)]
 
 
 def write_store(
