@@ -179,7 +179,9 @@ def test_new_baseline_from_config_runs_its_stage_and_reaches_the_tables(micro_ru
     assert stage["stage"] == "warmup" and stage["hparams"]["steps"] == 2
     assert main["stage"] is None and main["init_from"].endswith("stage-warmup/model.pt")
     table = (micro_run / RESULTS / "tables/comparison.md").read_text()
-    assert table.count("tiny_l1") == 1  # methods.tiny_l1.directions keeps it to T1->T2
+    rows = [line for line in table.splitlines() if line.startswith("|") and "tiny_l1" in line]
+    assert len(rows) == 1  # methods.tiny_l1.directions keeps it to T1->T2 (the caption names it)
+    assert "t1n-to-t2w" in rows[0]
 
 
 def test_second_run_does_nothing(micro_run):
