@@ -244,7 +244,7 @@ def check_method_settings(config: dict[str, Any]) -> None:
             stage_overrides = declared.get(stage, {}) if stage else {}
             where = f"{prefix} (stage {stage})" if stage else prefix
             try:
-                hparams = spec.resolve(preset, {**stage_overrides, **overrides})
+                hparams = spec.resolve(preset, {**stage_overrides, **overrides}, budget=False)
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err}") from err
             key = f"{prefix}.overrides" if overrides.keys() & {"steps", "batch_size"} else where

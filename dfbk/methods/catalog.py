@@ -53,7 +53,7 @@ class MethodInfo:
     augmentations: tuple[str, ...]
 
     def resolve_hparams(
-        self, preset: str, overrides: dict[str, Any] | None = None
+        self, preset: str, overrides: dict[str, Any] | None = None, *, budget: bool = True
     ) -> dict[str, Any]:
         """Preset values updated by overrides, refused as `Method.resolve_hparams` refuses them.
 
@@ -82,7 +82,8 @@ class MethodInfo:
             raise ConfigError(
                 f"method '{self.name}': patch_size must be a positive integer or null"
             )
-        check_budget(self.name, hparams, self.presets[preset].get("steps"))
+        if budget:  # config_checks checks it itself, naming the config key
+            check_budget(self.name, hparams, self.presets[preset].get("steps"))
         return hparams
 
 
