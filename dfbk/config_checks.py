@@ -24,6 +24,7 @@ import yaml
 
 from dfbk.data.adapters import get_adapter
 from dfbk.errors import ConfigError
+from dfbk.methods.budget import check_budget
 from dfbk.methods.catalog import method_info
 from dfbk.methods.registry import add_method_module, get_method_class, list_methods, method_stages
 
@@ -209,16 +210,6 @@ def _method_entries(config: dict[str, Any]) -> Iterator[tuple[str, str, dict[str
         yield "ablation.methods", name, settings, list(ablation.get("directions", {}))
 
 
-def _check_trainer_keys(key: str, hparams: dict[str, Any], preset_steps: Any) -> None:
-    steps, batch = hparams.get("steps"), hparams.get("batch_size")
-    if steps is not None:
-        least = 0 if preset_steps == 0 else 1  # 0 only for a method with nothing to train
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < least:
-            raise ConfigError(f"{key}: steps must be an integer >= {least}; got {steps!r}")
-    if batch is not None and (isinstance(batch, bool) or not isinstance(batch, int) or batch < 1):
-        raise ConfigError(f"{key}: batch_size must be an integer >= 1; got {batch!r}")
-
-
 def check_method_settings(config: dict[str, Any]) -> None:
     """Resolve each method's hyperparameters as training will, and refuse what cannot run.
 
@@ -248,7 +239,7 @@ def check_method_settings(config: dict[str, Any]) -> None:
             except ConfigError as err:
                 raise ConfigError(f"{where}: {err}") from err
             key = f"{prefix}.overrides" if overrides.keys() & {"steps", "batch_size"} else where
-            _check_trainer_keys(key, hparams, spec.preset_steps[preset])
+            check_budget(key, hparams, spec.preset_steps[preset])
             multiple = spec.size_multiple(hparams)
             patch = hparams.get("patch_size")
             for dataset in datasets:

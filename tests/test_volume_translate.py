@@ -14,7 +14,7 @@ from dfbk.knowledge import KnowledgeEmbedding, prompt_hash, save_knowledge
 from dfbk.methods.registry import build_method
 from dfbk.training.checkpoint import recipe, save_atomic
 from dfbk.training.trainer import TrainSpec
-from dfbk.volume_translate import to_ras, translate_volume
+from dfbk.volume_translate import translate_volume
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Intensity normalisation to [0, 1], one rule per modality family (see docs/design.md, data flow 2).
+"""Intensity normalisation to [0, 1], one rule per modality family (docs/design.md, data flow 2).
 
 MR has no absolute units, so each volume is clipped to the 0.5th/99.5th percentiles of its
 foreground voxels and scaled to [0, 1]. CT is in Hounsfield units, so a fixed window

@@ -29,9 +29,10 @@ SynthRAD2023/metrics repository; CT in HU):
   BraTS 2023 inpainting evaluation the BraSyn code derives from).
 A constant prediction (99.5th = 0.5th percentile, a division by zero in the official code)
 is normalised to zeros here. PSNR is capped at 100 dB like every PSNR of the project
-(identical volumes would give infinity). Everything is computed in float64 (the challenges' code runs
-in float32; the difference is of the order of 1e-6). A stack too thin for the window (fewer than 7 slices for
-SynthRAD's 7-voxel window, fewer than 6 for BraSyn's reflection padding of 5) scores NaN SSIM.
+(identical volumes would give infinity). Everything is computed in float64 (the challenges'
+code runs in float32; the difference is of the order of 1e-6). A stack too thin for the window
+(fewer than 7 slices for SynthRAD's 7-voxel window, fewer than 6 for BraSyn's reflection padding
+of 5) scores NaN SSIM.
 """
 
 from __future__ import annotations

@@ -83,7 +83,7 @@ class MethodInfo:
                 f"method '{self.name}': patch_size must be a positive integer or null"
             )
         if budget:  # config_checks checks it itself, naming the config key
-            check_budget(self.name, hparams, self.presets[preset].get("steps"))
+            check_budget(f"method '{self.name}'", hparams, self.presets[preset].get("steps"))
         return hparams
 
 
