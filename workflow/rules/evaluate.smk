@@ -16,6 +16,8 @@ rule evaluate_predictions:
         out_dir=subpath(output.metrics, parent=True),
     log:
         f"{RESULTS}/logs/evaluate_predictions/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate_predictions/{RUN}.tsv"
     resources:
         # a 256x256x140 subject peaks at 1.2 GB; BraSyn's 3-D SSIM maps take ~10-50 s each
         mem_mb=4000,
