@@ -35,6 +35,8 @@ rule encode_knowledge:
         target=r"[a-z0-9]+",
     log:
         f"{RESULTS}/logs/encode_knowledge/{{dataset}}/{{target}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/encode_knowledge/{{dataset}}/{{target}}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
