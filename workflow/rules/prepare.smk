@@ -50,6 +50,8 @@ rule split_subjects:
         ),
     log:
         f"{RESULTS}/logs/split_subjects/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/split_subjects/{{dataset}}.tsv"
     resources:
         mem_mb=500,
         runtime=5,
