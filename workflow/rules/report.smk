@@ -20,6 +20,8 @@ rule plot_comparison:
         ),
     log:
         f"{RESULTS}/logs/plot_comparison/{{dataset}}/{{direction}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_comparison/{{dataset}}/{{direction}}.tsv"
     resources:
         mem_mb=2000,
         runtime=10,
@@ -43,6 +45,8 @@ rule tabulate_comparison:
         caption=TABLE_CAPTION,
     log:
         f"{RESULTS}/logs/tabulate_comparison.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tabulate_comparison.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
@@ -66,6 +70,8 @@ rule tabulate_ablation:
         caption=f"DFBK ablation. {TABLE_CAPTION}",
     log:
         f"{RESULTS}/logs/tabulate_ablation.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tabulate_ablation.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
