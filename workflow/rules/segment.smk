@@ -45,6 +45,8 @@ rule score_segmentation:
         target=lambda wc: wc.direction.split("-to-")[1],
     log:
         f"{RESULTS}/logs/score_segmentation/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/score_segmentation/{RUN}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -67,6 +69,8 @@ rule tabulate_segmentation:
         out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
     log:
         f"{RESULTS}/logs/tabulate_segmentation.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tabulate_segmentation.tsv"
     resources:
         mem_mb=1000,
         runtime=10,
