@@ -36,6 +36,7 @@ from dfbk.errors import ConfigError, TrainingError
 from dfbk.knowledge.cache import load_knowledge
 from dfbk.methods.base import Knowledge, count_parameters
 from dfbk.methods.registry import build_method, get_method_class
+from dfbk.tracking.environment import run_environment
 from dfbk.training import checkpoint as ckpt
 from dfbk.training import distributed as ddp
 from dfbk.training.flops import counted
@@ -471,6 +472,7 @@ class Trainer:
             },
             "processes": self.world.size,  # data-parallel ranks (train.gpus); batch is global
             "knowledge_encoder": (self.spec.knowledge_info or {}).get("encoder"),
+            "environment": run_environment(),  # commit, host, GPU: tags of the MLflow run
         }
         write_text_atomic(out / "run.json", json.dumps(info, indent=2, default=str) + "\n")
         return out / "model.pt"
