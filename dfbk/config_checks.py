@@ -26,6 +26,7 @@ from dfbk.data.adapters import get_adapter
 from dfbk.errors import ConfigError
 from dfbk.methods.budget import check_budget
 from dfbk.methods.catalog import method_info
+from dfbk.methods.external import check_external_methods, external_methods
 from dfbk.methods.registry import add_method_module, get_method_class, list_methods, method_stages
 
 # The schema's default slice size (workflow/schemas/config.schema.yaml, datasets.*.size).
@@ -63,13 +64,15 @@ def check_config(config: dict[str, Any]) -> None:
     for name, module in method_modules(config).items():
         add_method_module(name, module)
     known = list_methods()
+    check_external_methods(config, known)  # commands, not classes: dfbk.methods.external
+    external = external_methods(config)
     ablation = config.get("ablation", {})
     for section, names in (
         ("methods", config["methods"]),
         ("ablation.methods", ablation.get("methods", {})),
     ):
         for name in names:
-            if name not in known:
+            if name not in known and name not in external:
                 raise ConfigError(
                     f"{section}.{name}: unknown method '{name}'; known: {', '.join(known)}"
                 )
@@ -202,6 +205,8 @@ def _method_entries(config: dict[str, Any]) -> Iterator[tuple[str, str, dict[str
     """(section, name, settings, datasets it trains on) for every configured method."""
     directions = {d: set(spec["directions"]) for d, spec in config["datasets"].items()}
     for name, settings in config["methods"].items():
+        if settings.get("external") is not None:
+            continue  # its own commands resolve its settings (dfbk.methods.external)
         chosen = settings.get("directions")
         datasets = [d for d, rs in directions.items() if chosen is None or rs & set(chosen)]
         yield "methods", name, settings, datasets
