@@ -14,9 +14,57 @@ from pathlib import Path
 
 from dfbk.errors import DfbkError
 
+# The config schema's defaults (workflow/schemas/config.schema.yaml; tests/test_cli.py checks).
+DEFAULT_SLICE_SIZE = (256, 256)  # datasets.<name>.size
+DEFAULT_TRANSLATE_BATCH = 32  # translate.batch_size
+
 
 def _csv(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
+
+
+def json_object(text: str, option: str) -> dict:
+    """Parse a JSON-object option; bad JSON or another type is one ConfigError naming it."""
+    from dfbk.errors import ConfigError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{option}: not valid JSON ({err.msg} at character {err.pos})") from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option}: must be a JSON object {{...}}, got {type(value).__name__}")
+    return value
+
+
+def check_train_request(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Refuse bad --overrides/--speed JSON, an unknown preset or override key before any work.
+
+    Built-in methods are checked against the torch-free catalog, so the error comes in well
+    under a second; a method from --module is checked when its class is imported.
+    """
+    from dfbk.errors import ConfigError
+    from dfbk.methods.catalog import load_catalog
+
+    overrides = json_object(args.overrides, "--overrides")
+    speed = json_object(args.speed, "--speed")
+    catalog = load_catalog()
+    if args.module is None and args.method not in catalog:
+        raise ConfigError(
+            f"method: unknown method '{args.method}'; known: {', '.join(sorted(catalog))}"
+        )
+    if args.module is None:
+        info = catalog[args.method]
+        if args.preset not in info.presets:
+            raise ConfigError(
+                f"--preset: method '{args.method}' has no preset '{args.preset}'; "
+                f"known: {', '.join(info.presets)}"
+            )
+        stage = info.stages.get(args.stage, {}) if args.stage else {}
+        try:
+            info.resolve_hparams(args.preset, {**stage, **overrides}, budget=False)
+        except ConfigError as err:
+            raise ConfigError(f"--overrides: {err}") from err
+    return overrides, speed
 
 
 def cmd_phantom(args: argparse.Namespace) -> None:
@@ -90,6 +138,7 @@ def cmd_split(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from dfbk.training.guard import FolderLock, stop_with_workflow
 
+    overrides, speed = check_train_request(args)
     if args.gpus > 1 and "WORLD_SIZE" not in os.environ:  # data parallel: torchrun runs N of us
         FolderLock(args.checkpoint_dir).acquire().release()  # fail fast if another trainer runs
         from dfbk.training.distributed import torchrun_command
@@ -115,7 +164,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         out_dir=args.out_dir,
         checkpoint_dir=args.checkpoint_dir,
         preset=args.preset,
-        overrides=json.loads(args.overrides),
+        overrides=overrides,
         module=args.module,
         stage=args.stage,
         knowledge_path=args.knowledge,
@@ -126,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         val_every=args.val_every,
         val_slices=args.val_slices,
         evaluate=args.evaluate,
-        speed=json.loads(args.speed),
+        speed=speed,
     )
     try:
         written = train(spec)
@@ -227,10 +276,48 @@ def cmd_weights(args: argparse.Namespace) -> None:
     main_weights(args.name, args.dest, args.from_file, args.receipt)
 
 
-def cmd_list_methods(args: argparse.Namespace) -> None:
-    from dfbk.methods.registry import list_methods
+def _millions(n: int) -> str:
+    return "0" if n == 0 else f"{n / 1e6:.3g}M" if n >= 1e5 else f"{n / 1e3:.3g}k"
 
-    print("\n".join(list_methods()))
+
+def method_lines() -> list[str]:
+    """One line per built-in method: name, presets with parameter counts, then its description.
+
+    Read from the torch-free catalog (dfbk/methods/catalog.json), so listing costs no import of
+    torch; counts are trainable parameters at each preset's own values.
+    """
+    from dfbk.methods.catalog import load_catalog
+
+    catalog = load_catalog()
+    presets = {
+        name: ", ".join(f"{p} {_millions(n)}" for p, n in info.parameters.items())
+        for name, info in catalog.items()
+    }
+    width, preset_width = max(map(len, catalog)), max(map(len, presets.values()))
+    lines = [f"{'method':<{width}}  {'presets (parameters)':<{preset_width}}  description"]
+    for name in sorted(catalog):
+        lines.append(
+            f"{name:<{width}}  {presets[name]:<{preset_width}}  {catalog[name].description}"
+        )
+    return lines
+
+
+def cmd_list_methods(args: argparse.Namespace) -> None:
+    if args.names_only:
+        from dfbk.methods.registry import list_methods
+
+        print("\n".join(list_methods()))
+        return
+    print("\n".join(method_lines()))
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from dfbk.status import collect_status, format_status, load_config
+
+    config = load_config(args.configfile)
+    if args.results_dir is not None:
+        config["results_dir"] = str(args.results_dir)
+    print(format_status(collect_status(config)))
 
 
 def _version() -> str:
@@ -245,12 +332,70 @@ def _version() -> str:
         return dfbk.__version__
 
 
+# One worked example per verb, shown at the end of its --help (argparse epilog).
+EXAMPLES: dict[str, str] = {
+    "phantom": "dfbk phantom resources/raw/phantom --subjects 16 --seed 0 --voxel-mm 3",
+    "prepare": "dfbk prepare phantom resources/raw/phantom results/prepare/phantom/store "
+    "\\\n      --modalities t1n,t2w,t2f --size 256 256",
+    "split": "dfbk split results/prepare/phantom/store --out results/prepare/phantom/splits.json "
+    "\\\n      --seed 0 --fractions 0.6 0.15 0.25",
+    "train": "dfbk train phantom t1n-to-t2w dfbk --preset tiny --seed 0 \\\n"
+    "      --store results/prepare/phantom/store --split results/prepare/phantom/splits.json "
+    "\\\n      --out-dir results/train/phantom/t1n-to-t2w/dfbk/seed-0 \\\n"
+    "      --checkpoint-dir results/checkpoints/phantom/t1n-to-t2w/dfbk/seed-0 "
+    "\\\n      --overrides '{\"steps\": 200}'",
+    "predict": "dfbk predict results/train/phantom/t1n-to-t2w/dfbk/seed-0/model.pt \\\n"
+    "      results/prepare/phantom/store results/prepare/phantom/splits.json \\\n"
+    "      results/translate/phantom/t1n-to-t2w/dfbk/seed-0 --batch-size 32",
+    "evaluate": "dfbk evaluate results/prepare/phantom/store "
+    "results/translate/phantom/t1n-to-t2w/dfbk/seed-0 \\\n"
+    "      results/prepare/phantom/splits.json t1n-to-t2w "
+    "results/evaluate/phantom/t1n-to-t2w/dfbk/seed-0 \\\n"
+    "      --dataset phantom --method dfbk --seed 0",
+    "figure": "dfbk figure results/prepare/phantom/store results/prepare/phantom/splits.json "
+    "t1n-to-t2w \\\n      results/figures/phantom/t1n-to-t2w.png "
+    "--prediction dfbk=results/translate/phantom/t1n-to-t2w/dfbk/seed-0",
+    "tables": "dfbk tables results/evaluate/*/*/*/seed-*/metrics.json "
+    "--out-stem results/tables/comparison",
+    "track": "dfbk track --train-dirs results/train/phantom/t1n-to-t2w/dfbk/seed-0 \\\n"
+    "      --eval-dirs results/evaluate/phantom/t1n-to-t2w/dfbk/seed-0 "
+    "--out results/tracking/imported.json",
+    "weights": "dfbk weights biomedclip\n  dfbk weights inception --from-file pt_inception.pth",
+    "list-methods": "dfbk list-methods",
+    "status": "dfbk status --configfile config/paper.yaml",
+    "download": "dfbk download isles2015 resources/raw/isles2015",
+    "knowledge": "dfbk knowledge t2w --out results/knowledge/brats2023/t2w.pt --encoder auto",
+    "translate": "dfbk translate --checkpoint model.pt --source sub-01_t1n.nii.gz "
+    "--output sub-01_t2w.nii.gz",
+}
+
+
+def _verb(verbs: argparse._SubParsersAction, name: str, summary: str) -> argparse.ArgumentParser:
+    """A verb whose --help opens with its summary and ends with its example."""
+    return verbs.add_parser(
+        name,
+        help=summary,
+        description=summary[0].upper() + summary[1:] + ".",
+        epilog=f"example:\n  {EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_examples(verbs: argparse._SubParsersAction) -> None:
+    """Give verbs registered by other modules an example too, unless their epilog has one."""
+    for name, p in verbs.choices.items():
+        epilog = p.epilog or ""
+        if "example" not in epilog and name in EXAMPLES:
+            p.epilog = f"{epilog}\n\nexample:\n  {EXAMPLES[name]}".lstrip()
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfbk", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"dfbk {_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
-    p = verbs.add_parser("phantom", help="synthesise the multi-contrast head phantom dataset")
+    p = _verb(verbs, "phantom", "synthesise the multi-contrast head phantom dataset")
     p.add_argument("out_dir", type=Path, help="folder to write phantom-NNN/ subject folders into")
     p.add_argument("--subjects", type=int, default=16, help="number of subjects (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -270,13 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_phantom)
 
-    p = verbs.add_parser("prepare", help="raw volumes -> checked, normalised slice store")
+    p = _verb(verbs, "prepare", "raw volumes -> checked, normalised slice store")
     p.add_argument("dataset", help="dataset layout name (e.g. phantom)")
     p.add_argument("raw_dir", type=Path, help="folder holding the raw subject folders")
     p.add_argument("out_dir", type=Path, help="slice store folder to create")
     p.add_argument("--modalities", required=True, help="comma-separated modalities to keep")
     p.add_argument(
-        "--size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"), help="slice size"
+        "--size",
+        type=int,
+        nargs=2,
+        default=list(DEFAULT_SLICE_SIZE),
+        metavar=("H", "W"),
+        help="slice size after centre crop/zero pad (default %(default)s, as the config's)",
     )
     p.add_argument(
         "--min-foreground", type=float, default=0.05, help="min foreground fraction per slice"
@@ -293,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_prepare)
 
-    p = verbs.add_parser("split", help="seeded subject-level train/val/test split, written once")
+    p = _verb(verbs, "split", "seeded subject-level train/val/test split, written once")
     p.add_argument("store", type=Path, help="slice store folder")
     p.add_argument("--out", type=Path, required=True, help="splits.json to write (or check)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
@@ -307,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_split)
 
-    p = verbs.add_parser("train", help="train one method on one direction of one dataset")
+    p = _verb(verbs, "train", "train one method on one direction of one dataset")
     p.add_argument("dataset", help="dataset name")
     p.add_argument("direction", help="'<source>-to-<target>', e.g. t1n-to-t2w")
     p.add_argument("method", help="registered method name (see `dfbk list-methods`)")
@@ -353,17 +503,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_train)
 
-    p = verbs.add_parser("predict", help="translate the test split with a checkpoint")
+    p = _verb(verbs, "predict", "translate the test split with a checkpoint")
     p.add_argument("checkpoint", type=Path, help="model.pt written by `dfbk train`")
     p.add_argument("store", type=Path, help="slice store folder")
     p.add_argument("split", type=Path, help="splits.json")
     p.add_argument("out_dir", type=Path, help="folder for {subject}.nii.gz predictions")
-    p.add_argument("--batch-size", type=int, default=32, help="slices per batch (default 32)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_TRANSLATE_BATCH,
+        help="slices per batch (default %(default)s, the config's translate.batch_size)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.set_defaults(func=cmd_predict)
 
-    p = verbs.add_parser("evaluate", help="per-slice and per-subject metrics of one run")
+    p = _verb(verbs, "evaluate", "per-slice and per-subject metrics of one run")
     p.add_argument("store", type=Path, help="slice store folder")
     p.add_argument("predictions", type=Path, help="folder written by `dfbk predict`")
     p.add_argument("split", type=Path, help="splits.json")
@@ -374,7 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True, help="seed (recorded)")
     p.set_defaults(func=cmd_evaluate)
 
-    p = verbs.add_parser("figure", help="source | target | methods | error figure for a direction")
+    p = _verb(verbs, "figure", "source | target | methods | error figure for a direction")
     p.add_argument("store", type=Path, help="slice store folder")
     p.add_argument("split", type=Path, help="splits.json")
     p.add_argument("direction", help="'<source>-to-<target>'")
@@ -388,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_figure)
 
-    p = verbs.add_parser("tables", help="comparison table (md, csv, tex) from metrics files")
+    p = _verb(verbs, "tables", "comparison table (md, csv, tex) from metrics files")
     p.add_argument("metrics", nargs="+", help="metrics.json files of the runs")
     p.add_argument("--out-stem", type=Path, required=True, help="output path without suffix")
     p.add_argument("--caption", default="", help="table caption (protocol)")
@@ -411,7 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_tables)
 
-    p = verbs.add_parser("track", help="import finished runs into MLflow (idempotent)")
+    p = _verb(verbs, "track", "import finished runs into MLflow (idempotent)")
     p.add_argument("--train-dirs", nargs="+", required=True, help="training output folders")
     p.add_argument("--eval-dirs", nargs="+", required=True, help="evaluation folders, same order")
     p.add_argument(
@@ -429,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="JSON listing the imported runs")
     p.set_defaults(func=cmd_track)
 
-    p = verbs.add_parser("weights", help="fetch and verify pretrained weights (paper config)")
+    p = _verb(verbs, "weights", "fetch and verify pretrained weights (paper config)")
     p.add_argument("name", choices=("biomedclip", "resvit-vit", "inception"), help="weight set")
     p.add_argument(
         "--dest",
@@ -445,8 +600,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--receipt", type=Path, help="JSON to write listing the verified files")
     p.set_defaults(func=cmd_weights)
 
-    p = verbs.add_parser("list-methods", help="print the registered method names")
+    p = _verb(verbs, "list-methods", "list methods: presets with parameter counts, description")
+    p.add_argument("--names-only", action="store_true", help="print only the registered names")
     p.set_defaults(func=cmd_list_methods)
+
+    p = _verb(verbs, "status", "which runs of a config are done, running, failed or pending")
+    p.add_argument(
+        "--configfile",
+        type=Path,
+        help="the experiment's config, as given to snakemake (default config/config.yaml)",
+    )
+    p.add_argument(
+        "--results-dir", type=Path, help="results folder (default: the config's results_dir)"
+    )
+    p.set_defaults(func=cmd_status)
 
     from dfbk.data.download import register as register_download
     from dfbk.knowledge.cli import register as register_knowledge
@@ -455,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_download(verbs)
     register_knowledge(verbs)
     register_translate(verbs)
+    _add_examples(verbs)
     return parser
 
 

@@ -239,26 +239,115 @@ def _check_paths(source: Path, output: Path, mask: Path | None) -> None:
             raise DataError(f"{output}: is the {role} volume; refusing to overwrite an input")
 
 
+@dataclass
+class Member:
+    """One loaded checkpoint of a translation: its payload, rebuilt model, knowledge and tile."""
+
+    checkpoint: Path
+    payload: dict[str, Any]
+    method: Any
+    knowledge: Knowledge | None
+    tile: tuple[int, int]
+
+
+ENSEMBLES = ("mean",)
+
+
+def load_members(
+    checkpoints: Path | list[Path],
+    device: str = "auto",
+    knowledge: Path | None = None,
+    ensemble: str | None = None,
+) -> list[Member]:
+    """Rebuild each checkpoint's model once; several must agree on method, direction and data.
+
+    Several checkpoints (seeds of one run) are averaged voxel-wise (`ensemble="mean"`); they
+    must share method, direction and source/target contracts, or the mean would mix models
+    trained on other data. The refusal names the first checkpoint that differs.
+    """
+    from dfbk.training.checkpoint import load_checkpoint, rebuild_method
+    from dfbk.translation import training_tile
+
+    paths = [Path(checkpoints)] if isinstance(checkpoints, str | Path) else list(checkpoints)
+    if not paths:
+        raise ConfigError("--checkpoint: give at least one model.pt")
+    if len(paths) > 1 and ensemble not in ENSEMBLES:
+        raise ConfigError(
+            f"--checkpoint: {len(paths)} checkpoints need --ensemble {'|'.join(ENSEMBLES)}"
+        )
+    payloads = [load_checkpoint(path) for path in paths]
+    first = payloads[0]
+    for path, payload in zip(paths, payloads, strict=True):
+        _contracts(payload, path)
+        for key in ("method", "direction", "source", "target"):
+            if payload.get(key) != first.get(key):
+                raise DataError(
+                    f"{path}: {key} {payload.get(key)} differs from {paths[0]}'s "
+                    f"{first.get(key)}; ensemble members must agree"
+                )
+    torch_device = _device(device)
+    members = []
+    for path, payload in zip(paths, payloads, strict=True):
+        tokens = _knowledge(payload, knowledge, path)
+        method = rebuild_method(payload).to(torch_device)
+        tokens = None if tokens is None else tokens.to(method.device)
+        members.append(Member(path, payload, method, tokens, training_tile(payload)))
+    return members
+
+
 def translate_volume(
-    checkpoint: Path,
+    checkpoint: Path | list[Path],
     source: Path,
     output: Path,
-    batch_size: int = 16,
+    batch_size: int = 32,
     device: str = "auto",
     knowledge: Path | None = None,
     mask: Path | None = None,
+    ensemble: str | None = None,
 ) -> dict[str, Any]:
-    """Translate `source` with `checkpoint` into `output` (same grid, affine and header)."""
+    """Translate `source` with `checkpoint` (or the mean of several) into `output` (same grid,
+    affine and header)."""
+    members = load_members(checkpoint, device, knowledge, ensemble)
+    return translate_with(members, Path(source), Path(output), batch_size, mask)
+
+
+def _predict(members: list[Member], grid: TrainingGrid, source: Path, batch_size: int):
+    """(mean prediction on the work grid in [0, 1], tiles run); members one after another."""
     from dfbk.diffusion.noise import slice_seeds
     from dfbk.sliding_window import NonFiniteOutput, translate_tiled
-    from dfbk.training.checkpoint import load_checkpoint, rebuild_method
-    from dfbk.translation import check_finite, non_finite_error, run_seed, training_tile
+    from dfbk.translation import check_finite, non_finite_error, run_seed
 
-    checkpoint, source, output = Path(checkpoint), Path(source), Path(output)
+    total, tiles = None, 0
+    for member in members:
+        payload = member.payload
+        seeds = slice_seeds(run_seed(payload), _subject_name(source), grid.keep)
+        desc = f"translate {payload['method']} {payload.get('direction', '')}".strip()
+        with tqdm(desc=desc, unit="tile", file=sys.stderr, mininterval=2) as bar:
+            try:
+                pred, count = translate_tiled(
+                    member.method, grid.work, seeds, member.tile, max(1, batch_size),
+                    member.knowledge, grid.work_fg, bar.update,
+                )  # fmt: skip
+            except NonFiniteOutput as err:
+                raise non_finite_error(member.checkpoint, str(source), err) from err
+        check_finite(pred, member.checkpoint, str(source))
+        total = pred.astype(np.float64) if total is None else total + pred
+        tiles += int(count)
+    return (total / len(members)).astype(np.float32), tiles
+
+
+def translate_with(
+    members: list[Member],
+    source: Path,
+    output: Path,
+    batch_size: int = 32,
+    mask: Path | None = None,
+) -> dict[str, Any]:
+    """Translate one volume with loaded members (the mean of their predictions when several)."""
+    payload = members[0].payload
     mask = None if mask is None else Path(mask)
     _check_paths(source, output, mask)
-    payload = load_checkpoint(checkpoint)
-    src_contract, tgt_contract = _contracts(payload, checkpoint)
+    src_contract, tgt_contract = _contracts(payload, members[0].checkpoint)
     image, data = read_3d(source, "source")
     foreground = _foreground(data, image, mask)
     if not foreground.any():
@@ -271,21 +360,7 @@ def translate_volume(
     fg_ras, _ = to_ras(foreground, image.affine)
     input_mm = tuple(float(v) for v in voxel_sizes(ras_affine(image.affine, data.shape))[:2])
     grid = TrainingGrid.plan(unit_ras, fg_ras, input_mm, src_contract.get("spacing"))
-
-    method = rebuild_method(payload).to(_device(device))
-    tokens = _knowledge(payload, knowledge, checkpoint)
-    tokens = None if tokens is None else tokens.to(method.device)
-    tile = training_tile(payload)
-    seeds = slice_seeds(run_seed(payload), _subject_name(source), grid.keep)
-    desc = f"translate {payload['method']} {payload.get('direction', '')}".strip()
-    with tqdm(desc=desc, unit="tile", file=sys.stderr, mininterval=2) as bar:
-        try:
-            pred, tiles = translate_tiled(
-                method, grid.work, seeds, tile, max(1, batch_size), tokens, grid.work_fg, bar.update
-            )
-        except NonFiniteOutput as err:
-            raise non_finite_error(checkpoint, str(source), err) from err
-    check_finite(pred, checkpoint, str(source))
+    pred, tiles = _predict(members, grid, source, batch_size)
     volume = apply_orientation(np.moveaxis(grid.back_to_input(pred), 0, 2), back)
     if is_ct(tgt_contract["modality"]):
         volume = ct_to_hu(volume)
@@ -300,10 +375,56 @@ def translate_volume(
         "orientation": "".join(nib.aff2axcodes(image.affine)),
         **grid.describe(),
         "training_spacing_recorded": bool(src_contract.get("spacing")),
-        "tile": [int(n) for n in tile],
-        "tiles": int(tiles),
-        "device": str(method.device),
+        "tile": [int(n) for n in members[0].tile],
+        "tiles": tiles,
+        "members": len(members),
+        "device": str(members[0].method.device),
     }
+
+
+def nifti_files(folder: Path) -> list[Path]:
+    """The NIfTI volumes directly in `folder` (.nii, .nii.gz), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(NIFTI_OUT))
+
+
+def translate_folder(
+    checkpoints: Path | list[Path],
+    in_dir: Path,
+    out_dir: Path,
+    batch_size: int = 32,
+    device: str = "auto",
+    knowledge: Path | None = None,
+    mask_dir: Path | None = None,
+    ensemble: str | None = None,
+) -> list[dict[str, Any]]:
+    """nnU-Net style: every NIfTI in `in_dir` -> the same file name in `out_dir`.
+
+    The models are loaded once for all volumes; each output is written atomically, so an
+    error on one volume leaves the finished ones and no partial file. `mask_dir`, when given,
+    holds a mask of the same file name per volume.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    if not in_dir.is_dir():
+        raise DataError(f"{in_dir}: not a folder of NIfTI volumes")
+    sources = nifti_files(in_dir)
+    if not sources:
+        raise DataError(f"{in_dir}: no .nii or .nii.gz volume in this folder")
+    if out_dir.exists() and out_dir.resolve() == in_dir.resolve():
+        raise DataError(f"{out_dir}: is the input folder; outputs would overwrite the inputs")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder")
+    masks = [None] * len(sources)
+    if mask_dir is not None:
+        masks = [Path(mask_dir) / s.name for s in sources]
+        missing = [m for m in masks if not m.is_file()]
+        if missing:
+            raise DataError(f"{missing[0]}: no mask of this name for {in_dir / missing[0].name}")
+    members = load_members(checkpoints, device, knowledge, ensemble)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        translate_with(members, src, out_dir / src.name, batch_size, mask)
+        for src, mask in zip(sources, masks, strict=True)
+    ]
 
 
 def _subject_name(source: Path) -> str:
@@ -325,8 +446,10 @@ def summary_line(info: dict[str, Any]) -> str:
         how = f"at {spacing} mm, the training spacing"
     else:
         how = f"at the input's {spacing} mm (the checkpoint records no training spacing)"
+    members = info.get("members", 1)
+    ensemble = f" (mean of {members} checkpoints)" if members > 1 else ""
     return (
-        f"{info['output']}: {info['method']} {info['source_modality']}->"
+        f"{info['output']}: {info['method']}{ensemble} {info['source_modality']}->"
         f"{info['target_modality']}, whole field of view {fov[0]}x{fov[1]} voxels "
         f"({mm[0]:g}x{mm[1]:g} mm) of {info['translated']}/{info['slices']} axial slices "
         f"(those with foreground), {how}, {info['tiles']} tiles of "
@@ -346,48 +469,89 @@ Gaussian weight (no seams); a checkpoint that records its training spacing gets 
 resampled to it and back. The summary line names the field of view, spacing and tiles. The
 batch size changes speed only: each slice's noise comes from (run seed, file name, slice).
 
+A folder as --source (nnU-Net style, -i/-o) translates every .nii/.nii.gz in it into the same
+file name in the --output folder, loading the models once. Several checkpoints (the seeds of a
+run) with --ensemble mean average their translations voxel-wise; they must share method,
+direction and data contracts.
+
 example:
   dfbk translate --checkpoint results/train/brats2023/t1n-to-t2w/dfbk/seed-0/model.pt \\
       --source sub-01_t1n.nii.gz --output sub-01_t2w_synth.nii.gz --batch-size 32
+  dfbk translate -i t1n_volumes/ -o t2w_synth/ --ensemble mean \\
+      --checkpoint results/train/brats2023/t1n-to-t2w/dfbk/seed-{0,1,2}/model.pt
 """
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
-    """Thin wrapper over `translate_volume` that prints a one-line summary."""
+    """Thin wrapper over `translate_volume`/`translate_folder`; one summary line per volume."""
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    info = translate_volume(
-        args.checkpoint,
-        args.source,
-        args.output,
-        args.batch_size,
-        args.device,
-        args.knowledge,
-        args.mask,
-    )
-    print(summary_line(info))
+    source, output = Path(args.source), Path(args.output)
+    options = (args.batch_size, args.device, args.knowledge)
+    if source.is_dir():
+        infos = translate_folder(
+            args.checkpoint, source, output, *options, mask_dir=args.mask, ensemble=args.ensemble
+        )
+    else:
+        infos = [
+            translate_volume(args.checkpoint, source, output, *options, args.mask, args.ensemble)
+        ]
+    for info in infos:
+        print(summary_line(info))
 
 
 def register(verbs: argparse._SubParsersAction) -> None:
     """Add the `translate` verb to the `dfbk` command's subparsers."""
+    from dfbk.cli import DEFAULT_TRANSLATE_BATCH
+
     p = verbs.add_parser(
         "translate",
-        help="translate one whole NIfTI volume with a checkpoint (affine and header kept)",
+        help="translate whole NIfTI volumes (a file or a folder) with one or more checkpoints",
         description=__doc__.splitlines()[0],
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "--checkpoint", type=Path, required=True, help="model.pt written by `dfbk train`"
+        "--checkpoint",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="model.pt written by `dfbk train`; several (seeds of one run) with --ensemble",
     )
-    p.add_argument("--source", type=Path, required=True, help="input volume (.nii/.nii.gz/.mha)")
-    p.add_argument("--output", type=Path, required=True, help="volume to write (.nii or .nii.gz)")
     p.add_argument(
-        "--mask", type=Path, help="foreground mask for MR percentiles (default: nonzero)"
+        "--ensemble",
+        choices=ENSEMBLES,
+        help="combine several checkpoints: mean of their translations, voxel-wise",
     )
-    p.add_argument("--batch-size", type=int, default=16, help="tiles per batch (default 16)")
+    p.add_argument(
+        "-i",
+        "--source",
+        type=Path,
+        required=True,
+        help="input volume (.nii/.nii.gz/.mha), or a folder: every .nii/.nii.gz in it",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="volume to write (.nii or .nii.gz), or the folder for a folder's outputs "
+        "(same file names)",
+    )
+    p.add_argument(
+        "--mask",
+        type=Path,
+        help="foreground mask for MR percentiles (default: nonzero); a folder of same-named "
+        "masks for a folder input",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_TRANSLATE_BATCH,
+        help="tiles per batch (default %(default)s, the config's translate.batch_size)",
+    )
     p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1")
     p.add_argument("--knowledge", type=Path, help="knowledge file replacing the checkpoint's own")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

@@ -19,7 +19,7 @@ import argparse
 import inspect
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,8 @@ class MethodInfo:
 
     presets: preset name -> hyperparameters resolved as `Method.resolve_hparams(preset)` gives
     them (common data settings included; tuples appear as lists). stages: extra training stage
-    -> the overrides it applies on top of the preset (`Method.STAGES`).
+    -> the overrides it applies on top of the preset (`Method.STAGES`). parameters: preset
+    name -> trainable parameters at the preset's values (`dfbk list-methods` shows them).
     """
 
     name: str
@@ -51,6 +52,7 @@ class MethodInfo:
     presets: dict[str, dict[str, Any]]
     stages: dict[str, dict[str, Any]]
     augmentations: tuple[str, ...]
+    parameters: dict[str, int] = field(default_factory=dict)
 
     def resolve_hparams(
         self, preset: str, overrides: dict[str, Any] | None = None, *, budget: bool = True
@@ -93,6 +95,23 @@ def _description(cls: type) -> str:
     return inspect.cleandoc(doc).splitlines()[0] if doc.strip() else ""
 
 
+def _preset_parameters(cls: type, hparams: dict[str, Any]) -> int:
+    """Trainable parameters of the method a preset builds, counted on the meta device.
+
+    The meta device allocates nothing, so the 256x256 `paper` networks (up to ~160 M
+    parameters) are counted in milliseconds on any machine. Counts are at the preset's own
+    values: a knowledge-guided method's cross-attention widths follow its default
+    `knowledge_dim`, so a run with another text encoder can differ slightly (its run.json holds
+    the exact count).
+    """
+    import torch
+
+    from dfbk.methods.base import count_parameters
+
+    with torch.device("meta"):
+        return count_parameters(cls(hparams))
+
+
 def _jsonable(value: Any) -> Any:
     """Round-trip through JSON (tuples become lists) so built and loaded catalogs compare equal."""
     return json.loads(json.dumps(value, allow_nan=False))
@@ -119,7 +138,11 @@ def build_catalog() -> dict[str, Any]:
         presets = {}
         for preset in cls.PRESETS:
             hparams = cls.resolve_hparams(preset)
-            presets[preset] = {"hparams": hparams, "size_multiple": size_multiple(cls, hparams)}
+            presets[preset] = {
+                "hparams": hparams,
+                "n_parameters": _preset_parameters(cls, hparams),
+                "size_multiple": size_multiple(cls, hparams),
+            }
         methods[name] = {
             "module": cls.__module__,
             "class": cls.__qualname__,
@@ -180,6 +203,7 @@ def load_catalog(path: Path = CATALOG_PATH) -> dict[str, MethodInfo]:
             presets={p: entry["presets"][p]["hparams"] for p in entry["preset_order"]},
             stages={s: entry["stages"][s] for s in entry["stage_order"]},
             augmentations=tuple(data["augmentations"]),
+            parameters={p: entry["presets"][p]["n_parameters"] for p in entry["preset_order"]},
         )
         for name, entry in data["methods"].items()
     }
