@@ -1,0 +1,218 @@
+"""dfbk status: which runs of a config are done, running, failed or pending, with their metrics.
+
+Why the results tree and not Snakemake: `snakemake -n --summary` builds the whole DAG (for the
+paper grid, hundreds of jobs and a config check that takes seconds), needs the working
+directory's `.snakemake/` lock-free, and still cannot tell a job that is running now from one
+that died: a killed job leaves the same "incomplete" marker as a live one. The outputs here are
+written atomically (temporary name, then rename), so their presence is exact; a trainer holds an
+fcntl lock on `checkpoints/<run>/.lock` (`dfbk.training.guard.FolderLock`) that the kernel
+drops when the process dies, so probing that lock tells running from crashed without pid or
+clock heuristics; and each rule's log sits at a fixed path, so a log without its output is a
+failed (or interrupted) job whose last line says why. The list of runs is the workflow's own
+(`workflow/rules/common.smk`: comparison runs, then ablation runs, once each).
+
+States, first match wins: done (evaluate/<run>/metrics.json), running (a training lock held by
+a live process), failed (a stage's log exists but its output does not), pending (nothing yet,
+or a finished stage waiting for the next). Metrics: the evaluation summary when done, else the
+latest validation line of the training log (`train_log.jsonl`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dfbk.errors import ConfigError
+
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
+STATES = ("done", "running", "failed", "pending")
+# The workflow's stages of one run: (rule name, output relative to results/<stage>/<run>).
+STAGES = (
+    ("train_method", "train", "model.pt"),
+    ("translate_test_set", "translate", "predictions.json"),
+    ("evaluate_predictions", "evaluate", "metrics.json"),
+)
+SUMMARY_KEYS = ("psnr_fg", "ssim_fg", "mae_fg")
+
+
+@dataclass
+class RunStatus:
+    """One (dataset, direction, method, seed) run: its state, where it stands and its metrics."""
+
+    dataset: str
+    direction: str
+    method: str
+    seed: int
+    state: str = "pending"
+    stage: str = ""
+    detail: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.direction}/{self.method}/seed-{self.seed}"
+
+
+def load_config(path: Path | None) -> dict[str, Any]:
+    """The config as the Snakefile sees it: schema-checked, with the schema's defaults filled."""
+    from dfbk.config_checks import check_schema
+
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{path}: cannot read the config ({err})") from err
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: not a YAML mapping")
+    try:
+        check_schema(config, SCHEMA)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+    from snakemake.utils import validate
+
+    validate(config, str(SCHEMA), set_default=True)
+    return config
+
+
+def configured_runs(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every training run of the config, in the workflow's order (common.smk's `runs()`)."""
+
+    def compared(direction: str) -> list[str]:
+        return [
+            m
+            for m, settings in config["methods"].items()
+            if settings.get("directions") is None or direction in settings["directions"]
+        ]
+
+    ablation = config.get("ablation", {})
+    wanted = ["resshift", *ablation.get("methods", {}), "dfbk"]
+    known = {**config["methods"], **ablation.get("methods", {})}
+    ablation_methods = list(dict.fromkeys(m for m in wanted if m in known))
+    runs = [
+        (d, r, m, s)
+        for d, spec in config["datasets"].items()
+        for r in spec["directions"]
+        for m in compared(r)
+        for s in config["seeds"]
+    ]
+    runs += [
+        (d, r, m, s)
+        for d, directions in ablation.get("directions", {}).items()
+        for r in directions
+        for m in ablation_methods
+        for s in config["seeds"]
+    ]
+    keys = ("dataset", "direction", "method", "seed")
+    return [dict(zip(keys, run, strict=True)) for run in dict.fromkeys(runs)]
+
+
+def lock_held(lock: Path) -> bool:
+    """True when a live process holds the trainer's fcntl lock on `lock` (probe, then let go)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.lockf(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def last_validation(log: Path) -> dict[str, float]:
+    """step and val_* of the last validated line of a JSONL training log (torn lines skipped)."""
+    try:
+        lines = log.read_text().splitlines()
+    except OSError:
+        return {}
+    steps: dict[str, float] = {}
+    for text in reversed(lines):
+        try:
+            line = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(line, dict):
+            continue
+        if not steps and "step" in line:
+            steps = {"step": int(line["step"]) + 1}  # the log's step counts from 0
+        if any(k.startswith("val_") for k in line):
+            found = {k: float(v) for k, v in line.items() if k.startswith("val_")}
+            return {"step": steps.get("step", int(line.get("step", 0)) + 1), **found}
+    return steps
+
+
+def last_line(log: Path) -> str:
+    """The log's last non-empty line (a failed job's error), cut to 160 characters."""
+    try:
+        lines = [t.strip() for t in log.read_text(errors="replace").splitlines() if t.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:160] if lines else ""
+
+
+def run_status(results: Path, run: dict[str, Any]) -> RunStatus:
+    """The state of one run, read from its outputs, training lock and logs."""
+    status = RunStatus(**run)
+    key = status.key
+    metrics = results / "evaluate" / key / "metrics.json"
+    if metrics.is_file():
+        try:
+            summary = json.loads(metrics.read_text()).get("summary", {})
+        except (OSError, json.JSONDecodeError) as err:
+            raise ConfigError(f"{metrics}: unreadable metrics ({err})") from err
+        status.state, status.stage = "done", "evaluate"
+        status.metrics = {k: summary[k]["mean"] for k in SUMMARY_KEYS if k in summary}
+        return status
+    checkpoints = results / "checkpoints" / key
+    locks = sorted(checkpoints.glob("**/.lock")) if checkpoints.is_dir() else []
+    live = [lock for lock in locks if lock_held(lock)]
+    if live:
+        status.state, status.stage = "running", "train"
+        stage = live[0].parent.relative_to(checkpoints).as_posix()
+        status.detail = "" if stage == "." else stage
+        status.metrics = last_validation(live[0].parent / "train_log.jsonl")
+        return status
+    for rule, folder, output in STAGES:
+        if (results / folder / key / output).is_file():
+            status.stage = folder
+            continue
+        log = results / "logs" / rule / f"{key}.log"
+        if log.is_file():
+            status.state, status.stage, status.detail = "failed", folder, last_line(log)
+        break
+    if status.state == "pending":
+        status.metrics = last_validation(checkpoints / "train_log.jsonl")
+    return status
+
+
+def collect_status(config: dict[str, Any]) -> list[RunStatus]:
+    """The state of every configured run under the config's results_dir."""
+    results = Path(config["results_dir"])
+    return [run_status(results, run) for run in configured_runs(config)]
+
+
+def format_status(statuses: list[RunStatus]) -> str:
+    """A fixed-width table (run, state, stage, metrics or a failure's last log line), totals."""
+    rows = []
+    for s in statuses:
+        shown = " ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.metrics.items()
+        )
+        rows.append((s.key, s.state, s.stage or "-", " ".join(filter(None, (shown, s.detail)))))
+    width = max([len(r[0]) for r in rows] + [3])
+    lines = [f"{'run':<{width}}  {'state':<8}{'stage':<10}metrics / detail"]
+    lines += [f"{k:<{width}}  {st:<8}{sg:<10}{info}".rstrip() for k, st, sg, info in rows]
+    counts = {state: sum(s.state == state for s in statuses) for state in STATES}
+    lines.append(", ".join(f"{n} {state}" for state, n in counts.items()) + f" of {len(rows)}")
+    return "\n".join(lines)
