@@ -104,7 +104,7 @@ def training_frame(run_files: list[Path]) -> pd.DataFrame | None:
 def _budget_note(training: pd.DataFrame) -> str:
     """'Training budget (steps × batch size): dfbk 600 × 8; pix2pix 200 × 16.'"""
     per_method: dict[str, dict[str, None]] = {}
-    for _, row in training.iterrows():
+    for row in training.to_dict("records"):  # iterrows turns None into NaN
         steps = "n/a" if row["steps"] is None else row["steps"]
         batch = "n/a" if row["batch_size"] is None else row["batch_size"]
         per_method.setdefault(row["method"], {})[f"{steps} × {batch}"] = None
@@ -121,7 +121,7 @@ def _checkpoint_note(training: pd.DataFrame) -> str:
         return f"Evaluated checkpoint: {next(iter(rules))}, the same rule for every method."
     per_method = {
         row["method"]: row["evaluated_checkpoint"] or "not recorded"
-        for _, row in training.iterrows()
+        for row in training.to_dict("records")
     }
     listed = "; ".join(f"{m} {c}" for m, c in per_method.items())
     return f"Evaluated checkpoint differs between runs: {listed}."
