@@ -3,9 +3,9 @@
 # (a --configfile replaces config/config.yaml instead of being merged into it)
 import os
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
-from dfbk.config_checks import check_method_settings, check_schema
+from dfbk.config_checks import check_method_settings, validate_config
 
 min_version("9.20")
 
@@ -18,9 +18,9 @@ if not workflow.overwrite_configfiles:
     configfile: f"{workflow.current_basedir}/config/config.yaml"
 
 
-# One line naming the key for a schema violation; then Snakemake's validate fills the defaults.
-check_schema(config, f"{workflow.current_basedir}/workflow/schemas/config.schema.yaml")
-validate(config, "workflow/schemas/config.schema.yaml")
+# One line naming the key for a schema violation, and the schema's defaults filled in the same
+# pass (what Snakemake's validate(config, schema) does, without its second parse and pass).
+validate_config(config, f"{workflow.current_basedir}/workflow/schemas/config.schema.yaml")
 
 # --software-deployment-method apptainer: every rule runs in this image (docs/cluster.md).
 # --software-deployment-method conda: workflow/envs/dfbk.yaml installs this repository, found
