@@ -41,6 +41,7 @@ include: "workflow/rules/segment.smk"
 include: "workflow/rules/report.smk"
 include: "workflow/rules/track.smk"
 include: "workflow/rules/weights.smk"
+include: "workflow/rules/external.smk"
 
 
 # After common.smk's name checks: each method's resolved hyperparameters (steps, batch_size,

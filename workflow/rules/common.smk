@@ -190,10 +190,16 @@ def all_products():
     per_dataset += list(rules.split_subjects.output)
     per_run = [*rules.train_method.output, *rules.translate_test_set.output]
     per_run += list(rules.evaluate_predictions.output)
+    # an external method (external.smk): its checkpoint folder, run.json and log, predictions
+    per_external = [*rules.train_external.output, *rules.record_external_run.output]
+    per_external += [*rules.collect_external_predictions.output, *rules.evaluate_predictions.output]
     products = []
     for run in runs():
         target = run["direction"].split("-to-")[1]
         products += [str(p).format(**run) for p in per_dataset]
+        if run["method"] in EXTERNAL:
+            products += [str(p).format(**run) for p in per_external]
+            continue
         products += [str(p).format(**run, target=target) for p in rules.encode_knowledge.output]
         for stage in stages_of(run["method"]):
             products += [str(p).format(**run, stage=stage) for p in rules.train_method_stage.output]

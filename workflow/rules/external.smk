@@ -1,0 +1,158 @@
+# external: baselines whose code lives outside the package (methods.<name>.external,
+# docs/external.md). Per run, train_external runs the method's own train command (in its conda
+# environment or container) into train/{run}/checkpoint/, and record_external_run checks that
+# folder and writes run.json and train_log.jsonl beside it; translate_external runs its
+# translate command into external/{run}/predictions/ (temporary), and
+# collect_external_predictions checks one NIfTI per test subject on the store's grid and
+# publishes translate/{run}/. From there evaluate, tables, figures and MLflow treat the method
+# like any other. The two check jobs run in the package's environment, so the external one
+# needs nothing of this package. Jobs take train.threads/mem_mb/runtime like the built-in
+# methods and external.gpus (default train.gpus); benchmarks land where the built-in rules'
+# do (benchmarks/train_method/, benchmarks/translate_test_set/), so every run has one.
+import re
+
+from dfbk.methods.external import command_values, conda_env, external_methods, render_command
+
+EXTERNAL = external_methods(config)
+EXTERNAL_METHOD = "|".join(re.escape(name) for name in EXTERNAL) or "(?!)"
+
+
+# An external method's run.json and predictions come from these rules, not from dfbk train or
+# dfbk predict (whose wildcards match any method name).
+ruleorder: record_external_run > train_method
+ruleorder: collect_external_predictions > translate_test_set
+
+
+def external_gpus(wildcards):
+    """GPUs per external job: methods.<name>.external.gpus, else train.gpus."""
+    return EXTERNAL[wildcards.method].get("gpus", config.get("train", {}).get("gpus", 1))
+
+
+def external_command(phase):
+    """Params function: the method's `phase` command with this run's values filled in."""
+
+    def render(wildcards, input, output, threads, resources):
+        paths = {"store": input.store, "split": input.split}
+        if phase == "train":
+            paths["checkpoint"] = output.checkpoint
+        else:
+            paths |= {"checkpoint": input.checkpoint, "predictions": output.predictions}
+        values = command_values(
+            config["methods"][wildcards.method], wildcards, paths, threads, resources.gpu
+        )
+        return render_command(EXTERNAL[wildcards.method][phase], values)
+
+    return render
+
+
+def external_container(wildcards):
+    """The method's image, else the workflow's own (used under --sdm apptainer only)."""
+    return EXTERNAL[wildcards.method].get("container") or config["container"]
+
+
+rule train_external:
+    input:
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        checkpoint=directory(f"{RESULTS}/train/{RUN}/checkpoint"),
+    wildcard_constraints:
+        method=EXTERNAL_METHOD,
+    params:
+        command=external_command("train"),
+    log:
+        f"{RESULTS}/logs/train_external/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_method/{RUN}.tsv"
+    threads: lookup("train/threads", within=config, default=1)
+    resources:
+        mem_mb=lookup("train/mem_mb", within=config, default=8000),
+        runtime=lookup("train/runtime", within=config, default=1440),
+        gpu=external_gpus,
+    conda:
+        lambda wc: conda_env(EXTERNAL[wc.method])
+    container:
+        external_container
+    shell:
+        "mkdir -p {output.checkpoint:q} && ( {params.command} ) > {log:q} 2>&1"
+
+
+rule record_external_run:
+    input:
+        checkpoint=rules.train_external.output.checkpoint,
+    output:
+        run=f"{RESULTS}/train/{RUN}/run.json",
+        log=f"{RESULTS}/train/{RUN}/train_log.jsonl",
+    wildcard_constraints:
+        method=EXTERNAL_METHOD,
+    params:
+        out_dir=subpath(output.run, parent=True),
+        run=lambda wc: json.dumps(
+            {k: wc[k] for k in ("dataset", "direction", "method", "seed")}, sort_keys=True
+        ),
+        settings=lambda wc: json.dumps(config["methods"][wc.method], sort_keys=True),
+    log:
+        f"{RESULTS}/logs/record_external_run/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/record_external_run/{RUN}.tsv"
+    resources:
+        mem_mb=500,
+        runtime=5,
+    conda:
+        "../envs/dfbk.yaml"
+    shell:
+        "python -m dfbk.methods.external record {input.checkpoint:q} {params.out_dir:q} "
+        "--run {params.run:q} --settings {params.settings:q} > {log:q} 2>&1"
+
+
+rule translate_external:
+    input:
+        checkpoint=rules.train_external.output.checkpoint,
+        run=rules.record_external_run.output.run,  # the checkpoint passed its check
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        predictions=temp(directory(f"{RESULTS}/external/{RUN}/predictions")),
+    wildcard_constraints:
+        method=EXTERNAL_METHOD,
+    params:
+        command=external_command("translate"),
+    log:
+        f"{RESULTS}/logs/translate_external/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/translate_test_set/{RUN}.tsv"
+    threads: lookup("train/threads", within=config, default=1)
+    resources:
+        mem_mb=lookup("train/mem_mb", within=config, default=8000),
+        runtime=240,
+        gpu=external_gpus,
+    conda:
+        lambda wc: conda_env(EXTERNAL[wc.method])
+    container:
+        external_container
+    shell:
+        "mkdir -p {output.predictions:q} && ( {params.command} ) > {log:q} 2>&1"
+
+
+rule collect_external_predictions:
+    input:
+        raw=rules.translate_external.output.predictions,
+        store=rules.prepare_slices.output.store,
+        split=rules.split_subjects.output.split,
+    output:
+        predictions=directory(f"{RESULTS}/translate/{RUN}"),
+    wildcard_constraints:
+        method=EXTERNAL_METHOD,
+    log:
+        f"{RESULTS}/logs/collect_external_predictions/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/collect_external_predictions/{RUN}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/dfbk.yaml"
+    shell:
+        "python -m dfbk.methods.external collect {input.raw:q} {input.store:q} {input.split:q} "
+        "{output.predictions:q} --method {wildcards.method} --direction {wildcards.direction} "
+        "> {log:q} 2>&1"
