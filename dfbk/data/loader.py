@@ -3,8 +3,9 @@
 The batch at step s is fixed by the seed and s alone (epoch = s // batches_per_epoch, a
 seeded permutation per epoch; flips, crop positions and unpaired partners drawn from
 generators seeded with (seed, step)), so a resumed run sees exactly the data an uninterrupted
-run would have seen, with no loader state to checkpoint. Slices are read from memory maps in
-the main process: at 256x256 a batch is a few MB of page-cache reads, far below a GPU step.
+run would have seen, with no loader state to checkpoint. Slices are read from memory maps, in
+the training process or, with `prefetched_batches(workers=N)`, ahead of time in N DataLoader
+worker processes; either way step s gets the same batch, so prefetching is a speed setting only.
 
 Per-method data settings (`augment`, `patch_size`, `paired`) come from the method's
 hyperparameters, so every method is fed by the same code and differs only where its preset says.
@@ -12,8 +13,12 @@ hyperparameters, so every method is fed by the same code and differs only where 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from dfbk.data.store import SliceStore
 from dfbk.errors import DataError
@@ -23,6 +28,8 @@ from dfbk.methods.base import Batch
 # source's (position = slice index / (slices - 1) in its subject), as MaskGAN's released loader
 # draws them (positions rounded to 0.01, partners within +-0.03).
 PARTNER_WINDOW = 0.03
+# Arrays a SliceBatcher reads; pickled as file references, never as their contents.
+_MAPPED = ("source", "target", "mask")
 
 
 class SliceBatcher:
@@ -127,6 +134,23 @@ class SliceBatcher:
         high = np.array(self.size) - self.patch_size + 1
         return rng.integers(0, high, size=(n, 2))
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Memory maps travel as (file, dtype, shape, offset), not as data (a spawned worker
+        would otherwise receive a copy of the whole store); a forked worker shares them."""
+        state = dict(self.__dict__)
+        for key in _MAPPED:
+            array = state[key]
+            if isinstance(array, np.memmap) and array.filename is not None:
+                state[key] = ("memmap", array.filename, array.dtype.str, array.shape, array.offset)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for key in _MAPPED:
+            if isinstance(state[key], tuple) and state[key][0] == "memmap":
+                _, filename, dtype, shape, offset = state[key]
+                state[key] = np.memmap(filename, dtype=dtype, mode="r", shape=shape, offset=offset)
+        self.__dict__.update(state)
+
     def batch(self, step: int) -> Batch:
         """This rank's share of the batch at `step`; with paired=False targets are partners."""
         idx = self.batch_indices(step)
@@ -148,3 +172,56 @@ class SliceBatcher:
                 for t in (src, tgt, msk)
             )
         return Batch(source=src, target=tgt, mask=msk)
+
+
+class _StepBatches(Dataset):
+    """Map-style view of a SliceBatcher for DataLoader: item i is the batch at step start + i."""
+
+    def __init__(self, batcher: SliceBatcher, start: int, stop: int) -> None:
+        self.batcher, self.start, self.stop = batcher, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch = self.batcher.batch(self.start + i)
+        return batch.source, batch.target, batch.mask
+
+
+def prefetched_batches(
+    batcher: SliceBatcher,
+    start: int,
+    stop: int,
+    workers: int = 0,
+    prefetch_factor: int = 2,
+    pin_memory: bool = False,
+) -> Iterator[Batch]:
+    """The batches of steps start, ..., stop - 1, in order: `batcher.batch(step)` for each.
+
+    workers = 0 reads each batch in this process when it is asked for (the trainer's default).
+    workers = N > 0 reads ahead in N DataLoader worker processes, `prefetch_factor` batches
+    each, while the caller computes; pin_memory puts the batches in page-locked memory (for
+    CUDA, so `Batch.to(device)` copies asynchronously). Since a batch is a pure function of
+    (seed, step), the sequence is the same for every setting: resuming at `start` and the
+    data-parallel shares (`rank`, `world`) are unchanged. DataLoader keeps the order of the
+    steps whatever worker finishes first.
+    """
+    if workers < 0 or prefetch_factor < 1:
+        raise DataError(
+            f"prefetch needs workers >= 0 and prefetch_factor >= 1; got {workers}, "
+            f"{prefetch_factor}"
+        )
+    if workers == 0 and not pin_memory:
+        for step in range(start, stop):
+            yield batcher.batch(step)
+        return
+    loader = DataLoader(
+        _StepBatches(batcher, start, stop),
+        batch_size=None,  # each item is already a batch
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor if workers else None,
+    )
+    for source, target, mask in loader:
+        yield Batch(source=source, target=target, mask=mask)
