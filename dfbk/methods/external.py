@@ -169,6 +169,41 @@ def command_values(
     }
 
 
+def external_gpus(config: Mapping[str, Any], method: str) -> int:
+    """GPUs per external job: methods.<name>.external.gpus, else train.gpus (default 1)."""
+    spec = config["methods"][method]["external"]
+    return int(spec.get("gpus", config.get("train", {}).get("gpus", 1)))
+
+
+def external_container(config: Mapping[str, Any], method: str) -> str:
+    """The method's image, else the workflow's own (used under --sdm apptainer only)."""
+    return config["methods"][method]["external"].get("container") or config["container"]
+
+
+def external_command(
+    config: Mapping[str, Any],
+    phase: str,
+    wildcards: Mapping[str, Any],
+    input: Mapping[str, str],
+    output: Mapping[str, str],
+    threads: int,
+    gpus: int,
+) -> str:
+    """The `phase` ("train" or "translate") command of one job, placeholders filled in.
+
+    `input` and `output` are the job's (Snakemake's named lists): store, split and, to
+    translate, the checkpoint folder; the folder the command writes.
+    """
+    paths = {"store": input["store"], "split": input["split"]}
+    if phase == "train":
+        paths["checkpoint"] = output["checkpoint"]
+    else:
+        paths |= {"checkpoint": input["checkpoint"], "predictions": output["predictions"]}
+    settings = config["methods"][wildcards["method"]]
+    values = command_values(settings, wildcards, paths, threads, gpus)
+    return render_command(settings["external"][phase], values)
+
+
 # ----- jobs run in the package's environment after each external command ----------------
 def record_run(
     checkpoint: Path,

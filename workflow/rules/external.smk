@@ -11,7 +11,13 @@
 # do (benchmarks/train_method/, benchmarks/translate_test_set/), so every run has one.
 import re
 
-from dfbk.methods.external import command_values, conda_env, external_methods, render_command
+from dfbk.methods.external import (
+    conda_env,
+    external_command,
+    external_container,
+    external_gpus,
+    external_methods,
+)
 
 EXTERNAL = external_methods(config)
 EXTERNAL_METHOD = "|".join(re.escape(name) for name in EXTERNAL) or "(?!)"
@@ -23,33 +29,6 @@ ruleorder: record_external_run > train_method
 ruleorder: collect_external_predictions > translate_test_set
 
 
-def external_gpus(wildcards):
-    """GPUs per external job: methods.<name>.external.gpus, else train.gpus."""
-    return EXTERNAL[wildcards.method].get("gpus", config.get("train", {}).get("gpus", 1))
-
-
-def external_command(phase):
-    """Params function: the method's `phase` command with this run's values filled in."""
-
-    def render(wildcards, input, output, threads, resources):
-        paths = {"store": input.store, "split": input.split}
-        if phase == "train":
-            paths["checkpoint"] = output.checkpoint
-        else:
-            paths |= {"checkpoint": input.checkpoint, "predictions": output.predictions}
-        values = command_values(
-            config["methods"][wildcards.method], wildcards, paths, threads, resources.gpu
-        )
-        return render_command(EXTERNAL[wildcards.method][phase], values)
-
-    return render
-
-
-def external_container(wildcards):
-    """The method's image, else the workflow's own (used under --sdm apptainer only)."""
-    return EXTERNAL[wildcards.method].get("container") or config["container"]
-
-
 rule train_external:
     input:
         store=rules.prepare_slices.output.store,
@@ -59,7 +38,9 @@ rule train_external:
     wildcard_constraints:
         method=EXTERNAL_METHOD,
     params:
-        command=external_command("train"),
+        command=lambda wc, input, output, threads, resources: external_command(
+            config, "train", wc, input, output, threads, resources.gpu
+        ),
     log:
         f"{RESULTS}/logs/train_external/{RUN}.log",
     benchmark:
@@ -68,11 +49,11 @@ rule train_external:
     resources:
         mem_mb=lookup("train/mem_mb", within=config, default=8000),
         runtime=lookup("train/runtime", within=config, default=1440),
-        gpu=external_gpus,
+        gpu=lambda wc: external_gpus(config, wc.method),
     conda:
         lambda wc: conda_env(EXTERNAL[wc.method])
     container:
-        external_container
+        lambda wc: external_container(config, wc.method)
     shell:
         "mkdir -p {output.checkpoint:q} && ( {params.command} ) > {log:q} 2>&1"
 
@@ -116,7 +97,9 @@ rule translate_external:
     wildcard_constraints:
         method=EXTERNAL_METHOD,
     params:
-        command=external_command("translate"),
+        command=lambda wc, input, output, threads, resources: external_command(
+            config, "translate", wc, input, output, threads, resources.gpu
+        ),
     log:
         f"{RESULTS}/logs/translate_external/{RUN}.log",
     benchmark:
@@ -125,11 +108,11 @@ rule translate_external:
     resources:
         mem_mb=lookup("train/mem_mb", within=config, default=8000),
         runtime=240,
-        gpu=external_gpus,
+        gpu=lambda wc: external_gpus(config, wc.method),
     conda:
         lambda wc: conda_env(EXTERNAL[wc.method])
     container:
-        external_container
+        lambda wc: external_container(config, wc.method)
     shell:
         "mkdir -p {output.predictions:q} && ( {params.command} ) > {log:q} 2>&1"
 
