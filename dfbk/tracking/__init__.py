@@ -10,13 +10,26 @@ from typing import Any
 
 from dfbk.tracking.store import default_tracking_uri, missing_runs
 
-__all__ = ["default_tracking_uri", "import_run", "import_runs", "missing_runs", "run_key"]
+__all__ = [
+    "default_tracking_uri",
+    "import_run",
+    "import_runs",
+    "load_logged_model",
+    "missing_runs",
+    "run_key",
+]
+_LAZY = {
+    "import_run": "mlflow_import",
+    "import_runs": "mlflow_import",
+    "run_key": "inputs",
+    "load_logged_model": "models",
+}
 
 
 def __getattr__(name: str) -> Any:
-    """Import MLflow only when an importer function is asked for."""
-    if name in ("import_run", "import_runs", "run_key"):
-        from dfbk.tracking import mlflow_import
+    """Import MLflow (and torch) only when a function that needs them is asked for."""
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(mlflow_import, name)
+        return getattr(import_module(f"dfbk.tracking.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'dfbk.tracking' has no attribute {name!r}")
