@@ -1,14 +1,19 @@
 """Does the slice batcher keep a GPU fed? Slices/s it delivers at 256x256 vs what training eats.
 
 Usage: python bench/bench_loader.py [--seconds 3] [--slices 480] [--tflops 400] [--floor-ms 15]
-                                    [--gpu-bench bench_gpu.json]
+                                    [--workers 0,2] [--gpu-bench bench_gpu.json]
 
-Supply: `dfbk.data.loader.SliceBatcher` (what the trainer uses: memory-mapped store, read in
-the training process, no worker processes) on a fabricated 256x256 store of two modalities,
+Supply: `dfbk.data.loader.SliceBatcher` (what the trainer uses: memory-mapped store) read
+through `prefetched_batches` with each `--workers` count: 0 reads in the training process
+when a batch is asked for, N > 0 reads ahead in N DataLoader worker processes (pinned memory
+when CUDA is present, as the trainer would), on a fabricated 256x256 store of two modalities,
 with each method's `paper` data settings (batch size, flips, paired or unpaired partners, patch
 size) from the method catalog. Slices/s = samples (source, target and mask) per second of
-`batch(step)` calls. The store is written just before and read from the page cache: this is
-the loader's own cost, not the disk's (docs/scaling.md discusses a store larger than memory).
+`batch(step)` calls; "per CPU s" divides by the CPU time of the training process's own thread
+(with workers: what receiving the batches costs it; the workers run on other cores). The
+store is written just before and read from the page cache: this is the loader's own cost, not
+the disk's (docs/scaling.md discusses a store larger than memory). With workers the wall
+figure needs as many free cores as workers; on a busy machine it is what the processes got.
 
 Demand: samples per second one `paper` training step consumes, batch / step time. Without a
 GPU the step time is derived: max(F_step / R, floor), with F_step the FLOPs of one paper step
@@ -30,8 +35,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from dfbk.data.loader import SliceBatcher
+from dfbk.data.loader import SliceBatcher, prefetched_batches
 from dfbk.data.store import write_store
 from dfbk.methods.catalog import load_catalog
 
@@ -65,12 +71,12 @@ def fabricate_store(root: Path, n_slices: int, size: int, per_subject: int = 40)
 
 
 def supply(
-    store, subjects: list[str], hparams: dict, paired: bool, seconds: float
+    store, subjects: list[str], hparams: dict, paired: bool, seconds: float, workers: int = 0
 ) -> tuple[float, float]:
-    """Samples per wall second and per CPU second that SliceBatcher.batch delivers.
+    """Samples per wall second and per CPU second of this thread that the loader delivers.
 
-    On a busy machine the wall figure is what this process got; the CPU figure is what one
-    idle core would deliver (the loader is single-threaded).
+    On a busy machine the wall figure is what the processes got; the CPU figure is what one
+    idle core would deliver in-process, or what the training thread pays with workers.
     """
     batcher = SliceBatcher(
         store,
@@ -84,12 +90,16 @@ def supply(
         patch_size=hparams["patch_size"],
     )
     batcher.batch(0)  # first touch of the maps
-    samples, step = 0, 1
+    pin = torch.cuda.is_available()
+    batches = prefetched_batches(batcher, 1, 10**9, workers=workers, pin_memory=pin)
+    next(batches)  # workers started and their first batches queued
+    samples = 0
     start, cpu_start = time.perf_counter(), time.thread_time()
     while (elapsed := time.perf_counter() - start) < seconds:
-        samples += batcher.batch(step).source.shape[0]
-        step += 1
-    return samples / elapsed, samples / (time.thread_time() - cpu_start)
+        samples += next(batches).source.shape[0]
+    cpu = time.thread_time() - cpu_start
+    batches.close()  # stops the workers
+    return samples / elapsed, samples / max(cpu, 1e-9)
 
 
 def demand(name: str, batch: int, args: argparse.Namespace, measured: dict) -> tuple[float, str]:
@@ -110,6 +120,9 @@ def main() -> None:
     parser.add_argument("--tflops", type=float, default=400.0, help="assumed sustained TFLOP/s")
     parser.add_argument("--floor-ms", type=float, default=15.0, help="assumed minimum step")
     parser.add_argument("--gpu-bench", type=Path, help="JSON of bench_gpu.py (measured steps)")
+    parser.add_argument(
+        "--workers", default="0,2", help="comma-separated prefetch worker counts (0: in-process)"
+    )
     args = parser.parse_args()
     measured = {}
     if args.gpu_bench:
@@ -126,28 +139,35 @@ def main() -> None:
         )
     )
     print(
-        "| method | batch | paired | patch | loader samples/s (wall) | per CPU s "
+        "| method | batch | paired | patch | workers | loader samples/s (wall) | per CPU s "
         "| step samples/s | step | ratio (wall) | ratio (CPU) |"
     )
-    print("|---|---:|---|---:|---:|---:|---:|---|---:|---:|")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    worst: dict[int, float] = {}
+    best: dict[int, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as folder:
         store, subjects = fabricate_store(Path(folder) / "store", args.slices, args.size)
-        worst = best = None
         for name in PAPER_STEP_TFLOP:
             hparams = catalog[name].presets["paper"]
             batch = int(hparams["batch_size"])
             paired = bool(hparams.get("paired", catalog[name].paired))  # as Method.paired
-            wall, cpu = supply(store, subjects, hparams, paired, args.seconds)
             need, how = demand(name, batch, args, measured)
-            worst = min(worst or wall / need, wall / need)
-            best = min(best or cpu / need, cpu / need)
+            for workers in worker_counts:
+                wall, cpu = supply(store, subjects, hparams, paired, args.seconds, workers)
+                worst[workers] = min(worst.get(workers, wall / need), wall / need)
+                best[workers] = min(best.get(workers, cpu / need), cpu / need)
+                print(
+                    f"| {name} | {batch} | {paired} | {hparams['patch_size'] or '–'} | {workers} "
+                    f"| {wall:,.0f} | {cpu:,.0f} | {need:,.0f} | {how} | {wall / need:.1f}x "
+                    f"| {cpu / need:.1f}x |"
+                )
+    for workers in worker_counts:
+        for label, ratio in (("wall", worst[workers]), ("CPU", best[workers])):
+            verdict = "under" if ratio < SAFE_RATIO else "at least"
             print(
-                f"| {name} | {batch} | {paired} | {hparams['patch_size'] or '–'} | {wall:,.0f} "
-                f"| {cpu:,.0f} | {need:,.0f} | {how} | {wall / need:.1f}x | {cpu / need:.1f}x |"
+                f"workers {workers}: lowest ratio ({label}) {ratio:.1f}x: {verdict} {SAFE_RATIO:g}x"
             )
-    for label, ratio in (("wall", worst), ("CPU", best)):
-        verdict = "under" if ratio < SAFE_RATIO else "at least"
-        print(f"lowest ratio ({label}) {ratio:.1f}x: {verdict} {SAFE_RATIO:g}x")
 
 
 if __name__ == "__main__":
