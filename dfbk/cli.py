@@ -225,13 +225,43 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
+def _seeded(items: list[str], option: str) -> dict[str, dict[int, Path]]:
+    """METHOD=PATH or METHOD@SEED=PATH items -> {method: {seed: path}} (seed 0 when omitted)."""
+    from dfbk.errors import ConfigError
+
+    runs: dict[str, dict[int, Path]] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        method, _, seed = name.partition("@")
+        if not sep or not method or not path or (seed and not seed.isdigit()):
+            raise ConfigError(f"{option} {item}: expected METHOD=PATH or METHOD@SEED=PATH")
+        runs.setdefault(method, {})[int(seed or 0)] = Path(path)
+    return runs
+
+
 def cmd_figure(args: argparse.Namespace) -> None:
     from dfbk.reporting.figures import make_comparison_figure
 
-    preds = dict(item.split("=", 1) for item in args.prediction)
-    make_comparison_figure(
-        args.store, args.split, args.direction, {k: Path(v) for k, v in preds.items()}, args.out
+    preds = _seeded(args.prediction, "--prediction")
+    out = make_comparison_figure(
+        args.store,
+        args.split,
+        args.direction,
+        preds,
+        args.out,
+        slices=args.slices,
+        formats=tuple(args.formats),
     )
+    print(f"{out} (+ {', '.join(args.formats)})")
+
+
+def cmd_curves(args: argparse.Namespace) -> None:
+    from dfbk.reporting.curves import make_loss_curves
+
+    out = make_loss_curves(
+        _seeded(args.run, "--run"), args.out, args.title, formats=tuple(args.formats)
+    )
+    print(f"{out} (+ {', '.join(args.formats)})")
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
@@ -266,7 +296,15 @@ def cmd_track(args: argparse.Namespace) -> None:
         dataset, direction, path = item.split(":", 2)
         figures.setdefault((dataset, direction), []).append(Path(path))
     uri = args.uri or default_tracking_uri(Path(args.results_dir))
-    imported = import_runs(runs, figures, uri, args.experiment, args.out)
+    imported = import_runs(
+        runs,
+        figures,
+        uri,
+        args.experiment,
+        args.out,
+        log_models=not args.no_models,
+        register_models=args.register_models,
+    )
     print(f"{len(imported)} runs in MLflow at {uri}")
 
 
@@ -354,7 +392,10 @@ EXAMPLES: dict[str, str] = {
     "      --dataset phantom --method dfbk --seed 0",
     "figure": "dfbk figure results/prepare/phantom/store results/prepare/phantom/splits.json "
     "t1n-to-t2w \\\n      results/figures/phantom/t1n-to-t2w.png "
-    "--prediction dfbk=results/translate/phantom/t1n-to-t2w/dfbk/seed-0",
+    "--prediction dfbk@0=results/translate/phantom/t1n-to-t2w/dfbk/seed-0",
+    "curves": "dfbk curves results/figures/phantom/t1n-to-t2w_curves.png \\\n"
+    "      --run dfbk@0=results/train/phantom/t1n-to-t2w/dfbk/seed-0 "
+    "--title 'phantom t1n-to-t2w'",
     "tables": "dfbk tables results/evaluate/*/*/*/seed-*/metrics.json "
     "--out-stem results/tables/comparison",
     "track": "dfbk track --train-dirs results/train/phantom/t1n-to-t2w/dfbk/seed-0 \\\n"
@@ -533,15 +574,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("store", type=Path, help="slice store folder")
     p.add_argument("split", type=Path, help="splits.json")
     p.add_argument("direction", help="'<source>-to-<target>'")
-    p.add_argument("out", type=Path, help="PNG to write")
+    p.add_argument("out", type=Path, help="figure to write (.png; other formats beside it)")
     p.add_argument(
         "--prediction",
         action="append",
         default=[],
-        metavar="METHOD=DIR",
-        help="a method's prediction folder (repeat)",
+        metavar="METHOD[@SEED]=DIR",
+        help="a run's prediction folder (repeat; every seed of a method gets its own rows)",
+    )
+    p.add_argument(
+        "--slices", type=int, default=3, help="slices: largest lesion, most anatomy, ... (3)"
+    )
+    p.add_argument(
+        "--formats", nargs="+", default=["png", "pdf"], help="also write these (png pdf)"
     )
     p.set_defaults(func=cmd_figure)
+
+    p = _verb(verbs, "curves", "training loss and validation SSIM curves of a direction's runs")
+    p.add_argument("out", type=Path, help="figure to write (.png; other formats beside it)")
+    p.add_argument(
+        "--run",
+        action="append",
+        default=[],
+        metavar="METHOD[@SEED]=DIR",
+        help="a run's training folder holding train_log.jsonl (repeat)",
+    )
+    p.add_argument("--title", default="", help="figure title, e.g. 'brats2023 t1n-to-t2f'")
+    p.add_argument(
+        "--formats", nargs="+", default=["png", "pdf"], help="also write these (png pdf)"
+    )
+    p.set_defaults(func=cmd_curves)
 
     p = _verb(verbs, "tables", "comparison table (md, csv, tex) from metrics files")
     p.add_argument("metrics", nargs="+", help="metrics.json files of the runs")
@@ -582,6 +644,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results", help="results folder for the default URI")
     p.add_argument("--experiment", default="dfbk-bench", help="MLflow experiment name")
     p.add_argument("--out", type=Path, required=True, help="JSON listing the imported runs")
+    p.add_argument(
+        "--no-models",
+        action="store_true",
+        help="do not log each seed's model.pt as artifact model/ of its run",
+    )
+    p.add_argument(
+        "--register-models",
+        action="store_true",
+        help="also register each seed's model in the MLflow model registry as "
+        "dfbk.<dataset>.<direction>.<method>",
+    )
     p.set_defaults(func=cmd_track)
 
     p = _verb(verbs, "weights", "fetch and verify pretrained weights (paper config)")
