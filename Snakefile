@@ -31,6 +31,10 @@ os.environ.update(DFBK_BENCH_DIR=str(workflow.current_basedir))
 container: config["container"]
 
 
+# `snakemake --report report.html`: the global description on the report's front page.
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/download.smk"
 include: "workflow/rules/prepare.smk"

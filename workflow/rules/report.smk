@@ -1,9 +1,27 @@
 # aggregate: comparison tables and the Figure-3-style panels, both shown in the HTML report.
 
 
+def plot_inputs(wildcards):
+    """Every compared method's predictions and run.json, every seed (figure rows, curves)."""
+    base = f"{wildcards.dataset}/{wildcards.direction}"
+    runs = [(m, s) for m in compared_methods(wildcards.direction) for s in config["seeds"]]
+    return {
+        "predictions": [f"{RESULTS}/translate/{base}/{m}/seed-{s}" for m, s in runs],
+        "runs": [f"{RESULTS}/train/{base}/{m}/seed-{s}/run.json" for m, s in runs],
+    }
+
+
+def seeded_options(option, wildcards, paths):
+    """`--option METHOD@SEED=PATH` for each run, in plot_inputs' order."""
+    runs = [(m, s) for m in compared_methods(wildcards.direction) for s in config["seeds"]]
+    return " ".join(
+        f"{option} {shlex.quote(f'{m}@{s}={path}')}" for (m, s), path in zip(runs, paths)
+    )
+
+
 rule plot_comparison:
     input:
-        unpack(figure_predictions),
+        unpack(plot_inputs),
         store=rules.prepare_slices.output.store,
         split=rules.split_subjects.output.split,
     output:
@@ -12,11 +30,21 @@ rule plot_comparison:
             caption="../report/figure.rst",
             category="Figures",
             subcategory="{dataset}",
-            labels={"dataset": "{dataset}", "direction": "{direction}"},
+            labels={"dataset": "{dataset}", "direction": "{direction}", "figure": "examples"},
         ),
+        pdf=f"{RESULTS}/figures/{{dataset}}/{{direction}}.pdf",
+        curves=report(
+            f"{RESULTS}/figures/{{dataset}}/{{direction}}_curves.png",
+            caption="../report/curves.rst",
+            category="Figures",
+            subcategory="{dataset}",
+            labels={"dataset": "{dataset}", "direction": "{direction}", "figure": "curves"},
+        ),
+        curves_pdf=f"{RESULTS}/figures/{{dataset}}/{{direction}}_curves.pdf",
     params:
-        predictions=lambda wc, input: " ".join(
-            f"--prediction {shlex.quote(f'{m}={input[m]}')}" for m in compared_methods(wc.direction)
+        predictions=lambda wc, input: seeded_options("--prediction", wc, input.predictions),
+        runs=lambda wc, input: seeded_options(
+            "--run", wc, [os.path.dirname(run) for run in input.runs]
         ),
     log:
         f"{RESULTS}/logs/plot_comparison/{{dataset}}/{{direction}}.log",
@@ -28,8 +56,9 @@ rule plot_comparison:
     conda:
         "../envs/dfbk.yaml"
     shell:
-        "dfbk figure {input.store:q} {input.split:q} {wildcards.direction} {output.figure:q} "
-        "{params.predictions} > {log:q} 2>&1"
+        "(dfbk figure {input.store:q} {input.split:q} {wildcards.direction} {output.figure:q} "
+        "{params.predictions} && dfbk curves {output.curves:q} {params.runs} "
+        "--title '{wildcards.dataset} {wildcards.direction}') > {log:q} 2>&1"
 
 
 rule tabulate_comparison:
