@@ -18,11 +18,14 @@ import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import nibabel as nib
 import numpy as np
 
 from dfbk.errors import DataError
+
+if TYPE_CHECKING:  # nibabel is imported where volumes are read, so planning a DAG stays light
+    import nibabel as nib
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
@@ -88,6 +91,7 @@ def _check_nifti_header(path: Path, image) -> None:
 
 def _read_itk(path: Path) -> nib.Nifti1Image:
     """Read an ITK image (LPS world) into a NIfTI image (RAS world) without resampling."""
+    import nibabel as nib
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -113,6 +117,8 @@ def _read_itk(path: Path) -> nib.Nifti1Image:
 
 def load_image(path: Path) -> nib.Nifti1Image:
     """Load a NIfTI or ITK image, turning any reader failure into a DataError naming the file."""
+    import nibabel as nib
+
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -131,6 +137,8 @@ def load_image(path: Path) -> nib.Nifti1Image:
 
 def read_volume(path: Path) -> Volume:
     """Read a 3-D volume reoriented to RAS+, as float32; refuse 4-D and non-finite data."""
+    import nibabel as nib
+
     image = nib.as_closest_canonical(load_image(path))
     data = np.asarray(image.get_fdata(dtype=np.float32))
     if data.ndim == 4 and data.shape[3] == 1:
@@ -154,6 +162,8 @@ def atomic_path(final: Path) -> Path:
 
 def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, header=None) -> Path:
     """Write a NIfTI volume atomically (temporary name, then rename)."""
+    import nibabel as nib
+
     path = Path(path)
     image = nib.Nifti1Image(np.asarray(data), affine, header=header)
     if header is not None:
