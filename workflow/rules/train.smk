@@ -29,8 +29,9 @@ rule train_method_stage:
         init=init_from_option,
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
-        val_every=lambda wc: (
-            "" if (n := lookup("train/val_every", within=config, default=None)) is None
+        val_every=(  # no wildcard: computed once, not per job
+            ""
+            if (n := config.get("train", {}).get("val_every")) is None
             else f"--val-every {n}"
         ),
         evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
@@ -79,8 +80,9 @@ rule train_method:
         init=init_from_option,
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
-        val_every=lambda wc: (
-            "" if (n := lookup("train/val_every", within=config, default=None)) is None
+        val_every=(  # no wildcard: computed once, not per job
+            ""
+            if (n := config.get("train", {}).get("val_every")) is None
             else f"--val-every {n}"
         ),
         evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
