@@ -226,15 +226,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _seeded(items: list[str], option: str) -> dict[str, dict[int, Path]]:
-    """METHOD=PATH or METHOD@SEED=PATH items -> {method: {seed: path}} (seed 0 when omitted)."""
+    """Run folders -> {method: {seed: folder}}.
+
+    An item is METHOD=PATH, METHOD@SEED=PATH, or a bare run folder named as the results tree
+    names it (`.../{method}/seed-{n}`: the path is the experiment key), which is what the
+    workflow passes.
+    """
     from dfbk.errors import ConfigError
 
     runs: dict[str, dict[int, Path]] = {}
     for item in items:
         name, sep, path = item.partition("=")
+        if not sep:  # a run folder: the method and seed are its last two names
+            folder = Path(item)
+            name, path = f"{folder.parent.name}@{folder.name.removeprefix('seed-')}", item
+            if not folder.name.startswith("seed-"):
+                name = ""
         method, _, seed = name.partition("@")
-        if not sep or not method or not path or (seed and not seed.isdigit()):
-            raise ConfigError(f"{option} {item}: expected METHOD=PATH or METHOD@SEED=PATH")
+        if not method or not path or (seed and not seed.isdigit()):
+            raise ConfigError(
+                f"{option} {item}: expected METHOD=PATH, METHOD@SEED=PATH or a run folder "
+                ".../METHOD/seed-N"
+            )
         runs.setdefault(method, {})[int(seed or 0)] = Path(path)
     return runs
 
@@ -579,8 +592,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--prediction",
         action="append",
         default=[],
-        metavar="METHOD[@SEED]=DIR",
-        help="a run's prediction folder (repeat; every seed of a method gets its own rows)",
+        metavar="[METHOD[@SEED]=]DIR",
+        help="a run's prediction folder (repeat; every seed of a method gets its own rows); "
+        "a bare .../METHOD/seed-N folder names its method and seed",
     )
     p.add_argument(
         "--slices", type=int, default=3, help="slices: largest lesion, most anatomy, ... (3)"
@@ -596,8 +610,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--run",
         action="append",
         default=[],
-        metavar="METHOD[@SEED]=DIR",
-        help="a run's training folder holding train_log.jsonl (repeat)",
+        metavar="[METHOD[@SEED]=]DIR",
+        help="a run's training folder holding train_log.jsonl (repeat); a bare "
+        ".../METHOD/seed-N folder names its method and seed",
     )
     p.add_argument("--title", default="", help="figure title, e.g. 'brats2023 t1n-to-t2f'")
     p.add_argument(

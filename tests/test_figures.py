@@ -84,11 +84,16 @@ def test_loss_curves_from_training_logs(tmp_path, capsys):
     assert len(curves["loss_G"][0]) == 120
     out = make_loss_curves(runs, tmp_path / "curves.png", "phantom t1n-to-t2w")
     assert png_size(out)[0] > 500 and (tmp_path / "curves.pdf").read_bytes()[:5] == b"%PDF-"
+    # the workflow passes bare run folders: method and seed come from .../METHOD/seed-N
+    bare = _log(tmp_path / "train" / "dfbk-no-kg" / "seed-2", 30, ("loss",), 10, 4)
     argv = ["curves", str(tmp_path / "cli.png"), "--run", f"dfbk@2={tmp_path / 'd0'}"]
-    assert cli.main(argv) == 0 and (tmp_path / "cli.pdf").is_file()
-    assert cli.main(["curves", str(tmp_path / "bad.png"), "--run", "dfbk@x=somewhere"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--run dfbk@x=somewhere: expected METHOD=PATH" in err
+    assert cli.main([*argv, "--run", str(bare)]) == 0 and (tmp_path / "cli.pdf").is_file()
+    assert "cli.png" in capsys.readouterr().out
+    for bad in ("dfbk@x=somewhere", str(tmp_path / "d0")):
+        assert cli.main(["curves", str(tmp_path / "bad.png"), "--run", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--run {bad}: expected METHOD=PATH" in err
+    assert not (tmp_path / "bad.png").exists()
 
 
 def test_smoothing_keeps_levels_and_damps_noise():

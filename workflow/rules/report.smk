@@ -1,27 +1,19 @@
 # aggregate: comparison tables and the Figure-3-style panels, both shown in the HTML report.
 
 
-def plot_inputs(wildcards):
-    """Every compared method's predictions and run.json, every seed (figure rows, curves)."""
-    base = f"{wildcards.dataset}/{wildcards.direction}"
-    runs = [(m, s) for m in compared_methods(wildcards.direction) for s in config["seeds"]]
-    return {
-        "predictions": [f"{RESULTS}/translate/{base}/{m}/seed-{s}" for m, s in runs],
-        "runs": [f"{RESULTS}/train/{base}/{m}/seed-{s}/run.json" for m, s in runs],
-    }
-
-
-def seeded_options(option, wildcards, paths):
-    """`--option METHOD@SEED=PATH` for each run, in plot_inputs' order."""
-    runs = [(m, s) for m in compared_methods(wildcards.direction) for s in config["seeds"]]
-    return " ".join(
-        f"{option} {shlex.quote(f'{m}@{s}={path}')}" for (m, s), path in zip(runs, paths)
-    )
-
-
 rule plot_comparison:
     input:
-        unpack(plot_inputs),
+        # every compared method and seed: figure rows (predictions) and curves (run folders)
+        predictions=lambda wc: [
+            f"{RESULTS}/translate/{wc.dataset}/{wc.direction}/{m}/seed-{s}"
+            for m in compared_methods(wc.direction)
+            for s in config["seeds"]
+        ],
+        runs=lambda wc: [
+            f"{RESULTS}/train/{wc.dataset}/{wc.direction}/{m}/seed-{s}/run.json"
+            for m in compared_methods(wc.direction)
+            for s in config["seeds"]
+        ],
         store=rules.prepare_slices.output.store,
         split=rules.split_subjects.output.split,
     output:
@@ -42,9 +34,11 @@ rule plot_comparison:
         ),
         curves_pdf=f"{RESULTS}/figures/{{dataset}}/{{direction}}_curves.pdf",
     params:
-        predictions=lambda wc, input: seeded_options("--prediction", wc, input.predictions),
-        runs=lambda wc, input: seeded_options(
-            "--run", wc, [os.path.dirname(run) for run in input.runs]
+        predictions=lambda wc, input: " ".join(
+            f"--prediction {shlex.quote(p)}" for p in input.predictions
+        ),
+        runs=lambda wc, input: " ".join(
+            f"--run {shlex.quote(os.path.dirname(p))}" for p in input.runs
         ),
     log:
         f"{RESULTS}/logs/plot_comparison/{{dataset}}/{{direction}}.log",
