@@ -79,3 +79,25 @@ def test_a_pickled_batcher_refers_to_the_store_files_instead_of_copying_them(sto
 def test_bad_prefetch_settings_are_refused(store):
     with pytest.raises(DataError, match="workers >= 0"):
         next(prefetched_batches(batcher(store), 0, 2, workers=-1))
+
+
+@pytest.mark.parametrize("patch", [None, 32])
+def test_a_batch_is_the_stored_slices_flipped_then_cropped(store, patch):
+    """The single-copy reader against the plain recipe: index, flip with np.flip, crop."""
+    b = batcher(store, patch_size=patch)
+    drawn = []
+    for step in (0, 7):
+        idx = b.batch_indices(step)
+        flips = np.random.default_rng([b.seed, step, 1]).random(len(idx)) < 0.5
+        corners = b.crop_corners(step, len(idx)) if patch else [(0, 0)] * len(idx)
+        drawn += flips.tolist()
+        side = patch or SIZE
+        got = b.batch(step)
+        for array, tensor in ((store.images("t1n"), got.source), (store.mask, got.mask)):
+            for i, index in enumerate(idx):
+                image = np.asarray(array[index], dtype=np.float32)
+                image = np.flip(image, -1) if flips[i] else image
+                y, x = corners[i]
+                expected = torch.from_numpy(image[y : y + side, x : x + side].copy())
+                assert torch.equal(tensor[i, 0], expected)
+    assert any(drawn) and not all(drawn)  # both branches were compared

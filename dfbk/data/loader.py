@@ -88,7 +88,11 @@ class SliceBatcher:
     def batch_indices(self, step: int) -> np.ndarray:
         """Store indices of the batch at `step`."""
         epoch, k = divmod(step, self.batches_per_epoch)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.indices.size)
+        if getattr(self, "_epoch_order", (None,))[0] != epoch:  # one permutation per epoch,
+            # not per step: O(training slices), ~1 ms for BraTS's ~100k, at every step before
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.indices.size)
+            self._epoch_order = (epoch, order)
+        order = self._epoch_order[1]
         return self.indices[order[k * self.batch_size : (k + 1) * self.batch_size]]
 
     def unpaired_indices(self, step: int) -> np.ndarray:
@@ -123,10 +127,26 @@ class SliceBatcher:
             self._positions = (lookup, index[order], position[order])
         return self._positions
 
-    def _read(self, array: np.ndarray, idx: np.ndarray) -> torch.Tensor:
-        order = np.argsort(idx)  # sorted reads are sequential on the memmap
-        data = np.asarray(array[idx[order]], dtype=np.float32)[np.argsort(order)]
-        return torch.from_numpy(data).unsqueeze(1)
+    def _read(
+        self, array: np.ndarray, idx: np.ndarray, flips: np.ndarray, corners: np.ndarray | None
+    ) -> torch.Tensor:
+        """(B, 1, h, w) float32 of slices `idx`: flipped left-right where `flips`, then cropped
+        at `corners` (top-left, p = patch_size) when given.
+
+        Each slice is copied once, straight from the memory map into the batch (the flip and
+        the crop are views of the map), in ascending store order so the reads are sequential.
+        """
+        side = self.size if corners is None else (self.patch_size, self.patch_size)
+        out = np.empty((len(idx), 1, *side), dtype=np.float32)
+        for i in np.argsort(idx, kind="stable"):
+            view = array[idx[i]]
+            if flips[i]:
+                view = view[:, ::-1]
+            if corners is not None:
+                y, x = corners[i]
+                view = view[y : y + side[0], x : x + side[1]]
+            out[i, 0] = view
+        return torch.from_numpy(out)
 
     def crop_corners(self, step: int, n: int) -> np.ndarray:
         """(n, 2) top-left corners of the step's patches, uniform over valid positions."""
@@ -158,19 +178,12 @@ class SliceBatcher:
         flips = np.random.default_rng([self.seed, step, 1]).random(len(idx)) < 0.5
         corners = self.crop_corners(step, len(idx)) if self.patch_size is not None else None
         idx, target_idx, flips = idx[self.share], target_idx[self.share], flips[self.share]
-        src, msk = self._read(self.source, idx), self._read(self.mask, idx)
-        tgt = self._read(self.target, target_idx)
-        if self.flip:  # left-right flips: the brain is near-symmetric, anatomy stays plausible
-            flips = torch.from_numpy(flips)
-            for t in (src, tgt, msk):
-                t[flips] = t[flips].flip(-1)
-        if self.patch_size is not None:
-            p = self.patch_size
-            corners = corners[self.share]
-            src, tgt, msk = (
-                torch.stack([t[i, :, y : y + p, x : x + p] for i, (y, x) in enumerate(corners)])
-                for t in (src, tgt, msk)
-            )
+        if not self.flip:  # drawn either way, so the other draws do not depend on the setting
+            flips = np.zeros_like(flips)  # (flips: the brain is near-symmetric left-right)
+        corners = corners[self.share] if corners is not None else None
+        src = self._read(self.source, idx, flips, corners)
+        msk = self._read(self.mask, idx, flips, corners)
+        tgt = self._read(self.target, target_idx, flips, corners)
         return Batch(source=src, target=tgt, mask=msk)
 
 
