@@ -368,7 +368,7 @@ def cmd_status(args: argparse.Namespace) -> None:
     config = load_config(args.configfile)
     if args.results_dir is not None:
         config["results_dir"] = str(args.results_dir)
-    print(format_status(collect_status(config)))
+    print(format_status(collect_status(config, args.directory)))
 
 
 def _version() -> str:
@@ -700,6 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--results-dir", type=Path, help="results folder (default: the config's results_dir)"
+    )
+    p.add_argument(
+        "--directory",
+        type=Path,
+        default=Path(),
+        help="the workflow's working directory, as snakemake's --directory (default .)",
     )
     p.set_defaults(func=cmd_status)
 

@@ -1,20 +1,28 @@
 """dfbk status: which runs of a config are done, running, failed or pending, with their metrics.
 
 Why the results tree and not Snakemake: `snakemake -n --summary` builds the whole DAG (for the
-paper grid, hundreds of jobs and a config check that takes seconds), needs the working
-directory's `.snakemake/` lock-free, and still cannot tell a job that is running now from one
-that died: a killed job leaves the same "incomplete" marker as a live one. The outputs here are
-written atomically (temporary name, then rename), so their presence is exact; a trainer holds an
-fcntl lock on `checkpoints/<run>/.lock` (`dfbk.training.guard.FolderLock`) that the kernel
-drops when the process dies, so probing that lock tells running from crashed without pid or
-clock heuristics; and each rule's log sits at a fixed path, so a log without its output is a
-failed (or interrupted) job whose last line says why. The list of runs is the workflow's own
-(`workflow/rules/common.smk`: comparison runs, then ablation runs, once each).
+paper grid, hundreds of jobs and a config check that takes seconds), and still cannot tell a
+job that is running now from one that died: a killed job leaves the same "incomplete" marker as
+a live one. The facts read here are each exact:
+- outputs are written atomically (temporary name, then rename), so their presence is exact;
+- a trainer holds an fcntl lock on `checkpoints/<run>/.lock` (`dfbk.training.guard.FolderLock`)
+  that the kernel drops when the process dies, so probing it tells running from crashed
+  without pid or clock heuristics;
+- a live Snakemake lists the outputs it will make in `.snakemake/locks/*.output.lock` of its
+  working directory (this command's working directory) and deletes the list when it ends, so a
+  missing output in that list is queued or being made, not failed. A Snakemake killed with
+  SIGKILL leaves its list behind; `snakemake --unlock` clears it, for this command as for
+  Snakemake itself;
+- each rule's log sits at a fixed path, so a log without its output and outside a live
+  Snakemake's list is a failed (or interrupted) job, and its last line says why.
+The list of runs is the workflow's own (`workflow/rules/common.smk`: comparison runs, then
+ablation runs, once each).
 
 States, first match wins: done (evaluate/<run>/metrics.json), running (a training lock held by
-a live process), failed (a stage's log exists but its output does not), pending (nothing yet,
-or a finished stage waiting for the next). Metrics: the evaluation summary when done, else the
-latest validation line of the training log (`train_log.jsonl`).
+a live process, or a stage with a log in a live Snakemake's list), failed (a stage's log exists
+but its output does not), pending (nothing yet, queued, or a finished stage waiting for the
+next). Metrics: the evaluation summary when done, else the latest validation line of the
+training log (`train_log.jsonl`).
 """
 
 from __future__ import annotations
@@ -33,11 +41,12 @@ from dfbk.errors import ConfigError
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 STATES = ("done", "running", "failed", "pending")
-# The workflow's stages of one run: (rule name, output relative to results/<stage>/<run>).
+# The stages of one run: (results folder, output inside results/<folder>/<run>, the rules whose
+# logs/<rule>/<run>.log belong to it: built-in methods, then external ones; external.smk).
 STAGES = (
-    ("train_method", "train", "model.pt"),
-    ("translate_test_set", "translate", "predictions.json"),
-    ("evaluate_predictions", "evaluate", "metrics.json"),
+    ("train", "run.json", ("train_method", "train_external", "record_external_run")),
+    ("translate", "predictions.json", ("translate_test_set", "collect_external_predictions")),
+    ("evaluate", "metrics.json", ("evaluate_predictions",)),
 )
 SUMMARY_KEYS = ("psnr_fg", "ssim_fg", "mae_fg")
 
@@ -161,8 +170,30 @@ def last_line(log: Path) -> str:
     return lines[-1][:160] if lines else ""
 
 
-def run_status(results: Path, run: dict[str, Any]) -> RunStatus:
-    """The state of one run, read from its outputs, training lock and logs."""
+def snakemake_outputs(workdir: Path) -> set[str]:
+    """Absolute paths of the outputs a live Snakemake in `workdir` is making or will make."""
+    paths: set[str] = set()
+    for lock in sorted((Path(workdir) / ".snakemake" / "locks").glob("*.output.lock")):
+        try:
+            lines = lock.read_text().splitlines()
+        except OSError:  # removed as we read: that Snakemake just ended
+            continue
+        paths |= {os.path.abspath(Path(workdir) / t.strip()) for t in lines if t.strip()}
+    return paths
+
+
+def _stage_logs(results: Path, key: str, rules: tuple[str, ...]) -> list[Path]:
+    """Existing logs of a stage's rules (and of extra training stages, for the train stage)."""
+    logs = [results / "logs" / rule / f"{key}.log" for rule in rules]
+    if "train_method" in rules:  # an extra stage (e.g. pretrain) that has not finished
+        stages = sorted((results / "logs" / "train_method_stage" / key).glob("*.log"))
+        done = results / "train" / key
+        logs += [s for s in stages if not (done / f"stage-{s.stem}" / "run.json").is_file()]
+    return [log for log in logs if log.is_file()]
+
+
+def run_status(results: Path, run: dict[str, Any], scheduled: set[str] | None = None) -> RunStatus:
+    """The state of one run, from its outputs, training lock, logs and Snakemake's lock list."""
     status = RunStatus(**run)
     key = status.key
     metrics = results / "evaluate" / key / "metrics.json"
@@ -183,23 +214,33 @@ def run_status(results: Path, run: dict[str, Any]) -> RunStatus:
         status.detail = "" if stage == "." else stage
         status.metrics = last_validation(live[0].parent / "train_log.jsonl")
         return status
-    for rule, folder, output in STAGES:
+    scheduled = scheduled or set()
+    for folder, output, rules in STAGES:
         if (results / folder / key / output).is_file():
             status.stage = folder
             continue
-        log = results / "logs" / rule / f"{key}.log"
-        if log.is_file():
+        logs = _stage_logs(results, key, rules)
+        prefix = os.path.abspath(results / folder / key)
+        queued = any(p == prefix or p.startswith(prefix + os.sep) for p in scheduled)
+        if queued:
+            status.state = "running" if logs else "pending"
+            status.stage, status.detail = folder, "" if logs else "queued by snakemake"
+        elif logs:
+            log = max(logs, key=lambda p: p.stat().st_mtime)  # the latest attempt's log
             status.state, status.stage, status.detail = "failed", folder, last_line(log)
         break
-    if status.state == "pending":
+    if status.state != "failed":
         status.metrics = last_validation(checkpoints / "train_log.jsonl")
     return status
 
 
-def collect_status(config: dict[str, Any]) -> list[RunStatus]:
-    """The state of every configured run under the config's results_dir."""
-    results = Path(config["results_dir"])
-    return [run_status(results, run) for run in configured_runs(config)]
+def collect_status(config: dict[str, Any], workdir: Path | None = None) -> list[RunStatus]:
+    """The state of every configured run under the config's results_dir (relative paths, as
+    for Snakemake, from `workdir`, default the current directory)."""
+    workdir = Path.cwd() if workdir is None else Path(workdir)
+    results = workdir / config["results_dir"]
+    scheduled = snakemake_outputs(workdir)
+    return [run_status(results, run, scheduled) for run in configured_runs(config)]
 
 
 def format_status(statuses: list[RunStatus]) -> str:

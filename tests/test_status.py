@@ -46,7 +46,7 @@ def results(tmp_path, config_file):
     run = {(m, s): RUN.format(method=m, seed=s) for m in ("identity", "pix2pix") for s in range(3)}
     summary = {"psnr_fg": {"mean": 27.5, "std": 1.0}, "ssim_fg": {"mean": 0.875, "std": 0.01}}
     write(root / "evaluate" / run["identity", 0] / "metrics.json", json.dumps({"summary": summary}))
-    write(root / "train" / run["identity", 1] / "model.pt", "weights")
+    write(root / "train" / run["identity", 1] / "run.json", "{}")
     write(
         root / "logs" / "translate_test_set" / f"{run['identity', 1]}.log",
         "translate identity: 0%\ndfbk predict: error: results/train/x/model.pt: no such file\n\n",
@@ -58,7 +58,10 @@ def results(tmp_path, config_file):
     stale = root / "checkpoints" / run["pix2pix", 1]
     write(stale / ".lock", "12345\n")
     write(root / "logs" / "train_method" / f"{run['pix2pix', 1]}.log", "train pix2pix\nKilled\n")
-    write(root / "train" / run["pix2pix", 2] / "model.pt", "weights")
+    write(root / "train" / run["pix2pix", 2] / "run.json", "{}")
+    # a finished pretraining stage's log is not a failure of the run
+    write(root / "logs" / "train_method_stage" / run["pix2pix", 2] / "pre.log", "ok\n")
+    write(root / "train" / run["pix2pix", 2] / "stage-pre" / "run.json", "{}")
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(live)],
         stdin=subprocess.PIPE,
@@ -94,6 +97,26 @@ def test_cli_prints_one_row_per_run_and_totals(config_file, results, capsys):
     assert lines[-1] == "1 done, 1 running, 2 failed, 2 pending of 6"
     row = next(line for line in lines if "identity/seed-0" in line)
     assert "done" in row and "psnr_fg=27.5" in row and "ssim_fg=0.875" in row
+
+
+def test_a_live_snakemake_list_makes_missing_outputs_queued_or_running(
+    tmp_path, config_file, results
+):
+    """Outputs in .snakemake/locks/*.output.lock are being made: a log there is not a failure."""
+    workdir = tmp_path / "work"
+    translate = results / "translate" / RUN.format(method="identity", seed=1)
+    train = results / "train" / RUN.format(method="identity", seed=2) / "model.pt"
+    write(workdir / ".snakemake" / "locks" / "0.output.lock", f"{translate}\n{train}\n")
+    statuses = {(s.method, s.seed): s for s in collect_status(load_config(config_file), workdir)}
+    assert (statuses["identity", 1].state, statuses["identity", 1].stage) == (
+        "running",
+        "translate",
+    )
+    assert statuses["identity", 2].state == "pending"
+    assert statuses["identity", 2].detail == "queued by snakemake"
+    assert statuses["pix2pix", 1].state == "failed"  # not in the list: still failed
+    (workdir / ".snakemake" / "locks" / "0.output.lock").unlink()  # that Snakemake ended
+    assert collect_status(load_config(config_file), workdir)[1].state == "failed"
 
 
 def test_runs_follow_the_workflow_order_with_ablation_once(tmp_path):
