@@ -24,7 +24,7 @@ from conftest import REPO
 
 from dfbk.config_checks import check_config
 from dfbk.errors import ConfigError, DataError
-from dfbk.methods.external import collect_predictions, record_run, render_command
+from dfbk.methods.external import collect_predictions, conda_env, record_run, render_command
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SCRIPT = REPO / "examples/external_linear/linear_map.py"
@@ -123,6 +123,17 @@ def test_external_method_takes_no_module_or_stages():
     config["methods"]["linear_map"]["stages"] = ["warmup"]
     with pytest.raises(ConfigError, match=r"methods\.linear_map\.stages: only for a method class"):
         check_config(config)
+
+
+def test_conda_file_is_made_absolute_from_the_working_directory(tmp_path, monkeypatch):
+    """Snakemake reads a relative conda path from the rule file's folder; config paths are
+    relative to the working directory, so the file is handed over as an absolute path."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "envs").mkdir()
+    (tmp_path / "envs/linear.yaml").write_text("dependencies: [numpy]\n")
+    assert conda_env({"conda": "envs/linear.yaml"}) == str(tmp_path / "envs/linear.yaml")
+    assert conda_env({"conda": "my-existing-env"}) == "my-existing-env"  # a name, as given
+    assert conda_env({}) is None
 
 
 def test_placeholders_are_shell_quoted():
