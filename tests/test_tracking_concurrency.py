@@ -2,8 +2,9 @@
 
 Jobs only write their JSON/JSONL files; `dfbk track` (the serialised track rule) imports them.
 Eight job processes finish at the same moment, then the import runs twice (the second time as
-two racing processes): exactly eight runs, none duplicated, every metric point present. The same
-import also goes to an `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts, in tmp).
+two racing processes): exactly eight seed runs, none duplicated, every metric point present, each
+nested in its method's group run. The same import also goes to an `mlflow server` on 127.0.0.1
+(SQLite backend, proxied artifacts, in tmp), where the models are registered and loaded back.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+from test_volume_translate import make_checkpoint
+
+from dfbk.tracking import import_runs, load_logged_model
 
 DFBK = str(Path(sys.executable).with_name("dfbk"))
 EXPERIMENT = "concurrency"
@@ -73,6 +77,8 @@ def finished_jobs(tmp_path_factory) -> Path:
     for process in processes:
         process.join(timeout=120)
     assert [p.exitcode for p in processes] == [0] * len(JOBS)
+    for direction, method, seed in JOBS:  # the checkpoint each run logs (written by training)
+        make_checkpoint(root / "train" / f"phantom/{direction}/{method}/seed-{seed}" / "model.pt")
     return root
 
 
@@ -97,12 +103,24 @@ def wait_ok(process: subprocess.Popen) -> list[dict]:
 
 
 def check_store(uri: str) -> dict[str, str]:
-    """Exactly one active run per job, none deleted, every metric point there; key -> run id."""
+    """Exactly one active run per job, none deleted, every metric point there; key -> run id.
+
+    Besides the 8 seed runs: one group run per (direction, method) that each seed nests under,
+    and the summary run.
+    """
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
-    active = client.search_runs(
+    everything = client.search_runs(
         [experiment.experiment_id], run_view_type=ViewType.ACTIVE_ONLY, max_results=1000
     )
+    kinds = [run.data.tags["dfbk.run_kind"] for run in everything]
+    assert sorted(kinds) == sorted(["seed"] * 8 + ["group"] * 4 + ["summary"])
+    groups = {
+        run.data.tags["dfbk.run_key"]: run.info.run_id
+        for run in everything
+        if run.data.tags["dfbk.run_kind"] == "group"
+    }
+    active = [run for run in everything if run.data.tags["dfbk.run_kind"] == "seed"]
     deleted = client.search_runs(
         [experiment.experiment_id], run_view_type=ViewType.DELETED_ONLY, max_results=1000
     )
@@ -117,20 +135,23 @@ def check_store(uri: str) -> dict[str, str]:
         assert expected | set(LOSSES) == set(run.data.metrics)
         figures = [item.path for item in client.list_artifacts(run.info.run_id, "figures")]
         assert figures == [f"figures/{run.data.tags['direction']}.png"]
-    return {run.data.tags["dfbk.run_key"]: run.info.run_id for run in active}
+        parent = run.data.tags["dfbk.run_key"].rsplit("/", 1)[0]
+        assert run.data.tags["mlflow.parentRunId"] == groups[parent]
+    return {run.data.tags["dfbk.run_key"]: run.info.run_id for run in everything}
 
 
 def test_eight_jobs_at_once_then_import_twice(finished_jobs, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     first = wait_ok(track(finished_jobs, uri, tmp_path / "first.json"))
     after_first = check_store(uri)
-    assert len(first) == 8 and len(after_first) == 8
-    assert {record["n_metrics"] for record in first} == {len(LOSSES) + 2 * len(SUMMARY) + 1}
+    assert len(first) == len(after_first) == 8 + 4 + 1  # seeds, (direction, method), summary
+    seeds = [record for record in first if record["kind"] == "seed"]
+    assert {record["n_metrics"] for record in seeds} == {len(LOSSES) + 2 * len(SUMMARY) + 1}
     # the second import, started twice at once (two Snakemake invocations racing on one
     # store): the file lock serialises them and both find every run already imported
     racing = [track(finished_jobs, uri, tmp_path / f"second-{i}.json") for i in range(2)]
     assert [wait_ok(process) for process in racing] == [first, first]
-    assert check_store(uri) == after_first  # same 8 runs, untouched
+    assert check_store(uri) == after_first  # same runs, untouched
 
 
 def _free_port() -> int:
@@ -186,4 +207,25 @@ def test_import_into_an_mlflow_server(finished_jobs, mlflow_server, tmp_path):
     second = wait_ok(track(finished_jobs, uri, tmp_path / "second.json"))
     assert check_store(uri) == after_first and first == second
     stored = sorted(p.name for p in artifacts.rglob("*.png"))
-    assert stored == sorted(f"{d}.png" for d, _, _ in JOBS)  # uploaded through the server
+    # uploaded through the server: each seed run's figure, and both in the summary run
+    assert stored == sorted([f"{d}.png" for d, _, _ in JOBS] + [f"{d}.png" for d in DIRECTIONS])
+    assert len(list(artifacts.rglob("model.pt"))) == len(JOBS)
+    # registering the models (the same runs, nothing re-imported) and loading one back
+    runs = [
+        tuple(
+            finished_jobs / stage / f"phantom/{d}/{m}/seed-{s}" for stage in ("train", "evaluate")
+        )
+        for d, m, s in JOBS
+    ]
+    figures = {("phantom", d): [finished_jobs / "figures/phantom" / f"{d}.png"] for d in DIRECTIONS}
+    third = import_runs(runs, figures, uri, EXPERIMENT, tmp_path / "t.json", register_models=True)
+    assert third == first  # nothing re-imported
+    name = f"dfbk.phantom.{DIRECTIONS[0]}.{METHODS[0]}"
+    versions = MlflowClient(tracking_uri=uri).search_model_versions(f"name = '{name}'")
+    assert sorted(v.tags["seed"] for v in versions) == [str(s) for s in SEEDS]
+    key = f"phantom/{DIRECTIONS[0]}/{METHODS[0]}/seed-0"
+    _, by_run = load_logged_model(f"runs:/{after_first[key]}/model", tmp_path / "run", uri)
+    version = next(v.version for v in versions if v.tags["seed"] == "0")
+    _, by_name = load_logged_model(f"models:/{name}/{version}", tmp_path / "model", uri)
+    assert by_run["content_sha256"] == by_name["content_sha256"]
+    assert by_run["method"] == "identity"
