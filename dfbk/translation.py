@@ -5,8 +5,10 @@ slice store and split (its fingerprint), and its data contract must match the st
 modality, range and normalisation; the slice size may differ, as slices are covered by tiles
 of the training size — `dfbk.sliding_window`) or the job is refused. Each slice's noise seed
 comes from (the run's seed, subject, axial slice index), so a diffusion method's volume does
-not depend on the batch size. A prediction with a NaN or infinite voxel is refused, naming
-the checkpoint, and nothing is written.
+not depend on the batch size, nor on which other slices share its batch: the test subjects'
+slices form one stream cut into full batches across subject boundaries (`translate_volumes`).
+Methods sample under bf16 autocast on CUDA (`Method.autocast`), in float32 on CPU. A prediction
+with a NaN or infinite voxel is refused, naming the checkpoint, and nothing is written.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,85 @@ def translate_slices(
     return pred
 
 
+class NonFiniteVolumes(NonFiniteOutput):
+    """A batch spanning these volumes predicted NaN or infinite values."""
+
+    def __init__(self, names: list[str], err: NonFiniteOutput) -> None:
+        super().__init__(err.bad, err.total)
+        self.names = names
+
+
+def translate_volumes(
+    method,
+    volumes: Iterable[tuple[str, np.ndarray, torch.Tensor]],
+    batch_size: int,
+    knowledge: Knowledge | None = None,
+    tile: tuple[int, int] | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """Translate several volumes with full batches: slices of consecutive volumes share them.
+
+    volumes: (name, (n, H, W) slices in [0, 1], (n,) per-slice noise seeds), one slice size.
+    Yields (name, (n, H, W) prediction) in the given order, each once its last slice is done.
+    The slices form one stream cut into windows of `batch_size` consecutive slices, whichever
+    volume they belong to, so only the job's last batch is partial; one volume at a time
+    leaves a partial batch per volume (130 slices at batch 32: 4 full batches and one of 2,
+    which on a GPU costs nearly a full batch's time). Each slice draws its noise from its own
+    seed, so a prediction equals one-volume batching up to float32 rounding in the network.
+    Raises NonFiniteVolumes (names of the window's volumes) at the first non-finite batch.
+    """
+    window = max(1, batch_size)
+    pending: list[tuple[int, np.ndarray, torch.Tensor]] = []  # (volume, slices, seeds) pieces
+    queued = 0
+    names: list[str] = []
+    shapes: list[tuple[int, ...]] = []
+    parts: list[list[np.ndarray]] = []
+    missing: list[int] = []  # slices of each volume not yet predicted
+    emitted = 0
+
+    def run() -> None:
+        slices = np.concatenate([np.asarray(p[1], dtype=np.float32) for p in pending])
+        seeds = torch.cat([torch.as_tensor(p[2], dtype=torch.int64) for p in pending])
+        try:
+            pred = translate_slices(method, slices, batch_size, knowledge, seeds, tile)
+        except NonFiniteOutput as err:
+            raise NonFiniteVolumes(list(dict.fromkeys(names[p[0]] for p in pending)), err) from err
+        start = 0
+        for volume, piece, _ in pending:
+            parts[volume].append(pred[start : start + len(piece)])
+            missing[volume] -= len(piece)
+            start += len(piece)
+
+    def finished() -> Iterator[tuple[str, np.ndarray]]:
+        nonlocal emitted
+        while emitted < len(names) and missing[emitted] == 0:
+            done = parts[emitted]
+            empty = np.zeros((0, *shapes[emitted]), dtype=np.float32)
+            yield names[emitted], np.concatenate(done) if done else empty
+            parts[emitted] = []  # free it
+            emitted += 1
+
+    for name, slices, seeds in volumes:
+        volume = len(names)
+        names.append(name)
+        shapes.append(tuple(slices.shape[1:]))
+        parts.append([])
+        missing.append(len(slices))
+        offset = 0
+        while offset < len(slices):
+            take = min(window - queued, len(slices) - offset)
+            pending.append((volume, slices[offset : offset + take], seeds[offset : offset + take]))
+            queued += take
+            offset += take
+            if queued == window:
+                run()
+                pending, queued = [], 0
+                yield from finished()
+        yield from finished()  # a volume without slices
+    if pending:
+        run()
+    yield from finished()
+
+
 def predict_test_set(
     checkpoint: Path,
     store_dir: Path,
@@ -113,13 +195,18 @@ def predict_test_set(
     out_dir: Path,
     batch_size: int = 32,
     device: str = "auto",
+    amp: bool = True,
 ) -> dict:
-    """Write `{subject}.nii.gz` (H, W, S) for each test subject into `out_dir`, atomically."""
+    """Write `{subject}.nii.gz` (H, W, S) for each test subject into `out_dir`, atomically.
+
+    amp: bf16 autocast of the networks on CUDA, as in training (ignored on CPU).
+    """
     payload = load_checkpoint(checkpoint)
     store = SliceStore(store_dir)
     source, _ = check_contract(payload, store, Path(checkpoint))
     check_fingerprint(payload, store_dir, split_path, Path(checkpoint))  # no training subject
     method = rebuild_method(payload).to(pick_device(device))
+    method.amp = amp  # Method.autocast: bf16 on CUDA only
     knowledge = checkpoint_knowledge(payload)
     if knowledge is not None:
         knowledge = knowledge.to(method.device)
@@ -131,20 +218,26 @@ def predict_test_set(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     subjects = read_split(split_path)["test"]
-    try:
-        for subject in tqdm(subjects, desc=f"translate {payload['method']}", mininterval=5):
+
+    def volumes() -> Iterator[tuple[str, np.ndarray, torch.Tensor]]:
+        for subject in subjects:
             start, stop = store.subject_range(subject)
             seeds = slice_seeds(run_seed(payload), subject, axial[start:stop])
-            try:
-                pred = translate_slices(
-                    method, images[start:stop], batch_size, knowledge, seeds, tile
-                )
-            except NonFiniteOutput as err:
-                raise non_finite_error(Path(checkpoint), f"subject {subject}", err) from err
+            yield subject, images[start:stop], seeds
+
+    predictions = translate_volumes(method, volumes(), batch_size, knowledge, tile)
+    try:
+        for subject, pred in tqdm(
+            predictions, total=len(subjects), desc=f"translate {payload['method']}", mininterval=5
+        ):
             check_finite(pred, Path(checkpoint), f"subject {subject}")
             write_nifti(
                 np.moveaxis(pred, 0, 2), store.subject_affine(subject), tmp / f"{subject}.nii.gz"
             )
+    except NonFiniteVolumes as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        what = f"subject{'s' if len(err.names) > 1 else ''} {', '.join(err.names)}"
+        raise non_finite_error(Path(checkpoint), what, err) from err
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
