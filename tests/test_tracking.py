@@ -40,7 +40,9 @@ RUNS = [
     ("isles2015", "t1-to-flair", "dfbk", 1, 7, ("loss",)),
     ("brats2023", "t1n-to-t2w", "pix2pix", 1, 5, ("loss_g", "loss_d", "loss_l1")),
     ("brats2023", "t1n-to-t2w", "resvit", 0, 3, ("loss_g",)),
+    ("brats2023", "t1n-to-t2w", "linear_ext", 0, 0, ()),
 ]
+EXTERNAL = {"linear_ext"}  # methods.<name>.external: own code, own checkpoint folder
 STAGED = {"resvit": "pretrain"}  # methods trained in two stages (pretraining, then main)
 ENVIRONMENT = {
     "git_commit": "0123456789abcdef0123456789abcdef01234567",
@@ -107,9 +109,16 @@ def _write_run(root: Path, dataset, direction, method, seed, n_steps, losses, lr
         bench = root / "benchmarks" / "train_method_stage" / run_dir / f"{stage}.tsv"
         bench.parent.mkdir(parents=True, exist_ok=True)
         bench.write_text(BENCHMARK_TSV)
+    if method in EXTERNAL:  # as dfbk.methods.external.record_run writes it
+        run["external"] = {"train": "python fit.py", "checkpoint": str(train_dir / "checkpoint")}
+        (train_dir / "checkpoint" / "maps").mkdir(parents=True, exist_ok=True)
+        (train_dir / "checkpoint" / "coefficients.json").write_text('{"a": 1.2, "b": 0.1}')
+        (train_dir / "checkpoint" / "maps" / "slope.npy").write_bytes(b"\x93NUMPY" + bytes(64))
+    else:
+        name = "pix2pix" if method == "pix2pix" else "identity"
+        make_checkpoint(train_dir / "model.pt", name=name)
     (train_dir / "run.json").write_text(json.dumps(run))
     _write_log(train_dir, n_steps, losses)
-    make_checkpoint(train_dir / "model.pt", name="pix2pix" if method == "pix2pix" else "identity")
     metrics = {
         **identity,
         "protocol": {"mask": {"threshold": 0.01}, "slices": "all"},
@@ -284,7 +293,7 @@ def test_seeds_nest_under_their_method_with_mean_and_seed_std(imported):
     assert single.data.metrics["psnr_fg_mean"] == pytest.approx(26.0)
     assert "psnr_fg_seed_std" not in single.data.metrics
     assert "ssim_fg_mean" not in group.data.metrics  # NaN in every seed
-    assert len(_active_runs(imported["client"], "group")) == 4
+    assert len(_active_runs(imported["client"], "group")) == 5
 
 
 def test_pretraining_stage_is_a_nested_run(imported):
@@ -343,7 +352,8 @@ def test_summary_run_holds_tables_and_figures(imported):
     }
     assert figures == {"figures/brats2023/t1n-to-t2w.png", "figures/isles2015/t1-to-flair.png"}
     assert summary.data.params["n_runs"] == str(len(RUNS))
-    assert json.loads(summary.data.params["methods"]) == ["dfbk", "identity", "pix2pix", "resvit"]
+    methods = ["dfbk", "identity", "linear_ext", "pix2pix", "resvit"]
+    assert json.loads(summary.data.params["methods"]) == methods
 
 
 def test_logged_model_loads_by_run_and_by_registry(imported, tmp_path):
@@ -376,6 +386,18 @@ def test_logged_model_loads_by_run_and_by_registry(imported, tmp_path):
         load_logged_model(f"runs:/{run.info.run_id}/evaluation", tmp_path / "c", uri)
 
 
+def test_external_baseline_logs_its_checkpoint_folder_unregistered(imported, tmp_path):
+    client = imported["client"]
+    run = _by_key(client)["brats2023/t1n-to-t2w/linear_ext/seed-0"]
+    files = {item.path for item in client.list_artifacts(run.info.run_id, "model")}
+    assert files == {"model/coefficients.json", "model/maps"}
+    maps = [item.path for item in client.list_artifacts(run.info.run_id, "model/maps")]
+    assert maps == ["model/maps/slope.npy"]
+    assert client.search_model_versions("name = 'dfbk.brats2023.t1n-to-t2w.linear_ext'") == []
+    with pytest.raises(DataError, match="no model.pt"):
+        load_logged_model(f"runs:/{run.info.run_id}/model", tmp_path, imported["uri"])
+
+
 def test_metrics_and_curve(imported):
     client = imported["client"]
     runs = _by_key(client)
@@ -405,8 +427,8 @@ def test_nan_summary_metrics_skipped(imported):
 
 def test_reimport_is_idempotent(imported):
     client = imported["client"]
-    # 5 seeds, 4 method groups, 1 stage, 1 summary
-    assert len(_active_runs(client, None)) == len(RUNS) + 4 + 1 + 1
+    # 6 seeds, 5 method groups, 1 stage, 1 summary
+    assert len(_active_runs(client, None)) == len(RUNS) + 5 + 1 + 1
     first_ids = [record["run_id"] for record in imported["first"]]
     assert [record["run_id"] for record in imported["second"]] == first_ids
     assert imported["curve_first"] == 5
@@ -420,7 +442,7 @@ def test_out_json_lists_runs(imported):
     keys = [record["run_key"] for record in written]
     assert keys[: len(RUNS)] == [run_key(*r[:4]) for r in RUNS]
     kinds = [record["kind"] for record in written]
-    assert kinds == ["seed"] * len(RUNS) + ["stage"] + ["group"] * 4 + ["summary"]
+    assert kinds == ["seed"] * len(RUNS) + ["stage"] + ["group"] * 5 + ["summary"]
     pix2pix = written[0]
     # loss_g, loss_d, loss_l1, psnr_fg_mean, psnr_fg_std, wall_seconds, and per benchmark
     # file (train_method, translate_test_set) 9 system metrics

@@ -92,7 +92,7 @@ class RunInputs:
     log_restarts: list[int] = field(default_factory=list)  # steps where a new pass began
     benchmarks: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # rule -> rows
     parent_key: str | None = None
-    model: Path | None = None  # the checkpoint logged as artifact model/
+    model: Path | None = None  # the checkpoint logged as artifact model/ (None: external)
     train_dir: Path | None = None
     stages: list[RunInputs] = field(default_factory=list)
 
@@ -226,12 +226,28 @@ def load_stage(stage_dir: Path, seed_key: str, root: Path | None) -> RunInputs:
     )
 
 
+def _model_artifacts(train_dir: Path, run: Mapping[str, Any]) -> list[tuple[Path, str]]:
+    """The checkpoint as artifacts under ``model/``: dfbk's ``model.pt``, or the whole
+    checkpoint folder of an external baseline (its own format; dfbk.methods.external)."""
+    if run.get("external"):
+        folder = train_dir / "checkpoint"
+        if not folder.is_dir():
+            raise DataError(f"{folder}: missing (or import without models: --no-models)")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        return [(p, str(Path("model") / p.parent.relative_to(folder))) for p in files]
+    model = train_dir / "model.pt"
+    if not model.is_file():
+        raise DataError(f"{model}: missing (or import without models: --no-models)")
+    return [(model, "model")]
+
+
 def load_seed(
     train_dir: Path, eval_dir: Path, figures: Sequence[Path] = (), log_model: bool = False
 ) -> RunInputs:
     """Read a seed run's files, check run.json and metrics.json agree, hash them.
 
-    With ``log_model`` the folder's ``model.pt`` (the evaluated checkpoint) must exist.
+    With ``log_model`` the folder's ``model.pt`` (the evaluated checkpoint; an external
+    baseline's ``checkpoint/`` folder) must exist.
     """
     train_dir, eval_dir = Path(train_dir), Path(eval_dir)
     run_path, log_path = train_dir / "run.json", train_dir / "train_log.jsonl"
@@ -256,11 +272,8 @@ def load_seed(
     artifacts += [(Path(figure), "figures") for figure in figures]
     if (eval_dir / "subjects.csv").is_file():
         artifacts.append((eval_dir / "subjects.csv", "evaluation"))
-    model = train_dir / "model.pt" if log_model else None
-    if model is not None:
-        if not model.is_file():
-            raise DataError(f"{model}: missing (or import without models: --no-models)")
-        artifacts.append((model, "model"))
+    model = _model_artifacts(train_dir, run) if log_model else []
+    artifacts += model
     for path, _ in artifacts:
         if not path.is_file():
             raise DataError(f"{path}: figure or artifact missing")
@@ -280,7 +293,7 @@ def load_seed(
         end_ms=int(metrics_path.stat().st_mtime * 1000),
         benchmarks=_benchmarks(bench),
         parent_key=key.rsplit("/", 1)[0],
-        model=model,
+        model=model[0][0] if model and not run.get("external") else None,
         train_dir=train_dir,
         stages=[load_stage(d, key, root) for d in _stage_chain(train_dir, run)],
     )

@@ -253,7 +253,7 @@ def _import_all(
             for stage in seed.stages:
                 stage_id = ensure_run(client, experiment_id, stage, seed_id)
                 later.append(_record(client, stage, stage_id))
-            if register_models:
+            if register_models and not seed.run.get("external"):  # no dfbk checkpoint
                 register_model(client, seed, seed_id)
         later.append(_record(client, group, group_id))
     if summary is not None:

@@ -2,10 +2,16 @@
 # jobs themselves only write JSON/JSONL, so concurrent training never touches the database.
 # imported.json records what was imported; it is checked against the store while the DAG is
 # built (tracking_flag_checked), so a run deleted or lost in MLflow is imported again.
+# What the experiment holds (method groups, seed runs, nested stages, the summary run, system
+# metrics from the benchmark TSVs, checkpoints) is described in docs/tracking.md. The files
+# the import reads beside run.json and metrics.json (model.pt, benchmark TSVs, earlier stages'
+# run.json) are written by the same jobs or by jobs those depend on, so run.json changes
+# whenever they do; tables and figures come from other jobs and are inputs here.
 rule track_runs:
     input:
         train=run_paths(f"{RESULTS}/train/{RUN}/run.json"),
         evaluate=run_paths(f"{RESULTS}/evaluate/{RUN}/metrics.json"),
+        tables=all_tables(),
         figures=all_figures(),
         store_checked=tracking_flag_checked,
     output:
@@ -25,11 +31,13 @@ rule track_runs:
             else ""
         ),
         experiment=lookup("tracking/experiment", within=config, default="dfbk-bench"),
+        options=lambda wc: " ".join(  # tracking.log_models / register_models (docs/tracking.md)
+            ([] if config.get("tracking", {}).get("log_models", True) else ["--no-models"])
+            + (["--register-models"] if config.get("tracking", {}).get("register_models") else [])
+        ),
         results_dir=lambda wc, output: Path(output.imported).parent.parent,
     log:
         f"{RESULTS}/logs/track_runs.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/track_runs.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
@@ -38,5 +46,5 @@ rule track_runs:
         "../envs/dfbk.yaml"
     shell:
         "dfbk track --train-dirs {params.train_dirs:q} --eval-dirs {params.eval_dirs:q} "
-        "{params.figures:q} {params.uri} --results-dir {params.results_dir:q} "
+        "{params.figures:q} {params.uri} {params.options} --results-dir {params.results_dir:q} "
         "--experiment {params.experiment:q} --out {output.imported:q} > {log:q} 2>&1"
