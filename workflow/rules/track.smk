@@ -12,7 +12,12 @@ rule track_runs:
         train=run_paths(f"{RESULTS}/train/{RUN}/run.json"),
         evaluate=run_paths(f"{RESULTS}/evaluate/{RUN}/metrics.json"),
         tables=all_tables(),
-        figures=all_figures(),
+        figures=[  # plot_comparison's outputs: examples and loss curves, PNG and PDF
+            f"{RESULTS}/figures/{d}/{r}{suffix}"
+            for d, spec in config["datasets"].items()
+            for r in spec["directions"]
+            for suffix in (".png", ".pdf", "_curves.png", "_curves.pdf")
+        ],
         store_checked=tracking_flag_checked,
     output:
         imported=TRACKING_FLAG,
@@ -23,7 +28,8 @@ rule track_runs:
             item
             for d, spec in config["datasets"].items()
             for r in spec["directions"]
-            for item in ("--figure", f"{d}:{r}:{RESULTS}/figures/{d}/{r}.png")
+            for suffix in (".png", ".pdf", "_curves.png", "_curves.pdf")
+            for item in ("--figure", f"{d}:{r}:{RESULTS}/figures/{d}/{r}{suffix}")
         ],
         uri=lambda wc: (
             f"--uri {shlex.quote(config['tracking']['uri'])}"
