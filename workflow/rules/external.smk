@@ -23,10 +23,12 @@ EXTERNAL = external_methods(config)
 EXTERNAL_METHOD = "|".join(re.escape(name) for name in EXTERNAL) or "(?!)"
 
 
-# An external method's run.json and predictions come from these rules, not from dfbk train or
-# dfbk predict (whose wildcards match any method name).
+# An external method's run.json, predictions and benchmark files come from these rules, not
+# from dfbk train or dfbk predict (whose wildcards match any method name).
 ruleorder: record_external_run > train_method
+ruleorder: train_external > train_method
 ruleorder: collect_external_predictions > translate_test_set
+ruleorder: translate_external > translate_test_set
 
 
 rule train_external:
