@@ -1,7 +1,7 @@
 """Dry-run cost of planning a config's DAG: wall time and peak memory of `snakemake -n`.
 
 Usage: python bench/bench_dag.py [--configfile config/paper.yaml] [--repeats 3]
-                                 [--before COMMIT_OR_FOLDER]
+                                 [--before COMMIT_OR_FOLDER] [--floor]
 
 Each repeat runs `snakemake -n` on a fresh empty working folder (nothing to reuse) and reads the
 process's wall time, CPU time (user + system) and maximum resident set size from the kernel
@@ -10,12 +10,16 @@ the same dry run is timed on an older checkout too (a folder, or a commit checke
 `git worktree add --detach` into a temporary folder and removed afterwards; its packages are put
 first on PYTHONPATH so its own code plans its DAG), and the ratio is printed. Runs alternate
 (before, after, before, ...) so a change in machine load hits both alike; the median is reported.
+With `--floor` a third checkout is timed: a generated Snakefile with one rule and as many jobs
+as the current checkout plans (no config checks, no input functions): Snakemake's own cost of
+starting and planning that many jobs, which no change to this workflow can go below.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -63,6 +67,26 @@ def _total_jobs(output: str) -> int:
     return -1
 
 
+FLOOR_SNAKEFILE = """\
+rule all:
+    input: expand("out/{{i}}.txt", i=range({n}))
+
+rule make:
+    output: "out/{{i}}.txt"
+    shell: "touch {{output}}"
+"""
+
+
+def _floor(jobs: int, stack: list[Path]) -> Path:
+    """A folder with a one-rule Snakefile planning `jobs` jobs (all included) and an empty
+    config file, laid out as a checkout for `dry_run`."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-dag-floor-"))
+    (folder / "Snakefile").write_text(FLOOR_SNAKEFILE.format(n=jobs - 1))
+    (folder / "config.yaml").write_text("{}\n")
+    stack.append(folder)
+    return folder
+
+
 def _checkout(before: str, stack: list[Path]) -> Path:
     """A folder as given, or a commit checked out into a temporary worktree."""
     if Path(before).is_dir():
@@ -83,9 +107,13 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=3, help="dry runs per checkout")
     parser.add_argument("--before", help="older checkout: a folder or a git commit")
+    parser.add_argument(
+        "--floor", action="store_true", help="also a one-rule Snakefile of the same job count"
+    )
     args = parser.parse_args()
     configfile = args.configfile
     worktrees: list[Path] = []
+    floors: list[Path] = []
     checkouts = {"after": REPO}
     try:
         if args.before:
@@ -93,10 +121,16 @@ def main() -> None:
         results: dict[str, list[tuple[float, float, float, int]]] = {k: [] for k in checkouts}
         for _ in range(args.repeats):
             for label, checkout in checkouts.items():
-                results[label].append(dry_run(checkout, configfile))
+                config = Path("config.yaml") if label == "floor" else configfile
+                results[label].append(dry_run(checkout, config))
+            if args.floor and "floor" not in checkouts:
+                checkouts["floor"] = _floor(results["after"][0][3], floors)
+                results["floor"] = [dry_run(checkouts["floor"], Path("config.yaml"))]
     finally:
         for folder in worktrees:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(folder)])
+        for folder in floors:
+            shutil.rmtree(folder, ignore_errors=True)
     print(f"# snakemake -n --configfile {args.configfile}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}, median of {args.repeats}")  # fmt: skip
     header = ("checkout", "jobs", "wall s", "CPU s", "max RSS MB")
@@ -107,10 +141,13 @@ def main() -> None:
         summary[label] = (wall, cpu, rss)
         each = ", ".join(f"{r[0]:.1f}" for r in runs)
         print(f"{label:8s} {runs[0][3]:5d} {wall:7.2f} {cpu:6.2f} {rss:11.0f}  {each}")
-    if "before" in summary:
-        before, after = summary["before"], summary["after"]
-        ratios = [b / a for b, a in zip(before, after, strict=True)]
-        print("ratio before/after: wall {:.1f}x, CPU {:.1f}x, max RSS {:.1f}x".format(*ratios))
+    for label, reference in (("before", "after"), ("after", "floor")):
+        if label in summary and reference in summary:
+            ratios = [a / b for a, b in zip(summary[label], summary[reference], strict=True)]
+            print(
+                f"ratio {label}/{reference}: "
+                "wall {:.1f}x, CPU {:.1f}x, max RSS {:.1f}x".format(*ratios)
+            )
 
 
 if __name__ == "__main__":
