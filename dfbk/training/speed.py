@@ -12,6 +12,9 @@ tests/test_speed_switches.py):
 - `tf32`: TF32 matmuls and convolutions on CUDA (no effect on CPU);
 - `fused_adam`: the methods' Adam/AdamW optimisers step with torch's fused kernel (CUDA and,
   in torch >= 2.4, CPU); other optimiser types are left alone and named in the notes.
+- `loader_workers`: DataLoader worker processes that read the next batches from the slice
+  store while the current step computes (0: read in the training process when needed); the
+  batches are identical either way (`dfbk.data.loader.prefetched_batches`).
 """
 
 from __future__ import annotations
@@ -35,8 +38,13 @@ class Speed:
     compile: str | None = None  # None: eager
     tf32: bool = False
     fused_adam: bool = False
+    loader_workers: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.loader_workers, int) or self.loader_workers < 0:
+            raise ConfigError(
+                f"train.speed.loader_workers must be an integer >= 0; got {self.loader_workers!r}"
+            )
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ConfigError(
                 f"train.speed.compile '{self.compile}' unknown; known: {', '.join(COMPILE_MODES)}"

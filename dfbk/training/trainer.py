@@ -29,12 +29,12 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from dfbk.data.loader import SliceBatcher
+from dfbk.data.loader import SliceBatcher, prefetched_batches
 from dfbk.data.splits import read_split
 from dfbk.data.store import SliceStore
 from dfbk.errors import ConfigError, TrainingError
 from dfbk.knowledge.cache import load_knowledge
-from dfbk.methods.base import Knowledge, count_parameters
+from dfbk.methods.base import Batch, Knowledge, count_parameters
 from dfbk.methods.registry import build_method, get_method_class
 from dfbk.tracking.environment import run_environment
 from dfbk.training import checkpoint as ckpt
@@ -366,8 +366,30 @@ class Trainer:
             return self.spec.out_dir / "model.pt"  # written by rank 0
         return self._finish(time.time() - start_time, resumed)
 
+    def _next_batch(self) -> Batch:
+        """The batch of `self.step`, read ahead by `train.speed.loader_workers` processes.
+
+        The same batch either way (a pure function of seed and step); the read-ahead restarts
+        wherever the step moves other than by one (a resume, a test setting it).
+        """
+        workers = self.speed.loader_workers
+        if workers == 0:
+            return self.batcher.batch(self.step)
+        if getattr(self, "_ahead", None) is None or self._ahead[0] != self.step:
+            stream = prefetched_batches(
+                self.batcher,
+                self.step,
+                int(self.hparams["steps"]),
+                workers=workers,
+                pin_memory=self.device.type == "cuda",
+            )
+            self._ahead = (self.step, stream)
+        step, stream = self._ahead
+        self._ahead = (step + 1, stream)
+        return next(stream)
+
     def _one_step(self) -> dict[str, float]:
-        batch = self.batcher.batch(self.step).to(self.device)
+        batch = self._next_batch().to(self.device)
         batch.source, batch.target, batch.mask = (
             self.speed.to_batch(t) for t in (batch.source, batch.target, batch.mask)
         )
