@@ -194,9 +194,29 @@ def _clean_mlflow_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def imported(tmp_path_factory, _clean_mlflow_env):
+def _migrated_store(tmp_path_factory, _clean_mlflow_env) -> Path:
+    """An empty SQLite store with MLflow's schema: creating one costs seconds of migrations."""
+    path = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def empty_store(_migrated_store, tmp_path) -> str:
+    """URI of a fresh store at tmp_path/mlflow.db (a copy of the migrated template)."""
+    import shutil
+
+    shutil.copyfile(_migrated_store, tmp_path / "mlflow.db")
+    return f"sqlite:///{tmp_path}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory, _migrated_store):
     """The whole tree imported twice (models registered) into one SQLite store."""
+    import shutil
+
     root = tmp_path_factory.mktemp("results")
+    shutil.copyfile(_migrated_store, root / "mlflow.db")
     runs = [_write_run(root, *spec) for spec in RUNS]
     _write_benchmarks(root, RUNS[0])
     tables = _write_tables(root)
@@ -463,10 +483,10 @@ def test_artifacts_listed(imported):
     assert artifact_uri.startswith((imported["root"] / "mlartifacts").as_uri())
 
 
-def test_changed_inputs_replace_the_run(tmp_path):
+def test_changed_inputs_replace_the_run(tmp_path, empty_store):
     """New hparams cannot be logged into the old run (params are immutable): it is replaced,
     with its method's group (the mean over seeds changed); the other seed is kept, re-nested."""
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store
     specs = [RUNS[0], RUNS[3]]  # pix2pix seeds 0 and 1
     runs = [_write_run(tmp_path, *spec) for spec in specs]
     figures = _write_figures(tmp_path)
@@ -497,10 +517,10 @@ def test_changed_inputs_replace_the_run(tmp_path):
     assert summary.info.run_id == before[-1]["run_id"]  # same runs: the summary is kept
 
 
-def test_half_imported_run_is_redone(tmp_path):
+def test_half_imported_run_is_redone(tmp_path, empty_store):
     """A run without the data-hash tag (import died mid-way) is deleted and logged again."""
     train_dir, eval_dir = _write_run(tmp_path, *RUNS[2])
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    client = MlflowClient(tracking_uri=empty_store)
     experiment_id = client.create_experiment(
         EXPERIMENT, artifact_location=(tmp_path / "mlartifacts").as_uri()
     )
@@ -515,8 +535,8 @@ def test_half_imported_run_is_redone(tmp_path):
     assert [run.info.run_id for run in _active_runs(client)] == [run_id]
 
 
-def test_concurrent_imports_do_not_duplicate(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+def test_concurrent_imports_do_not_duplicate(tmp_path, empty_store):
+    uri = empty_store
     runs = [_write_run(tmp_path, *spec) for spec in RUNS[:3]]
     errors = []
 
@@ -576,7 +596,7 @@ def test_long_curves_are_window_means_with_at_most_the_cap():
     assert window_means(rows[:10], 1000) == rows[:10]
 
 
-def test_resumed_log_keeps_the_last_pass(tmp_path):
+def test_resumed_log_keeps_the_last_pass(tmp_path, empty_store):
     """A trainer resumed from step 20 rewrites steps 20-40: one point per step, the later ones."""
     from dfbk.tracking.files import last_pass
 
@@ -590,17 +610,17 @@ def test_resumed_log_keeps_the_last_pass(tmp_path):
     log = train_dir / "train_log.jsonl"
     lines = log.read_text().splitlines()  # steps 0..40
     log.write_text("\n".join(lines + lines[2:]) + "\n")  # resumed at step 20
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store
     records = import_runs([(train_dir, eval_dir)], {}, uri, EXPERIMENT, tmp_path / "runs.json")
     assert records[0]["log_restarts"] == [20]
     history = MlflowClient(tracking_uri=uri).get_metric_history(records[0]["run_id"], "loss_g")
     assert sorted(point.step for point in history) == [0, 10, 20, 30, 40]
 
 
-def test_deleted_run_is_seen_without_mlflow_and_restored(tmp_path):
+def test_deleted_run_is_seen_without_mlflow_and_restored(tmp_path, empty_store):
     from dfbk.tracking.store import missing_runs
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store
     runs = [_write_run(tmp_path, *spec) for spec in RUNS[:2]]
     out_json = tmp_path / "tracking" / "imported.json"
     first = import_runs(runs, {}, uri, EXPERIMENT, out_json)
@@ -646,14 +666,14 @@ def test_unreachable_server_is_one_line_with_bounded_retries(tmp_path, monkeypat
     assert not (tmp_path / "runs.json").exists()
 
 
-def test_locked_sqlite_store_is_one_line(tmp_path):
+def test_locked_sqlite_store_is_one_line(tmp_path, empty_store):
     """Another process holds the database's write lock: `dfbk track` fails in one line."""
     import os
     import sqlite3
     import subprocess
     import sys
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    uri = empty_store
     train_dir, eval_dir = _write_run(tmp_path, *RUNS[1])
     import_runs([(train_dir, eval_dir)], {}, uri, EXPERIMENT, tmp_path / "first.json")
     holder = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
