@@ -265,7 +265,7 @@ def cmd_figure(args: argparse.Namespace) -> None:
         slices=args.slices,
         formats=tuple(args.formats),
     )
-    print(f"{out} (+ {', '.join(args.formats)})")
+    print(f"wrote {out} and its {', '.join(f for f in args.formats if f != out.suffix[1:])}")
 
 
 def cmd_curves(args: argparse.Namespace) -> None:
@@ -274,7 +274,7 @@ def cmd_curves(args: argparse.Namespace) -> None:
     out = make_loss_curves(
         _seeded(args.run, "--run"), args.out, args.title, formats=tuple(args.formats)
     )
-    print(f"{out} (+ {', '.join(args.formats)})")
+    print(f"wrote {out} and its {', '.join(f for f in args.formats if f != out.suffix[1:])}")
 
 
 def cmd_tables(args: argparse.Namespace) -> None:

@@ -30,8 +30,9 @@ def test_slices_by_lesion_then_anatomy(store_with_preds):  # noqa: F811
     assert pick_slices(store, "sub-b") == [
         (1, "largest lesion"),
         (2, "most foreground"),
-        (3, "anatomy far from the others"),
+        (3, "anatomy away from the others"),
     ]
+    assert len(pick_slices(store, "sub-b", count=4)) == 3  # offset 0: no foreground, never
     # sub-a: no lesion, equal foreground: the first slice, then the farthest, then the middle
     assert [k for k, _ in pick_slices(store, "sub-a")] == [0, 2, 1]
     assert pick_slices(store, "sub-b", count=1) == [(1, "largest lesion")]

@@ -104,15 +104,17 @@ def make_loss_curves(
                 steps, values = data["val_ssim"]
                 validation.plot(steps, values, style, color=f"C{index}", marker=".",
                                 label=f"{method} seed {seed}")  # fmt: skip
+        if all(line.get_ydata().min() > 0 for line in ax.lines):
+            ax.set_yscale("log")  # GAN terms differ by orders of magnitude (L1 x 100 vs D)
         ax.set_title(f"{method} ({len(seeds)} seed{'s' * (len(seeds) > 1)})", fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, loc="upper right")
+        ax.tick_params(which="both", labelsize=7)
+        ax.legend(fontsize=6, loc="best")
     validation.set_title("validation SSIM (foreground)", fontsize=9)
     validation.set_xlabel("step", fontsize=8)
     validation.tick_params(labelsize=7)
     if validation.lines:
-        validation.legend(fontsize=6, loc="lower right")
+        validation.legend(fontsize=6, loc="best")
     for ax in axes[len(curves) + 1 :]:
         ax.set_axis_off()
     note = f"; no training log: {', '.join(missing)}" if missing else ""

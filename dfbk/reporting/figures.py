@@ -6,7 +6,7 @@ target| per method on one fixed colour scale (0-0.5), so a brighter map means a 
 in every panel alike. Subject and slices are chosen by rule, not by eye, so the figure cannot
 be cherry-picked per method: the first test subject with a lesion (else the first test
 subject); its slice with the largest lesion area, its slice with the most foreground (anatomy),
-and a foreground slice far from those along the axis (the superior or inferior anatomy). Drawn
+and slices far from those along the axis that still hold at least half that foreground. Drawn
 with matplotlib's object API on an Agg canvas (no display, no global pyplot state) and written
 as PNG and PDF; slices are shown with x to the right and anterior up.
 """
@@ -52,30 +52,35 @@ def pick_slice(store: SliceStore, subject: str) -> int:
     return int(np.argmax(foreground))
 
 
+ANATOMY_FRACTION = 0.5  # anatomy slices hold at least half the subject's largest foreground
+
+
 def pick_slices(store: SliceStore, subject: str, count: int = 3) -> list[tuple[int, str]]:
     """Up to `count` (offset within the subject, reason) pairs, distinct, in this order:
 
-    the largest lesion area (when the subject has a lesion), the most foreground (anatomy),
-    then the foreground slices farthest along the axis from those already chosen. Ties go to
-    the first slice, so the choice is reproducible.
+    the largest lesion area (when the subject has a lesion), the most foreground (anatomy;
+    merged into the first when it is the same slice), then, among slices with at least half
+    that foreground (so not a sliver at the top of the head), those farthest along the axis
+    from the slices already chosen. Ties go to the first slice, so the choice is reproducible.
     """
     start, stop = store.subject_range(subject)
     foreground = (np.asarray(store.mask[start:stop]) > 0).sum(axis=(1, 2))
     lesion = (np.asarray(store.label[start:stop]) > 0).sum(axis=(1, 2))
+    best = int(np.argmax(foreground))
     chosen: list[tuple[int, str]] = []
     if lesion.any():
-        chosen.append((int(np.argmax(lesion)), "largest lesion"))
-    best = int(np.argmax(foreground))
+        k = int(np.argmax(lesion))
+        chosen.append((k, "largest lesion" + (", most foreground" if k == best else "")))
     if best not in {k for k, _ in chosen}:
         chosen.append((best, "most foreground"))
-    candidates = np.flatnonzero(foreground > 0)
+    candidates = np.flatnonzero(foreground >= max(1, ANATOMY_FRACTION * foreground[best]))
     while len(chosen) < count:
         taken = np.array([k for k, _ in chosen])
         free = np.setdiff1d(candidates, taken)
         if free.size == 0:
             break
         distance = np.abs(free[:, None] - taken[None, :]).min(axis=1)
-        chosen.append((int(free[np.argmax(distance)]), "anatomy far from the others"))
+        chosen.append((int(free[np.argmax(distance)]), "anatomy away from the others"))
     return chosen[:count]
 
 
