@@ -44,6 +44,8 @@ rule track_runs:
         results_dir=lambda wc, output: Path(output.imported).parent.parent,
     log:
         f"{RESULTS}/logs/track_runs.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/track_runs.tsv"
     resources:
         mem_mb=2000,
         runtime=30,
