@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from dfbk.errors import DfbkError
+from dfbk.errors import ConfigError, DfbkError
 
 # The config schema's defaults (workflow/schemas/config.schema.yaml; tests/test_cli.py checks).
 DEFAULT_SLICE_SIZE = (256, 256)  # datasets.<name>.size
@@ -25,8 +25,6 @@ def _csv(text: str) -> list[str]:
 
 def json_object(text: str, option: str) -> dict:
     """Parse a JSON-object option; bad JSON or another type is one ConfigError naming it."""
-    from dfbk.errors import ConfigError
-
     try:
         value = json.loads(text)
     except json.JSONDecodeError as err:
@@ -42,7 +40,6 @@ def check_train_request(args: argparse.Namespace) -> tuple[dict, dict]:
     Built-in methods are checked against the torch-free catalog, so the error comes in well
     under a second; a method from --module is checked when its class is imported.
     """
-    from dfbk.errors import ConfigError
     from dfbk.methods.catalog import load_catalog
 
     overrides = json_object(args.overrides, "--overrides")
@@ -61,7 +58,7 @@ def check_train_request(args: argparse.Namespace) -> tuple[dict, dict]:
             )
         stage = info.stages.get(args.stage, {}) if args.stage else {}
         try:
-            info.resolve_hparams(args.preset, {**stage, **overrides}, budget=False)
+            info.resolve_hparams(args.preset, {**stage, **overrides})  # steps, batch too
         except ConfigError as err:
             raise ConfigError(f"--overrides: {err}") from err
     return overrides, speed
@@ -90,8 +87,6 @@ def _layout(text: str | None) -> dict | None:
     if text is None:
         return None
     import yaml
-
-    from dfbk.errors import ConfigError
 
     path = Path(text)
     try:
@@ -232,8 +227,6 @@ def _seeded(items: list[str], option: str) -> dict[str, dict[int, Path]]:
     names it (`.../{method}/seed-{n}`: the path is the experiment key), which is what the
     workflow passes.
     """
-    from dfbk.errors import ConfigError
-
     runs: dict[str, dict[int, Path]] = {}
     for item in items:
         name, sep, path = item.partition("=")

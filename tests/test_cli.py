@@ -89,6 +89,7 @@ TRAIN = ["train", "phantom", "t1n-to-t2w", "dfbk", "--store", "s", "--split", "x
         (["--speed", "tf32"], "--speed: not valid JSON"),
         (["--preset", "huge"], "--preset: method 'dfbk' has no preset 'huge'; known: tiny, paper"),
         (["--overrides", '{"stepz": 5}'], "unknown hyperparameter 'stepz'"),
+        (["--overrides", '{"steps": -5}'], "--overrides: method 'dfbk'"),
     ],
 )
 def test_bad_train_options_are_one_line_errors_before_any_work(tmp_path, capsys, extra, message):
@@ -98,6 +99,14 @@ def test_bad_train_options_are_one_line_errors_before_any_work(tmp_path, capsys,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("dfbk train: error: ") and message in err
     assert not out.exists() and not ckpt.exists()  # refused before the lock or any output
+
+
+def test_unknown_method_is_named_at_start_up(tmp_path, capsys):
+    argv = [*TRAIN, "--out-dir", str(tmp_path / "o"), "--checkpoint-dir", str(tmp_path / "c")]
+    argv[3] = "dfbk-typo"
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown method 'dfbk-typo'; known: dea_gan, dfbk," in err
 
 
 # ----- translate: folders and ensembles -----------------------------------------------------
