@@ -21,32 +21,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import train_command as run_command
+from conftest import train_spec
 
 from dfbk.errors import DataError, TrainingError
 from dfbk.training.checkpoint import check_fingerprint, load_checkpoint, save_atomic
 from dfbk.training.trainer import Trainer, TrainSpec
 
-DFBK = str(Path(sys.executable).with_name("dfbk"))
 SMALL = {"steps": 6, "batch_size": 4, "decay_start": 3, "num_downs": 4, "ngf": 8, "ndf": 8}
 
 
 def spec_for(phantom_store, folder: Path, **kwargs) -> TrainSpec:
-    store, split = phantom_store
-    values = {
-        "dataset": "phantom",
-        "direction": "t1n-to-t2w",
-        "method": "pix2pix",
-        "seed": 0,
-        "store_dir": store.root,
-        "split_path": split,
-        "out_dir": folder / "out",
-        "checkpoint_dir": folder / "ckpt",
-        "overrides": dict(SMALL),
-        "checkpoint_every": 2,
-        "device": "cpu",
-    }
-    values.update(kwargs)
-    return TrainSpec(**values)
+    fields = {"overrides": dict(SMALL), "checkpoint_every": 2, **kwargs}
+    return train_spec(phantom_store, folder, **fields)
 
 
 @pytest.fixture(scope="module")
@@ -222,13 +209,8 @@ def test_a_bad_line_inside_the_log_names_the_file(finished, tmp_path):
 
 
 def train_command(phantom_store, folder: Path, steps: int, *extra: str) -> list[str]:
-    store, split = phantom_store
     overrides = {**SMALL, "steps": steps, "decay_start": steps // 2}
-    return [
-        DFBK, "train", "phantom", "t1n-to-t2w", "pix2pix", "--overrides", json.dumps(overrides),
-        "--store", str(store.root), "--split", str(split), "--out-dir", str(folder / "out"),
-        "--checkpoint-dir", str(folder / "ckpt"), "--device", "cpu", "--threads", "1", *extra,
-    ]  # fmt: skip
+    return run_command(phantom_store, folder, overrides, *extra)
 
 
 def _small_files() -> None:

@@ -3,31 +3,24 @@
 import json
 
 import torch
+from conftest import train_spec
 
 from dfbk.knowledge import DEFAULT_PROMPTS, encode_or_load
 from dfbk.training.checkpoint import load_checkpoint, rebuild_method
-from dfbk.training.trainer import Trainer, TrainSpec
+from dfbk.training.trainer import Trainer
 from dfbk.translation import checkpoint_knowledge
 
 torch.set_num_threads(1)
 
 
 def test_trainer_feeds_token_states_and_logs_module_diagnostics(phantom_store, tmp_path):
-    store, split = phantom_store
     cache = tmp_path / "knowledge" / "t2w.pt"
     emb = encode_or_load(DEFAULT_PROMPTS["t2w"], "minilm", cache)
-    spec = TrainSpec(
-        dataset="phantom",
-        direction="t1n-to-t2w",
-        method="dfbk",
-        seed=0,
-        store_dir=store.root,
-        split_path=split,
-        out_dir=tmp_path / "out",
-        checkpoint_dir=tmp_path / "ckpt",
-        preset="tiny",
+    spec = train_spec(
+        phantom_store,
+        tmp_path,
+        "dfbk",
         overrides={"steps": 3, "batch_size": 2},
-        device="cpu",
         knowledge_path=cache,
         val_every=0,
         val_slices=2,

@@ -1,6 +1,6 @@
-"""Per-slice visual knowledge: a BiomedCLIP-shaped open_clip model (tiny, random, built here)."""
+"""Per-slice visual knowledge: a BiomedCLIP-shaped open_clip model (conftest `fake_biomedclip`:
+tiny, random, built per session)."""
 
-import json
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network in tests
@@ -14,59 +14,11 @@ from dfbk.methods import Batch, build_method
 from dfbk.methods.base import Knowledge, count_parameters
 
 torch.set_num_threads(1)
-WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "axial", "brain", "mri", "bright", "dark"]
 
 
 @pytest.fixture(autouse=True)
-def _offline_empty_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-
-
-@pytest.fixture(scope="module")
-def fake_biomedclip(tmp_path_factory):
-    """BiomedCLIP's layout and API (open_clip CustomTextCLIP: HF BERT text tower, timm ViT image
-    tower behind TimmModel, preprocess_cfg in the config), with timm's tiny `test_vit`
-    (patch 16, 160x160, width 64) instead of ViT-B/16, random weights, no download."""
-    import open_clip
-    from transformers import BertConfig
-
-    folder = tmp_path_factory.mktemp("biomedclip")
-    (folder / "vocab.txt").write_text("\n".join(WORDS) + "\n")
-    BertConfig(
-        vocab_size=len(WORDS),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    ).save_pretrained(folder)
-    model_cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "timm_model_name": "test_vit",
-            "timm_model_pretrained": False,
-            "timm_pool": "",
-            "timm_proj": "linear",
-            "image_size": 160,
-        },
-        "text_cfg": {
-            "hf_model_name": "fake/tiny-bert",
-            "hf_tokenizer_name": "fake/tiny-bert",
-            "hf_proj_type": "mlp",
-            "hf_pooler_type": "cls_last_hidden_state_pooler",
-            "context_length": 16,
-        },
-    }
-    preprocess = {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26, 0.27]}
-    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess}
-    (folder / "open_clip_config.json").write_text(json.dumps(config))
-    text_cfg = {**model_cfg["text_cfg"], "hf_model_name": str(folder), "hf_model_pretrained": False}
-    torch.manual_seed(0)
-    model = open_clip.model.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    return folder
+def _offline_empty_cache(empty_hf):
+    """Every test here runs offline with an empty Hugging Face cache."""
 
 
 def slices(seed: int, batch: int = 2, size: int = 32) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Knowledge encoders and cache: offline MiniLM, visible BiomedCLIP fallback, cache hits."""
 
 import argparse
-import json
 import os
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network in tests
 
@@ -27,14 +27,6 @@ torch.set_num_threads(1)
 
 T1 = DEFAULT_PROMPTS["t1n"]
 T2 = DEFAULT_PROMPTS["t2w"]
-
-
-@pytest.fixture
-def empty_hf(tmp_path, monkeypatch):
-    """An empty Hugging Face cache, offline: BiomedCLIP cannot be found."""
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -75,67 +67,6 @@ def counting_encoder(monkeypatch):
 
     monkeypatch.setattr(encoders, "encode_prompts", encode)
     return calls
-
-
-def make_fake_biomedclip(folder, with_text_files=True):
-    """A tiny open_clip model laid out like the BiomedCLIP hub repo (HF BERT text tower)."""
-    import open_clip
-    from transformers import BertConfig
-
-    folder.mkdir(parents=True, exist_ok=True)
-    words = [
-        "[PAD]",
-        "[UNK]",
-        "[CLS]",
-        "[SEP]",
-        "[MASK]",
-        "axial",
-        "brain",
-        "mri",
-        "ct",
-        "bone",
-        "bright",
-        "dark",
-        "fluid",
-        "white",
-        "grey",
-        ";",
-        ",",
-    ]
-    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
-    BertConfig(
-        vocab_size=len(words),
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    ).save_pretrained(folder)
-    model_cfg = {
-        "embed_dim": 16,
-        "vision_cfg": {
-            "image_size": 32,
-            "patch_size": 16,
-            "width": 32,
-            "layers": 1,
-            "head_width": 16,
-        },
-        "text_cfg": {
-            "hf_model_name": "fake/tiny-bert",
-            "hf_tokenizer_name": "fake/tiny-bert",
-            "hf_proj_type": "mlp",
-            "hf_pooler_type": "cls_last_hidden_state_pooler",
-            "context_length": 16,
-        },
-    }
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    text_cfg = {**model_cfg["text_cfg"], "hf_model_name": str(folder), "hf_model_pretrained": False}
-    model = open_clip.model.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
-    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
-    if not with_text_files:
-        (folder / "config.json").unlink()
-        (folder / "vocab.txt").unlink()
-    return folder
 
 
 # ----- encoders -----------------------------------------------------------------------------
@@ -220,8 +151,8 @@ def test_local_dir_missing_file_is_named(tmp_path, empty_hf):
         encode_prompts(T1, "biomedclip", tmp_path / "absent")
 
 
-def test_local_dir_loads_open_clip_text_tower(tmp_path, empty_hf, capsys):
-    folder = make_fake_biomedclip(tmp_path / "biomedclip")
+def test_local_dir_loads_open_clip_text_tower(fake_biomedclip, empty_hf, capsys):
+    folder = fake_biomedclip
     emb = encode_prompts(
         ["axial brain mri; white fluid bright", "axial ct, bone bright"], "biomedclip", folder
     )
@@ -237,8 +168,10 @@ def test_local_dir_loads_open_clip_text_tower(tmp_path, empty_hf, capsys):
     assert "falling back" not in capsys.readouterr().err
 
 
-def test_local_dir_without_text_model_needs_hf_cache(tmp_path, empty_hf):
-    folder = make_fake_biomedclip(tmp_path / "biomedclip", with_text_files=False)
+def test_local_dir_without_text_model_needs_hf_cache(fake_biomedclip, tmp_path, empty_hf):
+    folder = shutil.copytree(fake_biomedclip, tmp_path / "biomedclip")
+    (folder / "config.json").unlink()  # the HF BERT's own files: open_clip must find them
+    (folder / "vocab.txt").unlink()  # in the HF cache under hf_model_name instead
     with pytest.raises(ConfigError, match="fake/tiny-bert not found in the HF cache"):
         encode_prompts(T1, "biomedclip", folder)
 
@@ -278,13 +211,14 @@ def test_prompt_or_encoder_change_invalidates(tmp_path, counting_encoder, capsys
     assert load_knowledge(path).encoder == "none"
 
 
-def test_auto_reuses_fallback_until_biomedclip_appears(tmp_path, counting_encoder, empty_hf):
+def test_auto_reuses_fallback_until_biomedclip_appears(
+    tmp_path, counting_encoder, empty_hf, fake_biomedclip
+):
     path = tmp_path / "t2w.pt"
     assert encode_or_load(T2, "auto", path).encoder == "minilm"
     encode_or_load(T2, "auto", path)
     assert len(counting_encoder) == 1  # BiomedCLIP still absent: the fallback serves
-    folder = make_fake_biomedclip(tmp_path / "biomedclip")
-    encode_or_load(T2, "auto", path, folder)
+    encode_or_load(T2, "auto", path, fake_biomedclip)
     assert len(counting_encoder) == 2  # now it would be used: re-encode
 
 

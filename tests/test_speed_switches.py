@@ -17,10 +17,11 @@ import shutil
 
 import pytest
 import torch
+from conftest import train_spec
 
 from dfbk.errors import ConfigError
 from dfbk.training.speed import Speed
-from dfbk.training.trainer import Trainer, TrainSpec
+from dfbk.training.trainer import Trainer
 
 OVERRIDES = {
     "steps": 2,
@@ -42,21 +43,7 @@ WTOL = 1e-6
 
 
 def one_step(phantom_store, tmp_path, speed: dict) -> tuple[dict, dict, Trainer]:
-    store, split = phantom_store
-    spec = TrainSpec(
-        dataset="phantom",
-        direction="t1n-to-t2w",
-        method="pix2pix",
-        seed=2,
-        store_dir=store.root,
-        split_path=split,
-        out_dir=tmp_path / "out",
-        checkpoint_dir=tmp_path / "ckpt",
-        overrides=OVERRIDES,
-        device="cpu",
-        speed=speed,
-    )
-    trainer = Trainer(spec)
+    trainer = Trainer(train_spec(phantom_store, tmp_path, seed=2, overrides=OVERRIDES, speed=speed))
     trainer.fused_skipped = trainer.speed.apply_fused(trainer.method)
     trainer.method.train()
     trainer._one_step()  # step 0 runs under the FLOP counter, where torch.compile stays eager
@@ -105,6 +92,13 @@ def test_tf32_is_a_no_op_on_cpu(eager, phantom_store, tmp_path):
     compare(eager, one_step(phantom_store, tmp_path, {"tf32": True}), exact=True)
 
 
+def test_loader_workers_feed_the_same_batches(eager, phantom_store, tmp_path):
+    """Read-ahead in 2 worker processes: the same batches, so a bit-identical step."""
+    switched = one_step(phantom_store, tmp_path, {"loader_workers": 2})
+    assert switched[2].speed.record()["loader_workers"] == 2
+    compare(eager, switched, exact=True)
+
+
 @pytest.mark.slow  # inductor compiles G and D, forward and backward, with gcc: minutes on 2 cores
 def test_torch_compile(eager, phantom_store, tmp_path):
     """Inductor on CPU compiles C++ with gcc: the tiniest pix2pix, one step."""
@@ -123,28 +117,18 @@ def test_switches_are_checked_and_recorded(phantom_store, tmp_path):
         Speed.from_dict({"channel_last": True})
     with pytest.raises(ConfigError, match="compile 'fast' unknown"):
         Speed.from_dict({"compile": "fast"})
-    store, split = phantom_store
-    spec = TrainSpec(
-        dataset="phantom",
-        direction="t1n-to-t2w",
-        method="pix2pix",
-        seed=2,
-        store_dir=store.root,
-        split_path=split,
-        out_dir=tmp_path / "out",
-        checkpoint_dir=tmp_path / "ckpt",
-        overrides={**OVERRIDES, "steps": 1},
-        device="cpu",
-        val_slices=1,
-        speed={"channels_last": True, "fused_adam": True},
-    )
-    Trainer(spec).run()
+    speed = {"channels_last": True, "fused_adam": True}
+    overrides = {**OVERRIDES, "steps": 1}
+    Trainer(
+        train_spec(phantom_store, tmp_path, seed=2, overrides=overrides, val_slices=1, speed=speed)
+    ).run()
     info = json.loads((tmp_path / "out" / "run.json").read_text())
     assert info["speed"] == {
         "channels_last": True,
         "compile": None,
         "tf32": False,
         "fused_adam": True,
+        "loader_workers": 0,
         "amp_bf16": False,
         "fused_adam_skipped": [],
     }

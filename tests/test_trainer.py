@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import train_spec
 
 from dfbk.data.loader import PARTNER_WINDOW, SliceBatcher
 from dfbk.errors import TrainingError
@@ -17,24 +18,9 @@ OVERRIDES = {"steps": 6, "batch_size": 4, "decay_start": 3}
 
 
 def spec_for(phantom_store, tmp_path, name: str, **kwargs) -> TrainSpec:
-    store, split = phantom_store
-    overrides = dict(OVERRIDES)
-    overrides.update(kwargs.pop("overrides", {}))
-    return TrainSpec(
-        dataset="phantom",
-        direction="t1n-to-t2w",
-        method="pix2pix",
-        seed=0,
-        store_dir=store.root,
-        split_path=split,
-        out_dir=tmp_path / name / "out",
-        checkpoint_dir=tmp_path / name / "ckpt",
-        preset="tiny",
-        overrides={**overrides, "num_downs": 4, "ngf": 8, "ndf": 8},
-        checkpoint_every=2,
-        device="cpu",
-        **kwargs,
-    )
+    overrides = {**OVERRIDES, **kwargs.pop("overrides", {}), "num_downs": 4, "ngf": 8, "ndf": 8}
+    fields = {"overrides": overrides, "checkpoint_every": 2, **kwargs}
+    return train_spec(phantom_store, tmp_path / name, **fields)
 
 
 def final_state(spec: TrainSpec) -> dict:
@@ -55,12 +41,7 @@ def test_training_writes_model_run_and_log(phantom_store, tmp_path):
 
 def test_a_method_with_no_steps_is_validated_once_and_finishes(phantom_store, tmp_path):
     """identity trains for 0 steps: the loop never validates, so the end must (the demo's bug)."""
-    store, split = phantom_store
-    spec = TrainSpec(
-        dataset="phantom", direction="t1n-to-t2w", method="identity", seed=0,
-        store_dir=store.root, split_path=split, out_dir=tmp_path / "id" / "out",
-        checkpoint_dir=tmp_path / "id" / "ckpt", preset="tiny", device="cpu",
-    )  # fmt: skip
+    spec = train_spec(phantom_store, tmp_path / "id", "identity")
     Trainer(spec).run()
     run = json.loads((spec.out_dir / "run.json").read_text())
     assert run["steps"] == 0 and run["best_step"] == 0
@@ -77,13 +58,8 @@ def test_a_method_with_no_steps_is_validated_once_and_finishes(phantom_store, tm
 )
 def test_methods_with_an_image_pool_validate_and_finish(phantom_store, tmp_path, method, overrides):
     """An image pool is non-tensor extra state: validation must copy it, not .detach() it."""
-    store, split = phantom_store
-    spec = TrainSpec(
-        dataset="phantom", direction="t1n-to-t2w", method=method, seed=0,
-        store_dir=store.root, split_path=split, out_dir=tmp_path / method / "out",
-        checkpoint_dir=tmp_path / method / "ckpt", preset="tiny", device="cpu",
-        overrides={"steps": 2, "batch_size": 2, "decay_start": 1, **overrides},
-    )  # fmt: skip
+    overrides = {"steps": 2, "batch_size": 2, "decay_start": 1, **overrides}
+    spec = train_spec(phantom_store, tmp_path / method, method, overrides=overrides)
     Trainer(spec).run()
     run = json.loads((spec.out_dir / "run.json").read_text())
     assert run["best_step"] == 2 and np.isfinite(run["best_val_ssim"])
@@ -148,21 +124,9 @@ def test_resume_refuses_a_checkpoint_from_other_settings(phantom_store, tmp_path
 
 
 def test_ema_weights_are_what_inference_uses(phantom_store, tmp_path):
-    store, split = phantom_store
-    spec = TrainSpec(
-        dataset="phantom",
-        direction="t1n-to-t2w",
-        method="resshift",
-        seed=0,
-        store_dir=store.root,
-        split_path=split,
-        out_dir=tmp_path / "ema" / "out",
-        checkpoint_dir=tmp_path / "ema" / "ckpt",
-        preset="tiny",
-        overrides={"steps": 3, "batch_size": 2, "ema_decay": 0.5},
-        device="cpu",
-        val_every=0,
-        val_slices=2,
+    overrides = {"steps": 3, "batch_size": 2, "ema_decay": 0.5}
+    spec = train_spec(
+        phantom_store, tmp_path / "ema", "resshift", overrides=overrides, val_every=0, val_slices=2
     )
     trainer = Trainer(spec)
     trainer.run()
