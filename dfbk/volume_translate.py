@@ -1,4 +1,4 @@
-"""dfbk translate: one whole volume through a trained checkpoint, in any stored orientation.
+"""dfbk translate: whole volumes through trained checkpoints, in any stored orientation.
 
 The model was trained on axial slices of canonical RAS+ volumes (`dfbk.data.io.read_volume`),
 normalised by `dfbk prepare`, at some in-plane size (slices or patches). This module repeats
@@ -13,6 +13,11 @@ reorientation and write float32 with the input's affine and header — MR target
 targets in HU. Slices without foreground, and voxels that no foreground-touching tile covers,
 are background (0, or -1024 HU). Noise seeds of diffusion methods come from (the run's seed,
 the source file's name, the RAS axial index), so the batch size does not change the output.
+
+A folder of volumes (nnU-Net's `-i`/`-o`) is translated with the models loaded once, each
+output under its input's file name. Several checkpoints (the seeds of one run) give the
+voxel-wise mean of their predictions in the normalised range, before the CT target's HU
+mapping, which is linear, so the mean is the same in HU.
 """
 
 from __future__ import annotations
