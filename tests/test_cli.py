@@ -78,6 +78,24 @@ def test_cli_defaults_agree_with_the_schema_and_the_demo_config():
     assert f'/size", within=config, default={size})' in rule  # the rule's fallback too
 
 
+@pytest.mark.parametrize(
+    ("verb", "dest", "keys"),
+    [
+        ("phantom", "subjects", ("datasets", "phantom", "subjects")),
+        ("phantom", "voxel_mm", ("datasets", "phantom", "voxel_mm")),
+        ("prepare", "min_foreground", ("datasets", "min_foreground")),
+        ("prepare", "on_bad_case", ("datasets", "on_bad_case")),
+        ("split", "seed", ("datasets", "split", "seed")),
+        ("split", "fractions", ("datasets", "split", "fractions")),
+        ("train", "checkpoint_every", ("train", "checkpoint_every")),
+        ("train", "evaluate", ("train", "evaluate_checkpoint")),
+        ("track", "experiment", ("tracking", "experiment")),
+    ],
+)
+def test_other_cli_defaults_are_the_schema_defaults(verb, dest, keys):
+    assert verb_parser(verb).get_default(dest) == schema_default(*keys)
+
+
 TRAIN = ["train", "phantom", "t1n-to-t2w", "dfbk", "--store", "s", "--split", "x"]
 
 
