@@ -116,6 +116,13 @@ def test_external_name_must_not_shadow_a_registered_method():
         check_config(config)
 
 
+def test_external_name_must_be_a_valid_method_key():
+    config = micro_config()
+    config["methods"]["LinearMap"] = config["methods"].pop("linear_map")
+    with pytest.raises(ConfigError, match=r"methods\.LinearMap: a method name is lower-case"):
+        check_config(config)
+
+
 def test_external_method_takes_no_module_or_stages():
     config = micro_config()
     config["methods"]["linear_map"]["stages"] = ["warmup"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import string
@@ -55,6 +56,8 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
 REQUIRED: dict[str, tuple[str, ...]] = {"train": ("checkpoint",), "translate": ("predictions",)}
 # Method settings that describe a Python class; an external method has none.
 CLASS_ONLY_KEYS = ("module", "stages")
+# common.smk's `method` wildcard: an external name must match it to reach evaluate and tables.
+METHOD_NAME = re.compile(r"[a-z0-9_\-]+")
 TRAIN_LOG = "train_log.jsonl"  # optional in the checkpoint folder: per-step losses for MLflow
 
 
@@ -94,6 +97,11 @@ def check_external_methods(config: Mapping[str, Any], registered: list[str]) -> 
     """
     for name, spec in external_methods(config).items():
         prefix = f"methods.{name}"
+        if not METHOD_NAME.fullmatch(name):
+            raise ConfigError(
+                f"{prefix}: a method name is lower-case letters, digits, '_' and '-' "
+                "(it is a path segment and a wildcard of every rule)"
+            )
         if name in registered:
             raise ConfigError(
                 f"{prefix}.external: '{name}' is a registered method; give the external "
