@@ -1,19 +1,21 @@
 """Does the slice batcher keep a GPU fed? Slices/s it delivers at 256x256 vs what training eats.
 
 Usage: python bench/bench_loader.py [--seconds 3] [--slices 480] [--tflops 400] [--floor-ms 15]
-                                    [--workers 0,2] [--gpu-bench bench_gpu.json]
+                                    [--prefetch 0,thread,2] [--gpu-bench bench_gpu.json]
 
 Supply: `dfbk.data.loader.SliceBatcher` (what the trainer uses: memory-mapped store) read
-through `prefetched_batches` with each `--workers` count: 0 reads in the training process
-when a batch is asked for, N > 0 reads ahead in N DataLoader worker processes (pinned memory
-when CUDA is present, as the trainer would), on a fabricated 256x256 store of two modalities,
+through `prefetched_batches` in each `--prefetch` mode: 0 reads in the training process when a
+batch is asked for, `thread` reads two batches ahead in a background thread, N > 0 reads ahead
+in N DataLoader worker processes (pinned memory when CUDA is present, as the trainer would), on
+a fabricated 256x256 store of two modalities,
 with each method's `paper` data settings (batch size, flips, paired or unpaired partners, patch
 size) from the method catalog. Slices/s = samples (source, target and mask) per second of
 `batch(step)` calls; "per CPU s" divides by the CPU time of the training process's own thread
-(with workers: what receiving the batches costs it; the workers run on other cores). The
+(with a thread or workers: what receiving the batches costs it; the reading runs on other
+cores). The
 store is written just before and read from the page cache: this is the loader's own cost, not
-the disk's (docs/scaling.md discusses a store larger than memory). With workers the wall
-figure needs as many free cores as workers; on a busy machine it is what the processes got.
+the disk's (docs/scaling.md discusses a store larger than memory). With prefetch the wall
+figure needs a free core per reader; on a busy machine it is what the processes got.
 
 Demand: samples per second one `paper` training step consumes, batch / step time. Without a
 GPU the step time is derived: max(F_step / R, floor), with F_step the FLOPs of one paper step
@@ -71,12 +73,12 @@ def fabricate_store(root: Path, n_slices: int, size: int, per_subject: int = 40)
 
 
 def supply(
-    store, subjects: list[str], hparams: dict, paired: bool, seconds: float, workers: int = 0
+    store, subjects: list[str], hparams: dict, paired: bool, seconds: float, prefetch: str = "0"
 ) -> tuple[float, float]:
     """Samples per wall second and per CPU second of this thread that the loader delivers.
 
     On a busy machine the wall figure is what the processes got; the CPU figure is what one
-    idle core would deliver in-process, or what the training thread pays with workers.
+    idle core would deliver in-process, or what the training thread pays with prefetch.
     """
     batcher = SliceBatcher(
         store,
@@ -91,14 +93,15 @@ def supply(
     )
     batcher.batch(0)  # first touch of the maps
     pin = torch.cuda.is_available()
-    batches = prefetched_batches(batcher, 1, 10**9, workers=workers, pin_memory=pin)
-    next(batches)  # workers started and their first batches queued
+    mode = {"thread": True} if prefetch == "thread" else {"workers": int(prefetch)}
+    batches = prefetched_batches(batcher, 1, 10**9, pin_memory=pin, **mode)
+    next(batches)  # the reader started and its first batches queued
     samples = 0
     start, cpu_start = time.perf_counter(), time.thread_time()
     while (elapsed := time.perf_counter() - start) < seconds:
         samples += next(batches).source.shape[0]
     cpu = time.thread_time() - cpu_start
-    batches.close()  # stops the workers
+    batches.close()  # stops the thread or workers
     return samples / elapsed, samples / max(cpu, 1e-9)
 
 
@@ -121,7 +124,9 @@ def main() -> None:
     parser.add_argument("--floor-ms", type=float, default=15.0, help="assumed minimum step")
     parser.add_argument("--gpu-bench", type=Path, help="JSON of bench_gpu.py (measured steps)")
     parser.add_argument(
-        "--workers", default="0,2", help="comma-separated prefetch worker counts (0: in-process)"
+        "--prefetch",
+        default="0,thread,2",
+        help="comma-separated modes: 0 in-process, thread, N worker processes",
     )
     args = parser.parse_args()
     measured = {}
@@ -139,13 +144,13 @@ def main() -> None:
         )
     )
     print(
-        "| method | batch | paired | patch | workers | loader samples/s (wall) | per CPU s "
+        "| method | batch | paired | patch | prefetch | loader samples/s (wall) | per CPU s "
         "| step samples/s | step | ratio (wall) | ratio (CPU) |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---|---:|---:|")
-    worker_counts = [int(w) for w in args.workers.split(",")]
-    worst: dict[int, float] = {}
-    best: dict[int, float] = {}
+    modes = args.prefetch.split(",")
+    worst: dict[str, float] = {}
+    best: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bench-loader-") as folder:
         store, subjects = fabricate_store(Path(folder) / "store", args.slices, args.size)
         for name in PAPER_STEP_TFLOP:
@@ -153,20 +158,20 @@ def main() -> None:
             batch = int(hparams["batch_size"])
             paired = bool(hparams.get("paired", catalog[name].paired))  # as Method.paired
             need, how = demand(name, batch, args, measured)
-            for workers in worker_counts:
-                wall, cpu = supply(store, subjects, hparams, paired, args.seconds, workers)
-                worst[workers] = min(worst.get(workers, wall / need), wall / need)
-                best[workers] = min(best.get(workers, cpu / need), cpu / need)
+            for mode in modes:
+                wall, cpu = supply(store, subjects, hparams, paired, args.seconds, mode)
+                worst[mode] = min(worst.get(mode, wall / need), wall / need)
+                best[mode] = min(best.get(mode, cpu / need), cpu / need)
                 print(
-                    f"| {name} | {batch} | {paired} | {hparams['patch_size'] or '–'} | {workers} "
+                    f"| {name} | {batch} | {paired} | {hparams['patch_size'] or '–'} | {mode} "
                     f"| {wall:,.0f} | {cpu:,.0f} | {need:,.0f} | {how} | {wall / need:.1f}x "
                     f"| {cpu / need:.1f}x |"
                 )
-    for workers in worker_counts:
-        for label, ratio in (("wall", worst[workers]), ("CPU", best[workers])):
+    for mode in modes:
+        for label, ratio in (("wall", worst[mode]), ("CPU", best[mode])):
             verdict = "under" if ratio < SAFE_RATIO else "at least"
             print(
-                f"workers {workers}: lowest ratio ({label}) {ratio:.1f}x: {verdict} {SAFE_RATIO:g}x"
+                f"prefetch {mode}: lowest ratio ({label}) {ratio:.1f}x: {verdict} {SAFE_RATIO:g}x"
             )
 
 

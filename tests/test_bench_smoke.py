@@ -80,8 +80,8 @@ def test_loader_supply_and_derived_demand(tmp_path):
     assert store.size == (32, 32) and len(subjects) == 4
     info = load_catalog()["maskgan"]
     hparams = {**info.presets["paper"], "batch_size": 3}
-    for workers in (0, 1):  # in-process, and read ahead in a worker process
-        wall, cpu = loader.supply(store, subjects, hparams, False, seconds=0.05, workers=workers)
+    for mode in ("0", "thread", "1"):  # in-process; ahead in a thread, in a worker process
+        wall, cpu = loader.supply(store, subjects, hparams, False, seconds=0.05, prefetch=mode)
         assert wall > 0 and cpu > 0
     args = type("Args", (), {"tflops": 400.0, "floor_ms": 15.0})()
     need, how = loader.demand("pix2pix", 1, args, measured={})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 
 import numpy as np
 import pytest
@@ -44,15 +45,24 @@ def assert_same(a, b) -> None:
     [{}, {"paired": False, "patch_size": 32}],  # paired + flips; unpaired partners + crops
     ids=["paired", "unpaired-patch"],
 )
-def test_worker_prefetch_yields_the_in_process_batches_in_order(store, settings):
+@pytest.mark.parametrize("ahead", [{"workers": 2}, {"thread": True, "prefetch_factor": 3}])
+def test_prefetch_yields_the_in_process_batches_in_order(store, settings, ahead):
     plain = batcher(store, **settings)
     start, stop = 5, 13  # a resumed run: starts mid-epoch, crosses the epoch boundary at 6
-    got = list(prefetched_batches(batcher(store, **settings), start, stop, workers=2))
+    got = list(prefetched_batches(batcher(store, **settings), start, stop, **ahead))
     assert len(got) == stop - start
     for step, batch in zip(range(start, stop), got, strict=True):
         assert_same(batch, plain.batch(step))
     # consecutive batches differ, so the comparison above would catch a reordering
     assert not torch.equal(got[0].source, got[1].source)
+
+
+def test_a_closed_thread_prefetch_stops_reading(store):
+    """The trainer leaves the loop on a signal: the reader thread must not outlive the stream."""
+    stream = prefetched_batches(batcher(store), 0, 1000, thread=True, prefetch_factor=2)
+    assert_same(next(stream), batcher(store).batch(0))
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("dfbk-prefetch")]
 
 
 @pytest.mark.filterwarnings("ignore:'pin_memory' argument is set as true")  # a CPU-only machine
@@ -79,6 +89,8 @@ def test_a_pickled_batcher_refers_to_the_store_files_instead_of_copying_them(sto
 def test_bad_prefetch_settings_are_refused(store):
     with pytest.raises(DataError, match="workers >= 0"):
         next(prefetched_batches(batcher(store), 0, 2, workers=-1))
+    with pytest.raises(DataError, match="not both"):
+        next(prefetched_batches(batcher(store), 0, 2, workers=1, thread=True))
 
 
 @pytest.mark.parametrize("patch", [None, 32])

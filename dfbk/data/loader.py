@@ -4,8 +4,9 @@ The batch at step s is fixed by the seed and s alone (epoch = s // batches_per_e
 seeded permutation per epoch; flips, crop positions and unpaired partners drawn from
 generators seeded with (seed, step)), so a resumed run sees exactly the data an uninterrupted
 run would have seen, with no loader state to checkpoint. Slices are read from memory maps, in
-the training process or, with `prefetched_batches(workers=N)`, ahead of time in N DataLoader
-worker processes; either way step s gets the same batch, so prefetching is a speed setting only.
+the training process or, with `prefetched_batches`, ahead of time in a background thread or in
+DataLoader worker processes; step s gets the same batch either way, so prefetching is a speed
+setting only.
 
 Per-method data settings (`augment`, `patch_size`, `paired`) come from the method's
 hyperparameters, so every method is fed by the same code and differs only where its preset says.
@@ -13,7 +14,10 @@ hyperparameters, so every method is fed by the same code and differs only where 
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -208,22 +212,28 @@ def prefetched_batches(
     workers: int = 0,
     prefetch_factor: int = 2,
     pin_memory: bool = False,
+    thread: bool = False,
 ) -> Iterator[Batch]:
     """The batches of steps start, ..., stop - 1, in order: `batcher.batch(step)` for each.
 
-    workers = 0 reads each batch in this process when it is asked for (the trainer's default).
-    workers = N > 0 reads ahead in N DataLoader worker processes, `prefetch_factor` batches
-    each, while the caller computes; pin_memory puts the batches in page-locked memory (for
-    CUDA, so `Batch.to(device)` copies asynchronously). Since a batch is a pure function of
-    (seed, step), the sequence is the same for every setting: resuming at `start` and the
-    data-parallel shares (`rank`, `world`) are unchanged. DataLoader keeps the order of the
-    steps whatever worker finishes first.
+    By default each batch is read in this process when it is asked for. thread=True reads
+    `prefetch_factor` batches ahead in one background thread of this process (NumPy's copies
+    out of the memory map release the GIL, so they overlap the caller's waiting on the GPU,
+    and nothing crosses a process boundary). workers = N > 0 reads ahead in N DataLoader worker
+    processes, `prefetch_factor` batches each (each batch then travels through shared memory,
+    which costs the caller about what reading it does; measured by bench/bench_loader.py).
+    pin_memory puts the batches in page-locked memory (for CUDA, so `Batch.to(device)` copies
+    asynchronously). Since a batch is a pure function of (seed, step), the sequence is the
+    same for every setting: resuming at `start` and the data-parallel shares are unchanged.
     """
-    if workers < 0 or prefetch_factor < 1:
+    if workers < 0 or prefetch_factor < 1 or (thread and workers):
         raise DataError(
-            f"prefetch needs workers >= 0 and prefetch_factor >= 1; got {workers}, "
-            f"{prefetch_factor}"
+            "prefetch needs workers >= 0, prefetch_factor >= 1 and a thread or workers, not "
+            f"both; got workers {workers}, prefetch_factor {prefetch_factor}, thread {thread}"
         )
+    if thread:
+        yield from _thread_prefetched(batcher, range(start, stop), prefetch_factor, pin_memory)
+        return
     if workers == 0 and not pin_memory:
         for step in range(start, stop):
             yield batcher.batch(step)
@@ -238,3 +248,33 @@ def prefetched_batches(
     )
     for source, target, mask in loader:
         yield Batch(source=source, target=target, mask=mask)
+
+
+def _thread_prefetched(
+    batcher: SliceBatcher, steps: range, ahead: int, pin_memory: bool
+) -> Iterator[Batch]:
+    """Batches of `steps` read `ahead` steps early by one thread, yielded in step order.
+
+    One thread, so the batcher (its per-epoch permutation and partner caches) is only ever
+    used by it; closing the generator cancels what is queued and waits for the running read.
+    """
+
+    def read(step: int) -> Batch:
+        batch = batcher.batch(step)
+        if pin_memory and torch.cuda.is_available():  # as DataLoader: no-op without CUDA
+            batch = Batch(*(t.pin_memory() for t in (batch.source, batch.target, batch.mask)))
+        return batch
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfbk-prefetch")
+    queued: deque[Future[Batch]] = deque()
+    upcoming = iter(steps)
+    try:
+        for step in itertools.islice(upcoming, ahead):
+            queued.append(pool.submit(read, step))
+        while queued:
+            batch = queued.popleft().result()
+            for step in itertools.islice(upcoming, 1):
+                queued.append(pool.submit(read, step))
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
