@@ -71,7 +71,7 @@ class RunStatus:
 
 def load_config(path: Path | None) -> dict[str, Any]:
     """The config as the Snakefile sees it: schema-checked, with the schema's defaults filled."""
-    from dfbk.config_checks import check_schema
+    from dfbk.config_checks import validate_config
 
     path = Path(path) if path is not None else DEFAULT_CONFIG
     try:
@@ -81,12 +81,9 @@ def load_config(path: Path | None) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: not a YAML mapping")
     try:
-        check_schema(config, SCHEMA)
+        validate_config(config, SCHEMA)  # one pass: checks and fills the schema's defaults
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
-    from snakemake.utils import validate
-
-    validate(config, str(SCHEMA), set_default=True)
     return config
 
 

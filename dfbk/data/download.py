@@ -271,7 +271,9 @@ def download_dataset(
 
 def cmd_download(args: argparse.Namespace) -> None:
     """Thin CLI wrapper over `download_dataset`."""
-    overrides = json.loads(args.settings)
+    from dfbk.cli import json_object
+
+    overrides = json_object(args.settings, "--settings")
     out = download_dataset(args.dataset, args.out_dir, args.downloads, overrides)
     print(f"{args.dataset}: ready in {out}")
 
