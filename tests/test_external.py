@@ -270,3 +270,42 @@ def test_translate_that_misses_a_subject_fails_naming_the_file(external_run, tmp
     log = workdir / RESULTS / f"logs/collect_external_predictions/{RUN_KEY}.log"
     assert re.search(r"predictions/[\w-]+\.nii\.gz: prediction for test subject", log.read_text())
     assert not (workdir / RESULTS / f"translate/{RUN_KEY}").exists()
+
+
+# Stand-in for apptainer (as in test_deployment): logs each call, runs the job's command here.
+FAKE_APPTAINER = """#!/bin/bash
+echo "$@" >> "$FAKE_APPTAINER_LOG"
+if [ "$1" = "--version" ]; then echo "apptainer version 1.3.4"; exit 0; fi
+while [ "$#" -gt 2 ]; do shift; done
+exec bash "$@"
+"""
+
+
+def test_sdm_apptainer_runs_the_external_commands_in_their_own_image(
+    external_run, tmp_path, monkeypatch
+):
+    """`container:` puts the external train command in its image; the check job that follows
+    runs in the workflow's image (config `container`)."""
+    workdir = tmp_path / "copy"
+    shutil.copytree(external_run, workdir, symlinks=True)
+    shutil.rmtree(workdir / RESULTS / f"train/{RUN_KEY}")
+    for image in ("images/linear-map.sif", "containers/dfbk.sif"):  # local: never pulled
+        (workdir / image).parent.mkdir(exist_ok=True)
+        (workdir / image).write_bytes(b"")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin/apptainer").write_text(FAKE_APPTAINER)
+    (tmp_path / "bin/apptainer").chmod(0o755)
+    log = tmp_path / "apptainer.log"
+    monkeypatch.setenv("FAKE_APPTAINER_LOG", str(log))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    config = micro_config({**EXTERNAL, "container": "images/linear-map.sif"})
+    target = f"{RESULTS}/train/{RUN_KEY}/run.json"
+    # mtime only: a new software environment would otherwise rerun the whole copied DAG
+    result = snakemake(workdir, config, target, "--sdm", "apptainer", "--rerun-triggers", "mtime")
+    assert result.returncode == 0, result.stderr[-3000:]
+    calls = [line for line in log.read_text().splitlines() if line.startswith("exec ")]
+    assert len(calls) == 2, calls
+    assert " images/linear-map.sif bash -c " in calls[0] and "linear_map.py train" in calls[0]
+    assert (
+        " containers/dfbk.sif bash -c " in calls[1] and "dfbk.methods.external record" in calls[1]
+    )
