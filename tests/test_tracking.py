@@ -418,6 +418,26 @@ def test_external_baseline_logs_its_checkpoint_folder_unregistered(imported, tmp
         load_logged_model(f"runs:/{run.info.run_id}/model", tmp_path, imported["uri"])
 
 
+def test_track_without_models(tmp_path, empty_store):
+    """`dfbk track --no-models`: a tree without checkpoints imports, with no model/ artifact."""
+    import subprocess
+    import sys
+
+    train_dir, eval_dir = _write_run(tmp_path, *RUNS[1])
+    (train_dir / "model.pt").unlink()
+    command = [str(Path(sys.executable).with_name("dfbk")), "track", "--uri", empty_store]
+    command += ["--train-dirs", str(train_dir), "--eval-dirs", str(eval_dir), "--no-models"]
+    command += ["--experiment", EXPERIMENT, "--out", str(tmp_path / "runs.json")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (run,) = _active_runs(MlflowClient(tracking_uri=empty_store))
+    assert MlflowClient(tracking_uri=empty_store).list_artifacts(run.info.run_id, "model") == []
+    with pytest.raises(DataError, match="model.pt: missing"):
+        import_runs([(train_dir, eval_dir)], {}, empty_store, EXPERIMENT, tmp_path / "x.json")
+    with pytest.raises(DataError, match="register_models needs log_models"):
+        import_runs([], {}, empty_store, EXPERIMENT, tmp_path / "x.json", False, True)
+
+
 def test_metrics_and_curve(imported):
     client = imported["client"]
     runs = _by_key(client)

@@ -158,6 +158,8 @@ def import_runs(
     ``log_restarts`` the steps where its training log began a new pass.
     A store that cannot be reached, or stays locked, ends in one :class:`DataError` line.
     """
+    if register_models and not log_models:
+        raise DataError("tracking: register_models needs log_models (a version points at model/)")
     _check_unique_keys(runs)
     out_json = Path(out_json)
     db_path = sqlite_path(tracking_uri)
