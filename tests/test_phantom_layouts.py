@@ -119,12 +119,10 @@ def test_brats_grid_at_one_mm_is_the_challenge_grid():
     assert _template(1.0, (240.0, 240.0, 155.0)).gm.shape == (240, 240, 155)
 
 
-# Copy-the-input baseline, foreground SSIM under the BraTS protocol. On real skull-stripped BraTS
-# 2023 it is well under 0.3 for T1->FLAIR and about 0 for T1->T2. On this phantom at the demo's
-# 2 mm grid, over the demo's 8 subjects (docs/phantom.md): T1->T2 -0.18 (bound 0.15 met), T1->FLAIR
-# 0.36 (0.26-0.45) -- above the 0.35 aimed at: CSF is dark on both contrasts, and the SSIM window
-# (sigma 1.5 pixels) spans twice the anatomy at 2 mm as at 1 mm, brain edge included.
-COPY_SSIM_BOUNDS = {"t2w": 0.15, "t2f": 0.42}
+# Copy-the-input baseline, foreground SSIM under the BraTS protocol: on real skull-stripped BraTS
+# 2023 it is well under 0.3 for T1->FLAIR and about 0 for T1->T2; issue 11 asks the phantom for
+# <= 0.35 and <= 0.15. Measured on the demo's 8 subjects at 2 mm in docs/phantom.md.
+COPY_SSIM_BOUNDS = {"t2w": 0.15, "t2f": 0.35}
 
 
 def test_copy_baseline_scores_poorly_as_on_real_brats(brats_raw, tmp_path):

@@ -8,9 +8,11 @@ milliseconds; proton density (PD) is relative to pure water; the apparent diffus
 22:13 (2005) for CSF T1; Gold et al., AJR 183:343 (2004) for subcutaneous fat; Du & Bydder, NMR
 Biomed 26:489 (2013) for cortical bone (T2* < 1 ms, so bone is dark on every conventional
 sequence); Sener, Comput Med Imaging Graph 25:299 (2001) for ADCs of brain, CSF, tumour and acute
-infarct; Rohrer et al., Invest Radiol 40:715 (2005) for the gadolinium relaxivity r1 at 3 T.
-Lesion values are typical of glioblastoma (necrotic core, vasogenic oedema, enhancing rim) and of
-an acute (< 24 h) ischaemic stroke.
+infarct; Rohrer et al., Invest Radiol 40:715 (2005) for the gadolinium relaxivity r1 at 3 T;
+Dixon et al., Magn Reson Imaging 8:417 (1990) and Melki & Mulkern, MRM 24:189 (1992) for the
+incidental magnetisation transfer (MT) of multi-slice fast spin echo, which darkens white matter
+more than grey on T2 and FLAIR. Lesion values are typical of glioblastoma (necrotic core,
+vasogenic oedema, enhancing rim) and of an acute (< 24 h) ischaemic stroke.
 """
 
 from __future__ import annotations
@@ -34,20 +36,25 @@ class Tissue:
     adc: float  # 1e-3 mm^2/s
     hu: float  # Hounsfield units; bone's value is replaced by a smooth 700-1500 HU field
     gd_mm: float = 0.0  # gadolinium concentration after injection (mmol/l), for `t1c`
+    mt: float = 0.0  # fraction of signal lost to incidental MT in multi-slice fast spin echo
 
 
 # Order matters: it is the first axis of the tissue-fraction stack in `dfbk.data.phantom`.
+# MT loss scales with the macromolecular (myelin, protein) pool: white matter loses most, grey
+# matter about half as much, muscle/skin much, free water (CSF, necrosis) and fat nothing. Vasogenic
+# oedema dilutes the pool and lengthens T1 to about twice white matter's, so it is dark on T1 and
+# bright on T2/FLAIR, as on clinical images.
 TISSUES: dict[str, Tissue] = {
     "csf": Tissue(t1_ms=4300.0, t2_ms=2000.0, pd=1.00, adc=3.00, hu=8.0),
-    "gm": Tissue(t1_ms=1600.0, t2_ms=95.0, pd=0.82, adc=0.85, hu=40.0, gd_mm=0.03),
-    "wm": Tissue(t1_ms=1000.0, t2_ms=70.0, pd=0.70, adc=0.75, hu=26.0, gd_mm=0.015),
+    "gm": Tissue(t1_ms=1600.0, t2_ms=95.0, pd=0.82, adc=0.85, hu=40.0, gd_mm=0.03, mt=0.10),
+    "wm": Tissue(t1_ms=1000.0, t2_ms=70.0, pd=0.70, adc=0.75, hu=26.0, gd_mm=0.015, mt=0.18),
     "bone": Tissue(t1_ms=250.0, t2_ms=0.8, pd=0.15, adc=0.30, hu=1100.0),
     "fat": Tissue(t1_ms=380.0, t2_ms=130.0, pd=0.90, adc=0.02, hu=-100.0),
-    "skin": Tissue(t1_ms=1400.0, t2_ms=45.0, pd=0.75, adc=1.50, hu=45.0, gd_mm=0.10),
+    "skin": Tissue(t1_ms=1400.0, t2_ms=45.0, pd=0.75, adc=1.50, hu=45.0, gd_mm=0.10, mt=0.20),
     "necrosis": Tissue(t1_ms=3000.0, t2_ms=400.0, pd=0.95, adc=2.00, hu=15.0),
-    "oedema": Tissue(t1_ms=1500.0, t2_ms=180.0, pd=0.88, adc=1.50, hu=18.0),
-    "enhancing": Tissue(t1_ms=1600.0, t2_ms=120.0, pd=0.85, adc=1.00, hu=38.0, gd_mm=0.40),
-    "stroke": Tissue(t1_ms=1300.0, t2_ms=110.0, pd=0.82, adc=0.40, hu=20.0),
+    "oedema": Tissue(t1_ms=2000.0, t2_ms=220.0, pd=0.88, adc=1.50, hu=18.0, mt=0.05),
+    "enhancing": Tissue(t1_ms=1600.0, t2_ms=120.0, pd=0.85, adc=1.00, hu=38.0, gd_mm=0.40, mt=0.05),
+    "stroke": Tissue(t1_ms=1300.0, t2_ms=110.0, pd=0.82, adc=0.40, hu=20.0, mt=0.08),
     "air": Tissue(t1_ms=1000.0, t2_ms=1.0, pd=0.0, adc=0.0, hu=-1000.0),  # no MR signal
 }
 TISSUE_NAMES: tuple[str, ...] = tuple(TISSUES)
@@ -69,6 +76,7 @@ class Sequence:
     ti_ms: float | None = None  # inversion recovery when set
     contrast_agent: bool = False
     b_value: float = 0.0  # s/mm^2; diffusion weighting when > 0
+    multislice_mt: bool = False  # 2-D multi-slice fast spin echo: tissues lose `Tissue.mt`
 
 
 def flair_null_ti(t1_ms: float, tr_ms: float) -> float:
@@ -81,17 +89,20 @@ def flair_null_ti(t1_ms: float, tr_ms: float) -> float:
 
 _FLAIR_TR_MS = 9000.0
 # Clinical 3 T protocols: T1 spin echo, dual-echo PD/T2 fast spin echo, FLAIR nulling the CSF of
-# the population table (a scanner does not know the subject's T1), fat-saturated EPI DWI.
+# the population table (a scanner does not know the subject's T1), fat-saturated EPI DWI. The
+# long echo trains of multi-slice PD/T2/FLAIR saturate the macromolecular pool through the other
+# slices' refocusing pulses (incidental MT); the T1 spin echo's few pulses do not, nor does EPI.
 SEQUENCES: dict[str, Sequence] = {
     "t1n": Sequence(tr_ms=500.0, te_ms=10.0),
     "t1c": Sequence(tr_ms=500.0, te_ms=10.0, contrast_agent=True),
-    "t2w": Sequence(tr_ms=4000.0, te_ms=100.0),
+    "t2w": Sequence(tr_ms=4000.0, te_ms=100.0, multislice_mt=True),
     "t2f": Sequence(
         tr_ms=_FLAIR_TR_MS,
         te_ms=120.0,
         ti_ms=flair_null_ti(TISSUES["csf"].t1_ms, _FLAIR_TR_MS),
+        multislice_mt=True,
     ),
-    "pd": Sequence(tr_ms=4000.0, te_ms=15.0),
+    "pd": Sequence(tr_ms=4000.0, te_ms=15.0, multislice_mt=True),
     "dwi": Sequence(tr_ms=5000.0, te_ms=80.0, b_value=DWI_B_S_PER_MM2),
 }
 
@@ -109,13 +120,25 @@ def mr_signal(properties: np.ndarray, sequence: Sequence) -> np.ndarray:
 
     Spin echo: S = PD (1 - e^(-TR/T1)) e^(-TE/T2). Inversion recovery (FLAIR):
     S = PD |1 - 2 e^(-TI/T1) + e^(-TR/T1)| e^(-TE/T2). Gadolinium shortens T1 as
-    1/T1' = 1/T1 + r1 [Gd]. Diffusion weighting multiplies by e^(-b ADC), with fat suppressed.
+    1/T1' = 1/T1 + r1 [Gd]. Diffusion weighting multiplies by e^(-b ADC), with fat suppressed;
+    multi-slice fast spin echo by (1 - MT loss) (`tissue_scale`).
     """
     t1, t2, pd, adc, _, gd = properties.T
-    signal = signal_equation(t1, t2, pd, adc, gd, sequence)
+    return signal_equation(t1, t2, pd, adc, gd, sequence) * tissue_scale(sequence)
+
+
+def tissue_scale(sequence: Sequence) -> np.ndarray:
+    """Per-tissue signal factor of what the signal equation leaves out, in `TISSUES` order.
+
+    Fat suppression of EPI DWI, and the incidental MT loss of multi-slice fast spin echo (the
+    macromolecular pool saturated by the other slices' refocusing pulses, Dixon et al. 1990).
+    """
+    scale = np.ones(len(TISSUES))
     if sequence.b_value > 0:
-        signal[TISSUE_NAMES.index("fat")] *= DWI_FAT_SUPPRESSION
-    return signal
+        scale[TISSUE_NAMES.index("fat")] = DWI_FAT_SUPPRESSION
+    if sequence.multislice_mt:
+        scale *= 1.0 - np.array([t.mt for t in TISSUES.values()])
+    return scale
 
 
 def signal_equation(t1, t2, pd, adc, gd, sequence: Sequence):
@@ -280,18 +303,16 @@ def render_images(
     fractions = np.stack([tissues[n] for n in TISSUE_NAMES]).reshape(len(TISSUE_NAMES), -1)
     shape = tissues["air"].shape
     wm = TISSUE_NAMES.index("wm")
-    fat = TISSUE_NAMES.index("fat")
     images = {}
     for modality in SEQUENCES:
         sequence = SEQUENCES[modality]
         signals = mr_signal(table, sequence)
         gain = MR_FULL_SCALE * rng.uniform(0.75, 0.95) / population[modality].max()
         if texture:
-            fat_scale = DWI_FAT_SUPPRESSION if sequence.b_value > 0 else 1.0
+            scale = tissue_scale(sequence)
 
-            def value(k, t1, t2, pd, adc, hu, gd, sequence=sequence, fat_scale=fat_scale):
-                scale = fat_scale if k == fat else 1.0
-                return scale * signal_equation(t1, t2, pd, adc, gd, sequence)
+            def value(k, t1, t2, pd, adc, hu, gd, sequence=sequence, scale=scale):
+                return scale[k] * signal_equation(t1, t2, pd, adc, gd, sequence)
 
             clean = (gain * _textured(fractions, table, texture, value)).astype(np.float32)
         else:
