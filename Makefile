@@ -22,8 +22,12 @@ demo: $(STAMP)
 	@echo "Comparison table: results/tables/comparison.md (also .csv, .tex)"
 	@cat results/tables/comparison.md
 
+# Tests run on TEST_WORKERS pytest-xdist processes (CI: 2 cores). --dist loadgroup keeps each
+# xdist_group (the SLURM cluster; tests sharing a module fixture, see tests/conftest.py) on one.
+TEST_WORKERS ?= $(CORES)
+
 test: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q
+	PATH=$(CURDIR)/$(BIN):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

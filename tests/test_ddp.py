@@ -14,18 +14,17 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_command
 
 from dfbk.data.loader import SliceBatcher
 from dfbk.errors import DataError
 from dfbk.training.checkpoint import load_checkpoint
 
-DFBK = str(Path(sys.executable).with_name("dfbk"))
 STEPS = 6
 OVERRIDES = {
     "steps": STEPS,
@@ -43,38 +42,9 @@ OVERRIDES = {
 TOLERANCE = 1e-7
 
 
-def command(store, split, folder: Path, gpus: int, every: int = STEPS) -> list[str]:
-    return [
-        DFBK,
-        "train",
-        "phantom",
-        "t1n-to-t2w",
-        "pix2pix",
-        "--seed",
-        "5",
-        "--overrides",
-        json.dumps(OVERRIDES),
-        "--store",
-        str(store.root),
-        "--split",
-        str(split),
-        "--out-dir",
-        str(folder / "out"),
-        "--checkpoint-dir",
-        str(folder / "checkpoints"),
-        "--checkpoint-every",
-        str(every),
-        "--val-every",
-        "0",
-        "--val-slices",
-        "2",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--gpus",
-        str(gpus),
-    ]
+def command(phantom_store, folder: Path, gpus: int, every: int = STEPS) -> list[str]:
+    extra = ["--checkpoint-every", str(every), "--val-every", "0", "--val-slices", "2"]
+    return train_command(phantom_store, folder, OVERRIDES, *extra, "--gpus", str(gpus), seed=5)
 
 
 def environment() -> dict[str, str]:
@@ -161,9 +131,8 @@ def test_averaged_gradients_equal_the_global_batch_gradients_in_float64(tmp_path
 @pytest.fixture(scope="module")
 def uninterrupted(phantom_store, tmp_path_factory) -> Path:
     """`dfbk train --gpus 2` on CPU: torchrun, two gloo ranks, halves of every batch."""
-    store, split = phantom_store
     folder = tmp_path_factory.mktemp("ddp")
-    run(command(store, split, folder, gpus=2))
+    run(command(phantom_store, folder, gpus=2))
     return folder
 
 
@@ -173,17 +142,16 @@ def test_two_ranks_write_one_run_with_the_global_batch(uninterrupted):
     logged = [json.loads(x) for x in (uninterrupted / "out" / "train_log.jsonl").open()]
     assert [x["step"] for x in logged] == list(range(STEPS))  # rank 0 alone writes the log
     assert "val_ssim" in logged[-1]
-    assert not list((uninterrupted / "checkpoints").glob(".*.tmp"))
+    assert not list((uninterrupted / "ckpt").glob(".*.tmp"))
 
 
 @pytest.mark.slow  # three torchrun jobs of 2 ranks: ~60 s of CPU on 2 cores
 def test_sigkill_and_resume_under_two_ranks_is_exact(uninterrupted, phantom_store, tmp_path):
-    store, split = phantom_store
-    cmd = command(store, split, tmp_path, gpus=2, every=2)
+    cmd = command(phantom_store, tmp_path, gpus=2, every=2)
     process = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment(), text=True
     )
-    last = tmp_path / "checkpoints" / "last.pt"
+    last = tmp_path / "ckpt" / "last.pt"
     deadline = time.monotonic() + 120
     while not last.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)

@@ -11,49 +11,23 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import train_command
 
 from dfbk.training.checkpoint import load_checkpoint
 
-DFBK = str(Path(sys.executable).with_name("dfbk"))
 STEPS = 240
 # pix2pix shrunk to a few milliseconds per step on one CPU thread
 OVERRIDES = {"steps": STEPS, "batch_size": 4, "num_downs": 4, "ngf": 8, "ndf": 8}
 
 
-def train_command(store, split, folder: Path, checkpoint_every: int) -> list[str]:
-    return [
-        DFBK,
-        "train",
-        "phantom",
-        "t1n-to-t2w",
-        "pix2pix",
-        "--seed",
-        "3",
-        "--preset",
-        "tiny",
-        "--overrides",
-        json.dumps(OVERRIDES),
-        "--store",
-        str(store.root),
-        "--split",
-        str(split),
-        "--out-dir",
-        str(folder / "out"),
-        "--checkpoint-dir",
-        str(folder / "checkpoints"),
-        "--checkpoint-every",
-        str(checkpoint_every),
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ]
+def command(phantom_store, folder: Path, checkpoint_every: int) -> list[str]:
+    every = ["--checkpoint-every", str(checkpoint_every)]
+    return train_command(phantom_store, folder, OVERRIDES, "--preset", "tiny", *every, seed=3)
 
 
 def run_to_end(command: list[str]) -> subprocess.CompletedProcess:
@@ -92,17 +66,15 @@ def assert_bit_identical(a: dict, b: dict) -> None:
 @pytest.fixture(scope="module")
 def reference(phantom_store, tmp_path_factory) -> Path:
     """An uninterrupted run of the same seed and settings."""
-    store, split = phantom_store
     folder = tmp_path_factory.mktemp("reference")
-    run_to_end(train_command(store, split, folder, checkpoint_every=40))
+    run_to_end(command(phantom_store, folder, checkpoint_every=40))
     return folder
 
 
 def test_sigkill_mid_training_then_rerun_is_bit_identical(phantom_store, tmp_path, reference):
-    store, split = phantom_store
-    command = train_command(store, split, tmp_path, checkpoint_every=40)
-    last = tmp_path / "checkpoints" / "last.pt"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    train = command(phantom_store, tmp_path, checkpoint_every=40)
+    last = tmp_path / "ckpt" / "last.pt"
+    process = subprocess.Popen(train, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wait_for(last.exists, process, "a first periodic checkpoint")
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
@@ -112,7 +84,7 @@ def test_sigkill_mid_training_then_rerun_is_bit_identical(phantom_store, tmp_pat
     killed_at = load_checkpoint(last)["step"]
     assert 0 < killed_at < STEPS and killed_at % 40 == 0
 
-    run_to_end(command)  # the rerun: Snakemake's retry or a requeued SLURM job
+    run_to_end(train)  # the rerun: Snakemake's retry or a requeued SLURM job
     run = json.loads((tmp_path / "out" / "run.json").read_text())
     assert run["resumed"] is True and run["steps"] == STEPS
     assert_bit_identical(final_weights(reference), final_weights(tmp_path))
@@ -122,11 +94,10 @@ def test_sigkill_mid_training_then_rerun_is_bit_identical(phantom_store, tmp_pat
 def test_sigterm_saves_at_the_step_it_stopped_and_the_rerun_resumes(
     phantom_store, tmp_path, reference
 ):
-    store, split = phantom_store
     # no periodic checkpoint before the end: the only one is the one SIGTERM asks for
-    command = train_command(store, split, tmp_path, checkpoint_every=10 * STEPS)
-    log = tmp_path / "checkpoints" / "train_log.jsonl"
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    train = command(phantom_store, tmp_path, checkpoint_every=10 * STEPS)
+    log = tmp_path / "ckpt" / "train_log.jsonl"
+    process = subprocess.Popen(train, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # the log is flushed every 50 steps: non-empty means the loop (and its handler) is running
     wait_for(lambda: log.exists() and log.stat().st_size > 0, process, "50 logged steps")
     process.send_signal(signal.SIGTERM)
@@ -135,10 +106,10 @@ def test_sigterm_saves_at_the_step_it_stopped_and_the_rerun_resumes(
     assert process.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     stopped_at = int(stderr.split("checkpoint saved at step ")[1].split()[0])
     assert 50 <= stopped_at < STEPS, "finished before SIGTERM: lengthen it"
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["step"] == stopped_at
+    assert load_checkpoint(tmp_path / "ckpt" / "last.pt")["step"] == stopped_at
     assert not (tmp_path / "out" / "model.pt").exists()
 
-    result = run_to_end(command)
+    result = run_to_end(train)
     assert f"wrote {tmp_path / 'out' / 'model.pt'}" in result.stdout
     assert json.loads((tmp_path / "out" / "run.json").read_text())["resumed"] is True
     assert_bit_identical(final_weights(reference), final_weights(tmp_path))

@@ -28,6 +28,10 @@ import pytest
 import yaml
 from conftest import REPO
 
+# One cluster per machine (/etc/slurm/slurm.conf, slurmd's node): under pytest-xdist every test
+# here runs on the one worker that started it.
+pytestmark = pytest.mark.xdist_group("slurm")
+
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SLURM_CONF = Path("/etc/slurm/slurm.conf")
 MARKER = "# written by dfbk-bench tests/test_slurm.py"
