@@ -298,6 +298,23 @@ def test_environment_record_of_this_process():
     assert record["host"] and json.loads(json.dumps(record)) == record
 
 
+def test_gpu_model_and_count_as_torch_reports_them(monkeypatch):
+    """Two visible GPUs of one model name it once; mixed models are all named."""
+    import torch
+
+    from dfbk.tracking.environment import accelerator
+
+    names = ["NVIDIA H200", "NVIDIA H200"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(names))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: names[index])
+    record = accelerator()
+    assert record["gpu_model"] == "NVIDIA H200" and record["gpu_count"] == 2
+    assert record["cuda_version"] == torch.version.cuda
+    names[1] = "NVIDIA A100-SXM4-80GB"
+    assert accelerator()["gpu_model"] == "NVIDIA H200 + NVIDIA A100-SXM4-80GB"
+
+
 def test_seeds_nest_under_their_method_with_mean_and_seed_std(imported):
     runs = _by_key(imported["client"])
     group = runs["brats2023/t1n-to-t2w/pix2pix"]

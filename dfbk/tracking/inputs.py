@@ -100,7 +100,7 @@ class RunInputs:
 def file_sha(named_files: Iterable[tuple[str, Path]], *extra: str) -> str:
     """Hash of file names and contents (plus the import format and `extra`), order-sensitive.
 
-    Files are read in 1-MiB chunks: checkpoints of the paper presets are hundreds of MB.
+    Files are read in 1-MiB chunks (an external baseline's checkpoint folder may be large).
     """
     digest = hashlib.sha256(f"dfbk-import-{IMPORT_FORMAT}\n".encode())
     for text in extra:
@@ -226,6 +226,17 @@ def load_stage(stage_dir: Path, seed_key: str, root: Path | None) -> RunInputs:
     )
 
 
+def _stat_print(path: Path, artifact_dir: str) -> str:
+    """Name, size and mtime of a checkpoint, in place of its bytes in the artifacts hash.
+
+    Checkpoints are written only by the job that writes run.json (a new checkpoint means a new
+    data hash and a new run anyway), and reading every paper-preset checkpoint (hundreds of MB,
+    ~180 runs) on each import would cost minutes.
+    """
+    info = path.stat()
+    return f"{artifact_dir}/{path.name} {info.st_size} {info.st_mtime_ns}"
+
+
 def _model_artifacts(train_dir: Path, run: Mapping[str, Any]) -> list[tuple[Path, str]]:
     """The checkpoint as artifacts under ``model/``: dfbk's ``model.pt``, or the whole
     checkpoint folder of an external baseline (its own format; dfbk.methods.external)."""
@@ -288,7 +299,10 @@ def load_seed(
         log_restarts=restarts,
         metrics=metrics,
         artifacts=artifacts,
-        artifacts_sha=file_sha((f"{d}/{p.name}", p) for p, d in artifacts),
+        artifacts_sha=file_sha(
+            ((f"{d}/{p.name}", p) for p, d in artifacts if (p, d) not in model),
+            *(_stat_print(p, d) for p, d in model),
+        ),
         start_ms=_window(run, end_ms),
         end_ms=int(metrics_path.stat().st_mtime * 1000),
         benchmarks=_benchmarks(bench),
