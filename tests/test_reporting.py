@@ -282,3 +282,55 @@ def test_tables_verb_with_run_files(tmp_path):
     assert md.startswith("Ablation.") and "50 × 4" in md and "last, the same rule" in md
     assert "| Params" in md and "2 M" in md and "1 GFLOP" in md and "HFEN fg ↓" in md
     assert "p_Holm (SSIM vs dfbk)" in md
+
+
+def test_dice_columns_with_a_real_target_row_only_where_labels_exist(tmp_path):
+    """dice.csv beside a run's metrics adds per-label Dice; each labelled direction gets a
+    'real target' row (the ceiling, never bold); a dataset without labels shows '—'."""
+    metric = {"psnr_fg": 20.0, "ssim_fg": 0.5, "mae_fg": 0.1}
+    dice = {  # method, seed -> (s1, s2) Dice of oedema; ceiling 1.0 and 0.8 in every run
+        ("dfbk", 0): (0.8, 0.6),
+        ("dfbk", 1): (0.6, 0.4),
+        ("pix2pix", 0): (0.9, 0.7),
+    }
+    files = []
+    for (method, seed), (d1, d2) in dice.items():
+        rows = [{"subject": s, **metric} for s in ("s1", "s2")]
+        path = _write_run(tmp_path, method, seed, rows, dataset="brats2023")
+        table = {"subject": ["s1", "s2"], "dice_oedema": [d1, d2]}
+        table["ceiling_dice_oedema"] = [1.0, 0.8]
+        pd.DataFrame(table).to_csv(path.parent / "dice.csv", index=False)
+        files.append(path)
+    files.append(_write_run(tmp_path, "dfbk", 0, [{"subject": "s9", **metric}], "synthrad2023"))
+    df = collect_results(files)
+    assert "dice_oedema" in table_metrics(df)
+    paths = write_comparison_table(df, tmp_path / "t", significance_vs="dfbk")
+    csv = pd.read_csv(paths["csv"])
+    assert list(csv["method"]) == ["dfbk", "pix2pix", "real target", "dfbk"]
+    assert "ceiling_dice_oedema_mean" not in csv.columns
+    ceiling = csv[csv.method == "real target"].iloc[0]
+    # by hand: dfbk subjects (0.8+0.6)/2 = 0.7 and (0.6+0.4)/2 = 0.5 -> 0.6 ± sd(0.7, 0.5)
+    dfbk = csv[(csv.method == "dfbk") & (csv.dataset == "brats2023")].iloc[0]
+    assert dfbk["dice_oedema_mean"] == pytest.approx(0.6)
+    assert dfbk["dice_oedema_std"] == pytest.approx(np.std([0.7, 0.5], ddof=1))
+    assert ceiling["dice_oedema_mean"] == pytest.approx(0.9)
+    assert np.isnan(ceiling["ssim_fg_mean"])
+    md = paths["md"].read_text()
+    lines = {tuple(c.strip() for c in line.split("|")[1:4]): line for line in md.splitlines()
+             if line.startswith("| ")}  # fmt: skip
+    header = [c.strip() for c in md.splitlines()[2].split("|")]
+    assert "Dice oedema ↑" in header and "the ceiling" in md
+    assert "**0.800 ± 0.141**" in lines[("brats2023", "t1n-to-t2w", "pix2pix")]
+    assert "0.900 ± 0.141" in lines[("brats2023", "t1n-to-t2w", "real target")]
+    assert "**0.900" not in md  # the ceiling is a reference, not the best method
+    synthrad = lines[("synthrad2023", "t1n-to-t2w", "dfbk")].split("|")
+    assert synthrad[header.index("Dice oedema ↑")].strip() == "—"  # no labels, no Dice
+
+
+def test_dice_file_of_other_subjects_is_refused_naming_it(tmp_path):
+    path = _write_run(tmp_path, "dfbk", 0, [{"subject": "s1", "ssim_fg": 0.5}])
+    pd.DataFrame({"subject": ["s7"], "dice_lesion": [0.5]}).to_csv(
+        path.parent / "dice.csv", index=False
+    )
+    with pytest.raises(DataError, match=r"dice\.csv: subjects differ"):
+        collect_results([path])

@@ -70,10 +70,11 @@ def test_segmenter_finds_the_phantom_lesion_in_real_targets_not_in_blank_ones(ph
     blank = {s: np.zeros_like(v) for s, v in real.items()}
     on_real = dice_table(model, labels, store, test, real)
     on_blank = dice_table(model, labels, store, test, blank)
-    assert list(on_real.columns) == ["subject", "dice_1", "dice_2", "dice_3", "dice_4"]
+    names = ["necrosis", "oedema", "enhancing", "stroke"]  # the phantom's labels 1-4
+    assert list(on_real.columns) == ["subject", *(f"dice_{n}" for n in names)]
     assert list(on_real["subject"]) == test
     present = [
-        f"dice_{k}"
+        f"dice_{names[k - 1]}"
         for k in labels
         if any((np.asarray(store.label[slice(*store.subject_range(s))]) == k).any() for s in test)
     ]

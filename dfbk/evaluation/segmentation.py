@@ -5,11 +5,14 @@ Why: PSNR and SSIM reward a plausible average; a radiologist or a downstream mod
 structures. A small 2-D U-Net is trained once per dataset and target modality on the real
 target slices of the training split (labels from the slice store), then applied to every
 method's translations of the test split; Dice per label against the store's labels, per test
-subject, is written as CSV beside the run's metrics.
+subject, is written as `dice.csv` beside the run's metrics (`results/evaluate/{run}/`), where
+the comparison tables read it. Each row also holds the same segmenter's Dice on the subject's
+real target images (`ceiling_dice_*`): the ceiling a translation can reach.
 
 Labels: BraTS 1 necrosis, 2 oedema, 3 enhancing; ISLES 1 stroke lesion; the generic phantom
-also 4 stroke. A label absent from both the reference and the prediction of a subject scores
-Dice 1 (BraTS convention); absent from one of them, 0.
+also 4 stroke. Columns are named by label (`dice_necrosis`, ...). A label absent from both the
+reference and the prediction of a subject scores Dice 1 (BraTS convention); absent from one of
+them, 0.
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ from dfbk.data.store import SliceStore
 from dfbk.errors import DataError
 
 SEGMENTER_VERSION = 1
+# adapter name (the store's provenance) -> label value -> column name
+LABEL_NAMES: dict[str, dict[int, str]] = {
+    "brats2023": {1: "necrosis", 2: "oedema", 3: "enhancing"},
+    "isles2015": {1: "lesion"},
+    "phantom": {1: "necrosis", 2: "oedema", 3: "enhancing", 4: "stroke"},
+}
+CEILING_PREFIX = "ceiling_"  # columns of the segmenter's Dice on the real target images
+
+
+def label_names(store: SliceStore, labels: list[int]) -> dict[int, str]:
+    """Column name of each label value for the store's dataset ('label<k>' when not known)."""
+    adapter = store.meta.get("provenance", {}).get("config", {}).get("adapter", "")
+    names = LABEL_NAMES.get(adapter, {})
+    return {k: names.get(k, f"label{k}") for k in labels}
 
 
 def dice_scores(pred: np.ndarray, ref: np.ndarray, labels: list[int]) -> dict[int, float]:
@@ -187,13 +204,17 @@ def dice_table(
     subjects: list[str],
     volumes: dict[str, np.ndarray],
 ) -> pd.DataFrame:
-    """Per-subject Dice of each label on `volumes` (subject -> (S, H, W) in [0, 1])."""
+    """Per-subject Dice of each label on `volumes` (subject -> (S, H, W) in [0, 1]).
+
+    Columns: subject, then `dice_<label name>` in label order (`label_names`).
+    """
+    names = label_names(store, labels)
     rows = []
     for subject in subjects:
         start, stop = store.subject_range(subject)
         reference = np.asarray(store.label[start:stop])
         scores = dice_scores(segment(model, volumes[subject], labels), reference, labels)
-        rows.append({"subject": subject, **{f"dice_{k}": v for k, v in scores.items()}})
+        rows.append({"subject": subject, **{f"dice_{names[k]}": v for k, v in scores.items()}})
     return pd.DataFrame(rows)
 
 
@@ -209,7 +230,8 @@ def run_key(dice_csv: Path) -> dict[str, str]:
 def tabulate(dice_files: list[Path], out_stem: Path) -> pd.DataFrame:
     """Mean and SD over test subjects of each label's Dice, per dataset, direction and method.
 
-    Seeds are averaged per subject first (as the comparison table does). Written as
+    Seeds are averaged per subject first (as the comparison table does); each direction with
+    `ceiling_dice_*` columns gets a "real target" row (the segmenter on the real images). Written as
     `{out_stem}.csv` (numbers) and `{out_stem}.md` (mean ± std); returns the CSV's frame.
     """
     frames = []
@@ -218,9 +240,11 @@ def tabulate(dice_files: list[Path], out_stem: Path) -> pd.DataFrame:
         frames.append(frame.assign(**run_key(path)))
     if not frames:
         raise DataError("no dice.csv given: nothing to tabulate")
-    data = pd.concat(frames, ignore_index=True)
+    from dfbk.reporting.tables import with_ceiling_rows
+
+    data = with_ceiling_rows(pd.concat(frames, ignore_index=True))
     groups = ["dataset", "direction", "method"]
-    columns = sorted(c for c in data.columns if c.startswith("dice_"))
+    columns = [c for c in data.columns if c.startswith("dice_")]  # label order
     per_subject = data.groupby([*groups, "subject"], sort=False)[columns].mean().reset_index()
     summary = per_subject.groupby(groups, sort=False)[columns].agg(["mean", "std"])
     summary.columns = [f"{c}_{stat}" for c, stat in summary.columns]
@@ -242,7 +266,8 @@ def tabulate(dice_files: list[Path], out_stem: Path) -> pd.DataFrame:
     caption = (
         "Downstream segmentation check: Dice per label of a 2-D U-Net trained on the real "
         "target images of the training split, applied to each method's translations of the test "
-        "split (mean ± std over test subjects; a label absent from both scores 1)."
+        "split (mean ± std over test subjects; a label absent from both scores 1); 'real "
+        "target': the same segmenter on the real target images, the ceiling."
     )
     write_text(out_stem.with_suffix(".md"), "\n".join([caption, "", *lines]) + "\n")
     return summary
@@ -268,12 +293,16 @@ def _score(args: argparse.Namespace) -> None:
     store = SliceStore(args.store)
     model, labels, _ = load_segmenter(args.model)
     subjects = read_split(args.split)["test"]
-    if args.pred is None:  # the real target images: the segmenter's own ceiling
-        volumes = {s: np.asarray(store.images(args.modality)[slice(*store.subject_range(s))])
-                   for s in subjects}  # fmt: skip
+    real = {s: np.asarray(store.images(args.modality)[slice(*store.subject_range(s))])
+            for s in subjects}  # fmt: skip
+    ceiling = dice_table(model, labels, store, subjects, real)
+    if args.pred is None:  # the real target images only: the segmenter's own ceiling
+        table = ceiling
     else:
         volumes = {s: load_prediction(store, args.pred, s) for s in subjects}
-    table = dice_table(model, labels, store, subjects, volumes)
+        table = dice_table(model, labels, store, subjects, volumes)
+        ceiling = ceiling.set_index("subject").add_prefix(CEILING_PREFIX)
+        table = table.join(ceiling, on="subject")
     write_text(args.out, table.to_csv(index=False))
     means = {c: float(table[c].mean()) for c in table.columns if c.startswith("dice_")}
     print(json.dumps(means))
@@ -290,7 +319,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train)
-    p = verbs.add_parser("score", help="Dice per test subject of a run's translations")
+    p = verbs.add_parser(
+        "score", help="Dice per test subject of a run's translations and of the real targets"
+    )
     p.add_argument("store", type=Path)
     p.add_argument("split", type=Path)
     p.add_argument("modality")

@@ -10,7 +10,10 @@ Holm-adjusted (`dfbk.evaluation.statistics.holm`); the Markdown/LaTeX tables sho
 p, the csv keeps both. The best mean per dataset × direction is bold.
 
 Columns `official_*` come from the dataset's challenge protocol, all others from its 2-D slice
-protocol (`dfbk.evaluation.protocols`); their headers carry "[official]".
+protocol (`dfbk.evaluation.protocols`); their headers carry "[official]". Columns `dice_<label>`
+come from the downstream segmentation check (`dfbk.evaluation.segmentation`, `dice.csv` beside a
+run's metrics), for datasets with labels; each dataset × direction then gets a "real target" row:
+the same segmenter on the real target images, the ceiling a translation can reach.
 """
 
 from __future__ import annotations
@@ -30,11 +33,19 @@ from dfbk.evaluation.statistics import holm
 RUN_KEYS = ("dataset", "direction", "method", "seed")
 COMPARISON_GROUPS = ("dataset", "direction", "method")
 LABELS = {"psnr": "PSNR", "ssim": "SSIM", "mae": "MAE", "mae_hu": "MAE", "hfen": "HFEN",
-          "gmsd": "GMSD"}  # fmt: skip
+          "gmsd": "GMSD", "dice": "Dice"}  # fmt: skip
 UNITS = {"psnr": "dB", "mae_hu": "HU"}
-DECIMALS = {"psnr": 2, "ssim": 4, "mae": 4, "mae_hu": 1, "hfen": 4, "gmsd": 4}
-HIGHER_IS_BETTER = {"psnr", "ssim"}
+DECIMALS = {"psnr": 2, "ssim": 4, "mae": 4, "mae_hu": 1, "hfen": 4, "gmsd": 4, "dice": 3}
+HIGHER_IS_BETTER = {"psnr", "ssim", "dice"}
 OFFICIAL = "official_"
+DICE = "dice_"  # per-label segmentation Dice columns, after the TABLE_METRICS
+CEILING = "ceiling_"  # dice.csv: the segmenter's Dice on the real target images
+CEILING_METHOD = "real target"
+DICE_NOTE = (
+    "Dice: a 2-D U-Net trained on the real target images of the training split segments each "
+    "translation (mean ± std over test subjects; a label absent from both scores 1); the "
+    f"'{CEILING_METHOD}' row is the same segmenter on the real targets, the ceiling."
+)
 # the tables' columns, in this order, where the runs have them (a column all NaN is dropped)
 TABLE_METRICS = (
     "psnr_fg", "ssim_fg", "mae_fg", "mae_hu_fg", "hfen_fg", "gmsd_fg", "hfen_lesion",
@@ -66,12 +77,50 @@ def collect_results(metrics_files: list[Path]) -> pd.DataFrame:
         if not subjects_csv.exists():
             raise DataError(f"{subjects_csv}: per-subject results missing beside {path.name}")
         frame = pd.read_csv(subjects_csv, dtype={"subject": str})
+        dice_csv = path.parent / "dice.csv"
+        if dice_csv.exists():
+            frame = frame.merge(_read_dice(dice_csv, frame["subject"]), on="subject", how="left")
         for i, key in enumerate(RUN_KEYS):
             frame.insert(i, key, info[key])
         frames.append(frame)
     if not frames:
         raise DataError("no metrics files given: nothing to tabulate")
     return pd.concat(frames, ignore_index=True)
+
+
+def _read_dice(path: Path, subjects: pd.Series) -> pd.DataFrame:
+    """A run's segmentation Dice per test subject; refused if its subjects are not the run's."""
+    dice = pd.read_csv(path, dtype={"subject": str})
+    columns = [c for c in dice.columns if c.startswith((DICE, CEILING + DICE))]
+    if "subject" not in dice.columns or not columns:
+        raise DataError(f"{path}: expected columns subject and dice_<label>")
+    if sorted(dice["subject"]) != sorted(subjects):
+        raise DataError(f"{path}: subjects differ from subjects.csv beside it")
+    return dice[["subject", *columns]]
+
+
+def with_ceiling_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Each dataset × direction's rows followed by a `CEILING_METHOD` row group, per subject.
+
+    Its Dice columns are the `ceiling_dice_*` values (seed- and run-averaged per subject: the
+    same segmenter on the same real images, so they agree); its other metrics are NaN. The
+    `ceiling_*` columns are dropped. Without them the frame is returned unchanged.
+    """
+    ceiling = [c for c in df.columns if c.startswith(CEILING + DICE)]
+    if not ceiling:
+        return df
+    parts = []
+    for (dataset, direction), part in df.groupby(["dataset", "direction"], sort=False):
+        parts.append(part)
+        values = part.groupby("subject", sort=False)[ceiling].mean().dropna(how="all")
+        if values.empty:
+            continue
+        rows = values.rename(columns=lambda c: c.removeprefix(CEILING)).reset_index()
+        keys = {"dataset": dataset, "direction": direction, "method": CEILING_METHOD}
+        for i, (key, value) in enumerate({**keys, "seed": part["seed"].iloc[0]}.items()):
+            rows.insert(i, key, value)
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True).drop(columns=ceiling)
 
 
 def split_metric(metric: str) -> tuple[str, str]:
@@ -90,8 +139,9 @@ def metric_header(metric: str) -> str:
 
 
 def table_metrics(df: pd.DataFrame) -> list[str]:
-    """The TABLE_METRICS columns that at least one run has a value for, in table order."""
-    return [m for m in TABLE_METRICS if m in df.columns and df[m].notna().any()]
+    """The TABLE_METRICS, then the `dice_*` columns, that at least one run has a value for."""
+    dice = [c for c in df.columns if c.startswith(DICE)]
+    return [m for m in (*TABLE_METRICS, *dice) if m in df.columns and df[m].notna().any()]
 
 
 def subject_means(
@@ -149,6 +199,8 @@ def _best_flags(summary: pd.DataFrame, metric: str, best_within: Sequence[str]) 
     """True where the mean, at display precision, equals the best of its group (ties all bold)."""
     digits = DECIMALS.get(split_metric(metric)[0], 4)
     rounded = summary[f"{metric}_mean"].round(digits)
+    if "method" in summary:  # the real-target ceiling is a reference, not a contender
+        rounded = rounded.where(summary["method"] != CEILING_METHOD)
     higher = split_metric(metric)[0] in HIGHER_IS_BETTER
     if best_within:
         grouped = rounded.groupby([summary[c] for c in best_within], sort=False)
@@ -252,13 +304,14 @@ def write_table(
     if extra is not None:
         extra_cols = [c for c in extra.columns if c not in group_cols and c not in csv_only]
         summary = summary.merge(extra, on=list(group_cols), how="left")
-    lo, hi = int(summary["n_seeds"].min()), int(summary["n_seeds"].max())
+    real = summary["method"] != CEILING_METHOD if "method" in summary else slice(None)
+    lo, hi = int(summary.loc[real, "n_seeds"].min()), int(summary.loc[real, "n_seeds"].max())
     seed_text = f"{lo} seed{'s' * (hi > 1)}" if lo == hi else f"{lo} to {hi} seeds"
     caption = (
         f"{caption or DEFAULT_CAPTION} Mean ± std over test subjects; each subject's value is "
         f"first averaged over seeds ({seed_text} per method). Bold: best per "
-        f"{' × '.join(best_within) or 'table'} (higher is better for PSNR and SSIM, lower for "
-        "MAE, HFEN and GMSD)."
+        f"{' × '.join(best_within) or 'table'} (higher is better for PSNR, SSIM and Dice, "
+        "lower for MAE, HFEN and GMSD)."
     )
     header, rows = _cells(summary, list(group_cols), list(metrics), best_within, extra_cols)
     md_rows = [[f"**{t}**" if b else t for t, b in cells] for cells in rows]
@@ -314,6 +367,8 @@ def write_comparison_table(
     """
     metrics = table_metrics(df) if metrics is None else list(metrics)
     keys = list(COMPARISON_GROUPS)
+    if any(m.startswith(DICE) for m in metrics):
+        caption = f"{caption or DEFAULT_CAPTION} {DICE_NOTE}"
     extra, csv_only = None, []
     if significance_vs is not None:
         extra, family = significance_columns(df, significance_vs)
@@ -329,5 +384,5 @@ def write_comparison_table(
     if training is not None:
         shown = ["Params", "Train FLOPs/step"] if capacity else []
         csv_only += [c for c in training.columns if c not in keys and c not in shown]
-    return write_table(df, out_stem, COMPARISON_GROUPS, metrics, caption, extra=extra,
-                       csv_only=csv_only)  # fmt: skip
+    return write_table(with_ceiling_rows(df), out_stem, COMPARISON_GROUPS, metrics, caption,
+                       extra=extra, csv_only=csv_only)  # fmt: skip
