@@ -99,6 +99,15 @@ def test_loader_workers_feed_the_same_batches(eager, phantom_store, tmp_path):
     compare(eager, switched, exact=True)
 
 
+def test_loader_thread_feeds_the_same_batches(eager, phantom_store, tmp_path):
+    """Read-ahead in a background thread: the same batches, so a bit-identical step."""
+    switched = one_step(phantom_store, tmp_path, {"loader_thread": True})
+    assert switched[2].speed.record()["loader_thread"] is True
+    compare(eager, switched, exact=True)
+    with pytest.raises(ConfigError, match="loader_thread: .* not both"):
+        Speed.from_dict({"loader_thread": True, "loader_workers": 2})
+
+
 @pytest.mark.slow  # inductor compiles G and D, forward and backward, with gcc: minutes on 2 cores
 def test_torch_compile(eager, phantom_store, tmp_path):
     """Inductor on CPU compiles C++ with gcc: the tiniest pix2pix, one step."""
@@ -129,6 +138,7 @@ def test_switches_are_checked_and_recorded(phantom_store, tmp_path):
         "tf32": False,
         "fused_adam": True,
         "loader_workers": 0,
+        "loader_thread": False,
         "amp_bf16": False,
         "fused_adam_skipped": [],
     }

@@ -15,6 +15,9 @@ tests/test_speed_switches.py):
 - `loader_workers`: DataLoader worker processes that read the next batches from the slice
   store while the current step computes (0: read in the training process when needed); the
   batches are identical either way (`dfbk.data.loader.prefetched_batches`).
+- `loader_thread`: one background thread reads the next batches instead (NumPy's copies out of
+  the memory map release the GIL; no inter-process transfer, which costs the training thread
+  about what reading does: bench/bench_loader.py).
 """
 
 from __future__ import annotations
@@ -39,11 +42,17 @@ class Speed:
     tf32: bool = False
     fused_adam: bool = False
     loader_workers: int = 0
+    loader_thread: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.loader_workers, int) or self.loader_workers < 0:
             raise ConfigError(
                 f"train.speed.loader_workers must be an integer >= 0; got {self.loader_workers!r}"
+            )
+        if self.loader_thread and self.loader_workers:
+            raise ConfigError(
+                "train.speed.loader_thread: read ahead in a thread or in loader_workers "
+                f"processes, not both (loader_workers is {self.loader_workers})"
             )
         if self.compile is not None and self.compile not in COMPILE_MODES:
             raise ConfigError(

@@ -367,13 +367,14 @@ class Trainer:
         return self._finish(time.time() - start_time, resumed)
 
     def _next_batch(self) -> Batch:
-        """The batch of `self.step`, read ahead by `train.speed.loader_workers` processes.
+        """The batch of `self.step`, read ahead by `train.speed.loader_workers` processes or
+        the `loader_thread`.
 
         The same batch either way (a pure function of seed and step); the read-ahead restarts
         wherever the step moves other than by one (a resume, a test setting it).
         """
-        workers = self.speed.loader_workers
-        if workers == 0:
+        workers, thread = self.speed.loader_workers, self.speed.loader_thread
+        if workers == 0 and not thread:
             return self.batcher.batch(self.step)
         if getattr(self, "_ahead", None) is None or self._ahead[0] != self.step:
             stream = prefetched_batches(
@@ -381,6 +382,7 @@ class Trainer:
                 self.step,
                 int(self.hparams["steps"]),
                 workers=workers,
+                thread=thread,
                 pin_memory=self.device.type == "cuda",
             )
             self._ahead = (self.step, stream)
