@@ -18,6 +18,7 @@ import yaml
 from conftest import REPO
 
 from dfbk.config_checks import check_config
+from dfbk.data.adapters import get_adapter
 from dfbk.errors import ConfigError
 from dfbk.methods.registry import list_methods, method_stages
 
@@ -78,7 +79,12 @@ def expected_jobs(config: dict) -> dict[str, int]:
         runs |= {(dataset, r, m, s) for r in chosen for m in wanted for s in range(seeds)}
     stages = sum(len(method_stages(m)) for _, _, m, _ in runs)
     targets = {(d, r.split("-to-")[1]) for d, r in directions}
+    # the downstream segmentation check (segment.smk): datasets whose adapter reads labels get
+    # one segmenter per target modality and one scoring job per run
+    scored = {run for run in runs if get_adapter(run[0]).label_values}
     return {
+        "train_segmenter": len({(d, r.split("-to-")[1]) for d, r, _, _ in scored}),
+        "score_segmentation": len(scored),
         "train_method": len(runs),
         "translate_test_set": len(runs),
         "evaluate_predictions": len(runs),

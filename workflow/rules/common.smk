@@ -197,6 +197,8 @@ def all_products():
     for run in runs():
         target = run["direction"].split("-to-")[1]
         products += [str(p).format(**run) for p in per_dataset]
+        if run["dataset"] in SEGMENTED:  # the segmenter that scores this run (segment.smk)
+            products += [str(p).format(**run, target=target) for p in rules.train_segmenter.output]
         if run["method"] in EXTERNAL:
             products += [str(p).format(**run) for p in per_external]
             continue
@@ -260,12 +262,13 @@ def phantom_lesions_option(wildcards):
 
 
 # segment.smk: runs with labels to score, and their Dice files (SEGMENTED is defined there).
-def segmentation_runs():
-    return [run for run in runs() if run["dataset"] in SEGMENTED]
+def segmentation_runs(selection=None):
+    return [r for r in (runs() if selection is None else selection) if r["dataset"] in SEGMENTED]
 
 
-def segmentation_dice_files():
-    return [f"{RESULTS}/segment/{RUN.format(**run)}/dice.csv" for run in segmentation_runs()]
+def segmentation_dice_files(selection=None):
+    """dice.csv of each run (of `selection`, default all) whose dataset has labels."""
+    return [f"{RESULTS}/evaluate/{RUN.format(**r)}/dice.csv" for r in segmentation_runs(selection)]
 
 
 def weights_for_training(wildcards):

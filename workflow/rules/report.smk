@@ -59,6 +59,8 @@ rule tabulate_comparison:
     input:
         metrics=run_paths(f"{RESULTS}/evaluate/{RUN}/metrics.json", comparison_runs()),
         runs=run_paths(f"{RESULTS}/train/{RUN}/run.json", comparison_runs()),
+        # read beside metrics.json by `dfbk tables` (segment.smk; datasets with labels only)
+        dice=segmentation_dice_files(comparison_runs()),
     output:
         md=report(f"{RESULTS}/tables/comparison.md", caption="../report/comparison.rst", category="Tables"),
         csv=f"{RESULTS}/tables/comparison.csv",
@@ -84,6 +86,7 @@ rule tabulate_ablation:
     input:
         metrics=run_paths(f"{RESULTS}/evaluate/{RUN}/metrics.json", ablation_runs()),
         runs=run_paths(f"{RESULTS}/train/{RUN}/run.json", ablation_runs()),
+        dice=segmentation_dice_files(ablation_runs()),
     output:
         md=report(f"{RESULTS}/tables/ablation.md", caption="../report/ablation.rst", category="Tables"),
         csv=f"{RESULTS}/tables/ablation.csv",
