@@ -132,6 +132,25 @@ def train_command(
     ]  # fmt: skip
 
 
+def kill_at_step(trainer, step: int) -> None:
+    """Run `trainer` as a process killed when it reaches training step `step` (never taken):
+    its training_step raises KeyboardInterrupt there, and is put back before this returns."""
+    method = trainer.method
+    original = method.training_step
+
+    def killed(batch, at):
+        if at == step:
+            raise KeyboardInterrupt("simulated kill")
+        return original(batch, at)
+
+    method.training_step = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trainer.run()
+    finally:
+        method.training_step = original
+
+
 # ----- knowledge encoders ----------------------------------------------------------------------
 @pytest.fixture
 def empty_hf(tmp_path, monkeypatch) -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import kill_at_step, train_spec
 from conftest import train_command as run_command
-from conftest import train_spec
 
 from dfbk.errors import DataError, TrainingError
 from dfbk.training.checkpoint import check_fingerprint, load_checkpoint, save_atomic
@@ -171,19 +171,9 @@ def test_a_format_1_checkpoint_gets_a_clear_error(finished, tmp_path):
 
 
 # ----- items 11 and 12: torn log, stale temporaries, full disk ---------------------------------
-def test_a_torn_last_log_line_is_dropped_on_resume(phantom_store, tmp_path, monkeypatch):
+def test_a_torn_last_log_line_is_dropped_on_resume(phantom_store, tmp_path):
     spec = spec_for(phantom_store, tmp_path)
-    trainer = Trainer(spec)
-    original = trainer.method.training_step
-
-    def crash_at_five(batch, step):
-        if step == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return original(batch, step)
-
-    monkeypatch.setattr(trainer.method, "training_step", crash_at_five)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run()
+    kill_at_step(Trainer(spec), 5)
     log = spec.checkpoint_dir / "train_log.jsonl"
     with open(log, "a") as f:
         f.write('{"step": 4, "time": 0.0}\n{"step": 5, "ti')  # killed mid-write
@@ -191,7 +181,6 @@ def test_a_torn_last_log_line_is_dropped_on_resume(phantom_store, tmp_path, monk
     for path in stale:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"partial")
-    monkeypatch.undo()
     Trainer(spec).run()
     steps = [json.loads(x)["step"] for x in (spec.out_dir / "train_log.jsonl").open()]
     assert steps == list(range(6))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import train_spec
+from conftest import kill_at_step, train_spec
 
 from dfbk.data.loader import PARTNER_WINDOW, SliceBatcher
 from dfbk.errors import TrainingError
@@ -65,25 +65,14 @@ def test_methods_with_an_image_pool_validate_and_finish(phantom_store, tmp_path,
     assert run["best_step"] == 2 and np.isfinite(run["best_val_ssim"])
 
 
-def test_resume_after_a_crash_is_bit_identical(phantom_store, tmp_path, monkeypatch):
+def test_resume_after_a_crash_is_bit_identical(phantom_store, tmp_path):
     reference = spec_for(phantom_store, tmp_path, "reference")
     Trainer(reference).run()
 
     crashed = spec_for(phantom_store, tmp_path, "crashed")
-    trainer = Trainer(crashed)
-    original = trainer.method.training_step
-
-    def crash_at_five(batch, step):
-        if step == 5:
-            raise KeyboardInterrupt("simulated kill")
-        return original(batch, step)
-
-    monkeypatch.setattr(trainer.method, "training_step", crash_at_five)
-    with pytest.raises(KeyboardInterrupt):
-        trainer.run()
+    kill_at_step(Trainer(crashed), 5)
     assert load_checkpoint(crashed.checkpoint_dir / "last.pt")["step"] == 4
     assert not (crashed.out_dir / "model.pt").exists()
-    monkeypatch.undo()
 
     resumed = Trainer(crashed)  # a fresh process would build exactly this
     resumed.run()
