@@ -8,7 +8,7 @@
 # phantoms in the demo too); SynthRAD has none. The generic `phantom` dataset is left out: it
 # serves the workflow's end-to-end tests, whose time budget a segmenter would take. Cost on the
 # demo's stores (4 training subjects, 128 x 128, one core): training 200 steps about 45 s of
-# CPU per dataset, scoring one run (its translations and the real targets) about 10 s.
+# CPU per dataset, scoring one run (its translations and the real targets) about 15 s.
 
 SEGMENTED = ("brats2023", "isles2015")
 SEGMENTER_STEPS = 200
