@@ -3,6 +3,7 @@ segmenter that learns the phantom's lesion from real target slices and reports p
 """
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -35,6 +36,19 @@ def test_dice_on_a_hand_made_case_matches_counting_by_hand():
         fp += int(p == 1 and r != 1)
         fn += int(p != 1 and r == 1)
     assert scores[1] == pytest.approx(tp / (tp + 0.5 * (fp + fn)))
+
+
+def test_dice_pools_a_subject_volume_not_a_mean_of_slices():
+    """BraTS scores Dice per subject volume: voxel sets pooled over slices (here 8/9, where a
+    mean over slices would give 1/2)."""
+    ref = np.zeros((2, 5, 5), np.uint8)
+    pred = np.zeros_like(ref)
+    ref[0, 1:3, 1:3] = pred[0, 1:3, 1:3] = 3  # slice 0: 4 voxels, all found
+    ref[1, 4, 4] = 3  # slice 1: 1 voxel, missed
+    ref_set = {tuple(v) for v in np.argwhere(ref == 3)}
+    pred_set = {tuple(v) for v in np.argwhere(pred == 3)}
+    expected = 2 * len(ref_set & pred_set) / (len(ref_set) + len(pred_set))
+    assert dice_scores(pred, ref, [3])[3] == pytest.approx(expected) == pytest.approx(8 / 9)
 
 
 def test_dice_refuses_mismatched_shapes():
@@ -95,10 +109,14 @@ def test_table_averages_seeds_per_subject_then_subjects(tmp_path):
 
     files = [
         run("dfbk", 0, [("007", 0.5, 1.0), ("009", 0.7, 0.0)]),
+        run("resshift", 0, [("007", 0.2, 0.2), ("009", 0.2, 0.2)]),
         run("dfbk", 1, [("007", 0.7, 1.0), ("009", 0.9, 0.0)]),
         run("identity", 0, [("007", 0.1, 0.2), ("009", 0.3, 0.4)]),
     ]
+    ceiling = pd.read_csv(files[1]).assign(ceiling_dice_1=[0.9, 0.7], ceiling_dice_2=[1.0, 1.0])
+    ceiling.to_csv(files[1], index=False)  # the real targets' Dice, scored beside resshift
     summary = tabulate(files, tmp_path / "tables" / "segmentation").set_index("method")
+    assert summary.loc["real target", "dice_1_mean"] == pytest.approx(0.8)
     # dfbk: subject means over seeds 0.6 and 0.8 -> mean 0.7, SD (n-1) 0.1414
     assert summary.loc["dfbk", "dice_1_mean"] == pytest.approx(0.7)
     assert summary.loc["dfbk", "dice_1_std"] == pytest.approx(np.std([0.6, 0.8], ddof=1))
@@ -106,4 +124,5 @@ def test_table_averages_seeds_per_subject_then_subjects(tmp_path):
     assert summary.loc["dfbk", "n_subjects"] == 2
     markdown = (tmp_path / "tables" / "segmentation.md").read_text()
     assert "| brats2023 | t1n-to-t2f | dfbk | 0.700 ± 0.141 | 0.500 ± 0.707 | 2 |" in markdown
+    assert "| real target | 0.800 ± 0.141 | 1.000 ± 0.000 | 2 |" in markdown
     assert (tmp_path / "tables" / "segmentation.csv").exists()
