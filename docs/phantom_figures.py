@@ -1,9 +1,10 @@
 """Figures and numbers of docs/phantom.md: one axial slice of each dataset-shaped phantom beside
-its tissue maps, and the copy-the-input baseline under each dataset's protocol.
+its tissue maps, the copy-the-input baseline under each dataset's protocol (whole brain and by
+region), and the tissue contrast of each sequence.
 
     python docs/phantom_figures.py --out docs/images  # a few minutes on one core
 
-Numbers are printed as a Markdown table; the figures are written as PNG.
+Numbers are printed as Markdown tables; the figures are written as PNG.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from dfbk.data.phantom_layouts import make_layout_subject  # noqa: E402
-from dfbk.evaluation.protocols import score_mr  # noqa: E402
+from dfbk.evaluation.metrics import ssim_interior, ssim_map  # noqa: E402
+from dfbk.evaluation.protocols import reference_normalise, score_mr  # noqa: E402
 
 PANELS = {
     "brats2023": ("t1n", "t1c", "t2w", "t2f"),
@@ -29,6 +32,9 @@ PANELS = {
 TITLES = {"t1n": "T1", "t1c": "T1c", "t2w": "T2", "t2f": "FLAIR", "dwi": "DWI", "ct": "CT (HU)"}
 DEMO_SEEDS = {"brats2023": 0, "isles2015": 1, "synthrad2023": 2}  # config/config.yaml
 COPY = {"brats2023": [("t1n", "t2f"), ("t1n", "t2w")], "isles2015": [("t2f", "dwi")]}
+PURE = 0.8  # a voxel counts as one tissue when that tissue fills >= 80% of it (as the tests)
+RATIOS = {"t1n": (("wm", "gm"), ("csf", "wm")), "t2w": (("gm", "wm"), ("csf", "gm")),
+          "t2f": (("gm", "wm"), ("csf", "wm"))}  # fmt: skip
 
 
 def _normalise(volume: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -45,6 +51,39 @@ def copy_ssim(subject, source: str, target: str) -> float:
     ref = to_slices(_normalise(subject.images[target], mask))
     _, volume = score_mr(src, ref, to_slices(mask), to_slices(subject.label > 0))
     return volume["ssim_fg"]
+
+
+def copy_ssim_by_region(subject, source: str, target: str) -> dict[str, tuple[float, float]]:
+    """Mean of the copy's SSIM map and share of the brain, per region: the band within 3 voxels
+    of the skull-stripped edge, the tumour, CSF-holding voxels (> 20 %), grey/white matter."""
+    mask = subject.head_mask > 0
+    keep = mask.mean(axis=(0, 1)) >= 0.05
+    to_slices = lambda v: np.moveaxis(v[:, :, keep], 2, 0)  # noqa: E731
+    brain = to_slices(mask)
+    src = to_slices(_normalise(subject.images[source], mask))
+    ref = to_slices(_normalise(subject.images[target], mask))
+    smap = ssim_map(*reference_normalise(src, ref, brain), 1.0)
+    inside = brain & ssim_interior(brain.shape)
+    edge = inside & ~ndimage.binary_erosion(brain, iterations=3)
+    t = {k: to_slices(v) for k, v in subject.tissues.items()}
+    lesion = inside & ~edge & ((t["necrosis"] + t["oedema"] + t["enhancing"]) > 0.2)
+    csf = inside & ~edge & ~lesion & (t["csf"] > 0.2)
+    regions = {"edge": edge, "tumour": lesion, "CSF": csf, "GM/WM": inside & ~(edge | lesion | csf)}
+    total = inside.sum()
+    return {k: (float(smap[r].mean()), r.sum() / total) for k, r in regions.items() if r.any()}
+
+
+def tissue_ratios(subject) -> dict[str, float]:
+    """Pure-tissue mean ratios per sequence (`RATIOS`), e.g. 't2f GM/WM'."""
+
+    def mean(modality: str, tissue: str) -> float:
+        return float(subject.images[modality][subject.tissues[tissue] >= PURE].mean())
+
+    return {
+        f"{m} {a.upper()}/{b.upper()}": mean(m, a) / mean(m, b)
+        for m, pairs in RATIOS.items()
+        for a, b in pairs
+    }
 
 
 def figure(layout: str, subject, out: Path) -> None:
@@ -84,7 +123,7 @@ def main() -> None:
     parser.add_argument("--voxel-mm", type=float, default=2.0)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, regions, ratios, hu = [], [], [], []
     for layout in PANELS:
         count = args.subjects if layout == "brats2023" else 2
         for index in range(count):
@@ -96,11 +135,29 @@ def main() -> None:
                 figure(layout, subject, args.out / f"phantom_{layout}.png")
             scores = {f"{s}->{t}": copy_ssim(subject, s, t) for s, t in COPY.get(layout, [])}
             rows.append((layout, subject.name, subject.label.shape, seconds, scores))
+            if layout == "brats2023":
+                regions.append(copy_ssim_by_region(subject, "t1n", "t2f"))
+                ratios.append(tissue_ratios(subject))
+            if layout == "synthrad2023":
+                tissues = ("bone", "gm", "wm", "csf", "fat")
+                hu.append(
+                    {t: subject.images["ct"][subject.tissues[t] >= PURE].mean() for t in tissues}
+                )
     print("| layout | subject | grid | seconds | copy-baseline SSIM (foreground) |")
     print("|---|---|---|---|---|")
     for layout, name, shape, seconds, scores in rows:
         text = ", ".join(f"{k} {v:.3f}" for k, v in scores.items()) or "—"
         print(f"| {layout} | {name} | {'x'.join(map(str, shape))} | {seconds:.1f} | {text} |")
+    print("\nBraTS-like T1 copied as FLAIR, SSIM map by region: mean (share of the brain)")
+    for k in regions[0]:
+        parts = [f"{r[k][0]:.3f} ({r[k][1]:.2f})" for r in regions if k in r]
+        print(f"- {k}: " + ", ".join(parts))
+    print("\nBraTS-like pure-tissue ratios (range over subjects); SynthRAD-like CT in HU")
+    for k in ratios[0]:
+        values = [r[k] for r in ratios]
+        print(f"- {k}: {min(values):.2f}-{max(values):.2f}")
+    for k in hu[0]:
+        print(f"- CT {k}: " + ", ".join(f"{h[k]:.1f}" for h in hu))
 
 
 if __name__ == "__main__":
