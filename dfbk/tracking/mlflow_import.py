@@ -42,6 +42,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 from mlflow import MlflowClient
+from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -97,7 +98,7 @@ def import_run(
     because MLflow can neither change a param nor remove logged metric points.
     """
     inputs = load_seed(Path(train_dir), Path(eval_dir), figures, log_model)
-    run_id = ensure_run(client, experiment_id, inputs)
+    run_id = ensure_run(client, experiment_id, inputs).info.run_id
     for stage in inputs.stages:
         ensure_run(client, experiment_id, stage, run_id)
     return run_id
@@ -205,13 +206,12 @@ def _outage_message(tracking_uri: str, message: str, elapsed: float) -> str:
     return f"tracking store {tracking_uri} failed{hint}: {message}"
 
 
-def _record(client: MlflowClient, inputs: RunInputs, run_id: str) -> dict:
-    """What out_json says about one run, read back from the store."""
-    run = client.get_run(run_id)
+def _record(inputs: RunInputs, run: Run) -> dict:
+    """What out_json says about one run, as the store holds it."""
     restarts = run.data.tags.get(LOG_RESTARTS_TAG)
     return {
         "run_key": run.data.tags[RUN_KEY_TAG],
-        "run_id": run_id,
+        "run_id": run.info.run_id,
         "kind": inputs.kind,
         "n_metrics": len(run.data.metrics),
         "data_sha": run.data.tags[DATA_SHA_TAG],
@@ -248,18 +248,18 @@ def _import_all(
     later: list[dict] = []
     for members in groups.values():
         group = group_inputs(members)
-        group_id = ensure_run(client, experiment_id, group)
+        group_run = ensure_run(client, experiment_id, group)
         for seed in members:
-            seed_id = ensure_run(client, experiment_id, seed, group_id)
-            by_key[seed.key] = _record(client, seed, seed_id)
+            seed_run = ensure_run(client, experiment_id, seed, group_run.info.run_id)
+            by_key[seed.key] = _record(seed, seed_run)
             for stage in seed.stages:
-                stage_id = ensure_run(client, experiment_id, stage, seed_id)
-                later.append(_record(client, stage, stage_id))
+                stage_run = ensure_run(client, experiment_id, stage, seed_run.info.run_id)
+                later.append(_record(stage, stage_run))
             if register_models and not seed.run.get("external"):  # no dfbk checkpoint
-                register_model(client, seed, seed_id)
-        later.append(_record(client, group, group_id))
+                register_model(client, seed, seed_run)
+        later.append(_record(group, group_run))
     if summary is not None:
-        later.append(_record(client, summary, ensure_run(client, experiment_id, summary)))
+        later.append(_record(summary, ensure_run(client, experiment_id, summary)))
     order = {"stage": 0, "group": 1, "summary": 2}
     later.sort(key=lambda record: order[record["kind"]])  # stable: input order within a kind
     return [by_key[seed.key] for seed in seeds] + later

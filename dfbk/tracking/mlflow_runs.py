@@ -229,10 +229,12 @@ def _upload_artifacts(client: MlflowClient, run_id: str, inputs: RunInputs) -> N
 
 def ensure_run(
     client: MlflowClient, experiment_id: str, inputs: RunInputs, parent_id: str | None = None
-) -> str:
-    """The run for ``inputs``: kept if its data hash matches, else created afresh; its id.
+) -> Run:
+    """The run for ``inputs``: kept if its data hash matches, else created afresh.
 
-    ``parent_id`` (None: leave the parent link as it is) nests the run in the UI.
+    ``parent_id`` (None: leave the parent link as it is) nests the run in the UI. A kept run
+    is returned as found (one request fewer per run on re-import); its params, metrics and
+    key tags are what the store holds, its artifact tags may be older.
     """
     existing = find_runs(client, experiment_id, inputs.key)
     keep = next((r for r in existing if r.data.tags.get(DATA_SHA_TAG) == inputs.data_sha), None)
@@ -253,12 +255,12 @@ def ensure_run(
             client.set_tag(run_id, PARENT_TAG, parent_id, synchronous=True)
         if keep.data.tags.get(ARTIFACTS_SHA_TAG, "") != inputs.artifacts_sha:
             _upload_artifacts(client, run_id, inputs)
-        return run_id
+        return keep
     run_id = _create_run(client, experiment_id, inputs, parent_id)
     _upload_artifacts(client, run_id, inputs)
     client.log_batch(run_id, tags=[RunTag(DATA_SHA_TAG, inputs.data_sha)], synchronous=True)
     client.set_terminated(run_id, status="FINISHED", end_time=inputs.end_ms)
-    return run_id
+    return client.get_run(run_id)
 
 
 def registered_name(inputs: RunInputs) -> str:
@@ -266,7 +268,7 @@ def registered_name(inputs: RunInputs) -> str:
     return "dfbk." + ".".join(str(inputs.run[name]) for name in RUN_FIELDS[:3])
 
 
-def register_model(client: MlflowClient, inputs: RunInputs, run_id: str) -> str:
+def register_model(client: MlflowClient, inputs: RunInputs, run: Run) -> str:
     """One model version per seed, pointing at the run's ``model/`` artifact; its version.
 
     A version whose run was replaced (the seed retrained) is deleted, so each seed has exactly
@@ -282,13 +284,14 @@ def register_model(client: MlflowClient, inputs: RunInputs, run_id: str) -> str:
             raise
     versions = client.search_model_versions(f"name = '{name}'")
     mine = [v for v in versions if v.tags.get(RUN_KEY_TAG) == inputs.key]
+    run_id = run.info.run_id
     keep = next((v for v in mine if v.run_id == run_id), None)
     for stale in mine:
         if stale is not keep:
             client.delete_model_version(name, stale.version)
     if keep is not None:
         return str(keep.version)
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    source = f"{run.info.artifact_uri}/model"
     tags = {RUN_KEY_TAG: inputs.key, "seed": str(inputs.run["seed"])}
     version = client.create_model_version(name, source, run_id=run_id, tags=tags)
     return str(version.version)
