@@ -56,10 +56,10 @@ if workflow.is_main_process:
 
 
 rule all:
+    default_target: True
     input:
         tables=all_tables(),
         figures=all_figures(),
         tracking=f"{RESULTS}/tracking/imported.json",
         products=all_products(),  # a deleted intermediate reruns what it feeds (common.smk)
         weights=CONFIGURED_WEIGHTS,  # pretrained weights the config fetches (weights.smk)
-    default_target: True

@@ -20,14 +20,25 @@ localrules:
 # generic phantom) is synthesised in that dataset's layout instead of downloaded, so it goes
 # through the real adapter and protocol (dfbk/data/phantom_layouts.py). Give such a config its
 # own raw_dir so synthetic and real data never share a folder.
-PHANTOM_DATASETS = [d for d, spec in config["datasets"].items() if "phantom" in spec or d == "phantom"]
+PHANTOM_DATASETS = [
+    d for d, spec in config["datasets"].items() if "phantom" in spec or d == "phantom"
+]
 
 
 rule synthesise_phantom:
     output:
         directory(f"{RAW}/{{dataset}}"),
+    log:
+        f"{RESULTS}/logs/synthesise_phantom/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/synthesise_phantom/{{dataset}}.tsv"
     wildcard_constraints:
         dataset="|".join(PHANTOM_DATASETS) or "(?!)",
+    conda:
+        "../envs/dfbk.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         subjects=phantom_setting("subjects", 16),
         voxel_mm=phantom_setting("voxel_mm", 3.0),
@@ -35,15 +46,6 @@ rule synthesise_phantom:
         # tumour, ISLES: stroke, SynthRAD: none).
         lesions=phantom_lesions_option,
         seed=phantom_setting("seed", 0),
-    log:
-        f"{RESULTS}/logs/synthesise_phantom/{{dataset}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/synthesise_phantom/{{dataset}}.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "dfbk phantom {output:q} --layout {wildcards.dataset} --subjects {params.subjects} "
         "--seed {params.seed} --voxel-mm {params.voxel_mm} {params.lesions} > {log:q} 2>&1"
@@ -57,18 +59,22 @@ ruleorder: synthesise_phantom > download_synthrad2023
 rule download_brats2023:
     output:
         directory(f"{RAW}/brats2023"),
-    params:
-        downloads=DOWNLOADS,
-        settings=shlex.quote(json.dumps(lookup("datasets/brats2023/download", within=config, default={}), sort_keys=True)),
     log:
         f"{RESULTS}/logs/download/brats2023.log",
     benchmark:
         f"{RESULTS}/benchmarks/download/brats2023.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=2000,
         runtime=1440,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        downloads=DOWNLOADS,
+        settings=shlex.quote(
+            json.dumps(
+                lookup("datasets/brats2023/download", within=config, default={}), sort_keys=True
+            )
+        ),
     shell:
         "dfbk download brats2023 {output:q} --downloads {params.downloads:q} "
         "--settings {params.settings} > {log:q} 2>&1"
@@ -77,18 +83,22 @@ rule download_brats2023:
 rule download_isles2015:
     output:
         directory(f"{RAW}/isles2015"),
-    params:
-        downloads=DOWNLOADS,
-        settings=shlex.quote(json.dumps(lookup("datasets/isles2015/download", within=config, default={}), sort_keys=True)),
     log:
         f"{RESULTS}/logs/download/isles2015.log",
     benchmark:
         f"{RESULTS}/benchmarks/download/isles2015.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=2000,
         runtime=240,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        downloads=DOWNLOADS,
+        settings=shlex.quote(
+            json.dumps(
+                lookup("datasets/isles2015/download", within=config, default={}), sort_keys=True
+            )
+        ),
     shell:
         "dfbk download isles2015 {output:q} --downloads {params.downloads:q} "
         "--settings {params.settings} > {log:q} 2>&1"
@@ -97,18 +107,22 @@ rule download_isles2015:
 rule download_synthrad2023:
     output:
         directory(f"{RAW}/synthrad2023"),
-    params:
-        downloads=DOWNLOADS,
-        settings=shlex.quote(json.dumps(lookup("datasets/synthrad2023/download", within=config, default={}), sort_keys=True)),
     log:
         f"{RESULTS}/logs/download/synthrad2023.log",
     benchmark:
         f"{RESULTS}/benchmarks/download/synthrad2023.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=2000,
         runtime=720,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        downloads=DOWNLOADS,
+        settings=shlex.quote(
+            json.dumps(
+                lookup("datasets/synthrad2023/download", within=config, default={}), sort_keys=True
+            )
+        ),
     shell:
         "dfbk download synthrad2023 {output:q} --downloads {params.downloads:q} "
         "--settings {params.settings} > {log:q} 2>&1"

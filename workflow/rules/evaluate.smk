@@ -12,18 +12,18 @@ rule evaluate_predictions:
         metrics=f"{RESULTS}/evaluate/{RUN}/metrics.json",
         subjects=f"{RESULTS}/evaluate/{RUN}/subjects.csv",
         slices=f"{RESULTS}/evaluate/{RUN}/slices.csv",
-    params:
-        out_dir=subpath(output.metrics, parent=True),
     log:
         f"{RESULTS}/logs/evaluate_predictions/{RUN}.log",
     benchmark:
         f"{RESULTS}/benchmarks/evaluate_predictions/{RUN}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         # a 256x256x140 subject peaks at 1.2 GB; BraSyn's 3-D SSIM maps take ~10-50 s each
         mem_mb=4000,
         runtime=240,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        out_dir=subpath(output.metrics, parent=True),
     shell:
         "dfbk evaluate {input.store:q} {input.predictions:q} {input.split:q} {wildcards.direction} "
         "{params.out_dir:q} --dataset {wildcards.dataset} --method {wildcards.method} "

@@ -37,25 +37,25 @@ rule train_external:
         split=rules.split_subjects.output.split,
     output:
         checkpoint=directory(f"{RESULTS}/train/{RUN}/checkpoint"),
-    wildcard_constraints:
-        method=EXTERNAL_METHOD,
-    params:
-        command=lambda wc, input, output, threads, resources: external_command(
-            config, "train", wc, input, output, threads, resources.gpu
-        ),
     log:
         f"{RESULTS}/logs/train_external/{RUN}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_method/{RUN}.tsv"
+    wildcard_constraints:
+        method=EXTERNAL_METHOD,
+    conda:
+        lambda wc: conda_env(EXTERNAL[wc.method])
+    container:
+        lambda wc: external_container(config, wc.method)
     threads: lookup("train/threads", within=config, default=1)
     resources:
         mem_mb=lookup("train/mem_mb", within=config, default=8000),
         runtime=lookup("train/runtime", within=config, default=1440),
         gpu=lambda wc: external_gpus(config, wc.method),
-    conda:
-        lambda wc: conda_env(EXTERNAL[wc.method])
-    container:
-        lambda wc: external_container(config, wc.method)
+    params:
+        command=lambda wc, input, output, threads, resources: external_command(
+            config, "train", wc, input, output, threads, resources.gpu
+        ),
     shell:
         "mkdir -p {output.checkpoint:q} && ( {params.command} ) > {log:q} 2>&1"
 
@@ -66,23 +66,23 @@ rule record_external_run:
     output:
         run=f"{RESULTS}/train/{RUN}/run.json",
         log=f"{RESULTS}/train/{RUN}/train_log.jsonl",
+    log:
+        f"{RESULTS}/logs/record_external_run/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/record_external_run/{RUN}.tsv"
     wildcard_constraints:
         method=EXTERNAL_METHOD,
+    conda:
+        "../envs/dfbk.yaml"
+    resources:
+        mem_mb=500,
+        runtime=5,
     params:
         out_dir=subpath(output.run, parent=True),
         run=lambda wc: json.dumps(
             {k: wc[k] for k in ("dataset", "direction", "method", "seed")}, sort_keys=True
         ),
         settings=lambda wc: json.dumps(config["methods"][wc.method], sort_keys=True),
-    log:
-        f"{RESULTS}/logs/record_external_run/{RUN}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/record_external_run/{RUN}.tsv"
-    resources:
-        mem_mb=500,
-        runtime=5,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "python -m dfbk.methods.external record {input.checkpoint:q} {params.out_dir:q} "
         "--run {params.run:q} --settings {params.settings:q} > {log:q} 2>&1"
@@ -96,25 +96,25 @@ rule translate_external:
         split=rules.split_subjects.output.split,
     output:
         predictions=temp(directory(f"{RESULTS}/external/{RUN}/predictions")),
-    wildcard_constraints:
-        method=EXTERNAL_METHOD,
-    params:
-        command=lambda wc, input, output, threads, resources: external_command(
-            config, "translate", wc, input, output, threads, resources.gpu
-        ),
     log:
         f"{RESULTS}/logs/translate_external/{RUN}.log",
     benchmark:
         f"{RESULTS}/benchmarks/translate_test_set/{RUN}.tsv"
+    wildcard_constraints:
+        method=EXTERNAL_METHOD,
+    conda:
+        lambda wc: conda_env(EXTERNAL[wc.method])
+    container:
+        lambda wc: external_container(config, wc.method)
     threads: lookup("train/threads", within=config, default=1)
     resources:
         mem_mb=lookup("train/mem_mb", within=config, default=8000),
         runtime=240,
         gpu=lambda wc: external_gpus(config, wc.method),
-    conda:
-        lambda wc: conda_env(EXTERNAL[wc.method])
-    container:
-        lambda wc: external_container(config, wc.method)
+    params:
+        command=lambda wc, input, output, threads, resources: external_command(
+            config, "translate", wc, input, output, threads, resources.gpu
+        ),
     shell:
         "mkdir -p {output.predictions:q} && ( {params.command} ) > {log:q} 2>&1"
 
@@ -126,17 +126,17 @@ rule collect_external_predictions:
         split=rules.split_subjects.output.split,
     output:
         predictions=directory(f"{RESULTS}/translate/{RUN}"),
-    wildcard_constraints:
-        method=EXTERNAL_METHOD,
     log:
         f"{RESULTS}/logs/collect_external_predictions/{RUN}.log",
     benchmark:
         f"{RESULTS}/benchmarks/collect_external_predictions/{RUN}.tsv"
+    wildcard_constraints:
+        method=EXTERNAL_METHOD,
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=2000,
         runtime=30,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "python -m dfbk.methods.external collect {input.raw:q} {input.store:q} {input.split:q} "
         "{output.predictions:q} --method {wildcards.method} --direction {wildcards.direction} "

@@ -15,6 +15,18 @@ rule encode_knowledge:
         weights=weights_for_knowledge,
     output:
         knowledge=f"{RESULTS}/knowledge/{{dataset}}/{{target}}.pt",
+    log:
+        f"{RESULTS}/logs/encode_knowledge/{{dataset}}/{{target}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/encode_knowledge/{{dataset}}/{{target}}.tsv"
+    wildcard_constraints:
+        target=r"[a-z0-9]+",
+    conda:
+        "../envs/dfbk.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         encoder=lookup("knowledge/encoder", within=config, default="auto"),
         biomedclip_dir=lambda wc: (
@@ -31,18 +43,6 @@ rule encode_knowledge:
             f"--prompt {shlex.quote(str(text))}"
             for text in lookup(f"knowledge/prompts/{wc.target}", within=config, default=None) or []
         ),
-    wildcard_constraints:
-        target=r"[a-z0-9]+",
-    log:
-        f"{RESULTS}/logs/encode_knowledge/{{dataset}}/{{target}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/encode_knowledge/{{dataset}}/{{target}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "dfbk knowledge {wildcards.target} --out {output.knowledge:q} --encoder {params.encoder:q} "
         "{params.biomedclip_dir} {params.prompts} --threads {threads} > {log:q} 2>&1"

@@ -6,27 +6,33 @@ rule prepare_slices:
         raw=f"{RAW}/{{dataset}}",
     output:
         store=directory(f"{RESULTS}/prepare/{{dataset}}/store"),
+    log:
+        f"{RESULTS}/logs/prepare_slices/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/prepare_slices/{{dataset}}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
     params:
         modalities=dataset_modalities,
-        size=lambda wc: " ".join(map(str, lookup(f"datasets/{wc.dataset}/size", within=config, default=[256, 256]))),
-        min_foreground=lambda wc: lookup(f"datasets/{wc.dataset}/min_foreground", within=config, default=0.05),
-        on_bad_case=lambda wc: lookup(f"datasets/{wc.dataset}/on_bad_case", within=config, default="error"),
+        size=lambda wc: " ".join(
+            map(str, lookup(f"datasets/{wc.dataset}/size", within=config, default=[256, 256]))
+        ),
+        min_foreground=lambda wc: lookup(
+            f"datasets/{wc.dataset}/min_foreground", within=config, default=0.05
+        ),
+        on_bad_case=lambda wc: lookup(
+            f"datasets/{wc.dataset}/on_bad_case", within=config, default="error"
+        ),
         skipped=f"{RESULTS}/prepare/{{dataset}}/skipped.csv",
         layout=lambda wc: (  # a dataset of your own: its files as YAML (docs/data.md)
             f"--layout {shlex.quote(json.dumps(spec, sort_keys=True))}"
             if (spec := lookup(f"datasets/{wc.dataset}/layout", within=config, default=None))
             else ""
         ),
-    log:
-        f"{RESULTS}/logs/prepare_slices/{{dataset}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/prepare_slices/{{dataset}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "dfbk prepare {wildcards.dataset} {input.raw:q} {output.store:q} "
         "--modalities {params.modalities} --size {params.size} "
@@ -43,20 +49,27 @@ rule split_subjects:
         store=ancient(str(rules.prepare_slices.output.store)),
     output:
         split=protected(f"{RESULTS}/prepare/{{dataset}}/splits.json"),
-    params:
-        seed=lambda wc: lookup(f"datasets/{wc.dataset}/split/seed", within=config, default=0),
-        fractions=lambda wc: " ".join(
-            map(str, lookup(f"datasets/{wc.dataset}/split/fractions", within=config, default=[0.6, 0.15, 0.25]))
-        ),
     log:
         f"{RESULTS}/logs/split_subjects/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/split_subjects/{{dataset}}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=500,
         runtime=5,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        seed=lambda wc: lookup(f"datasets/{wc.dataset}/split/seed", within=config, default=0),
+        fractions=lambda wc: " ".join(
+            map(
+                str,
+                lookup(
+                    f"datasets/{wc.dataset}/split/fractions",
+                    within=config,
+                    default=[0.6, 0.15, 0.25],
+                ),
+            )
+        ),
     shell:
         "dfbk split {input.store:q} --out {output.split:q} --seed {params.seed} "
         "--fractions {params.fractions} > {log:q} 2>&1"

@@ -33,6 +33,15 @@ rule plot_comparison:
             labels={"dataset": "{dataset}", "direction": "{direction}", "figure": "curves"},
         ),
         curves_pdf=f"{RESULTS}/figures/{{dataset}}/{{direction}}_curves.pdf",
+    log:
+        f"{RESULTS}/logs/plot_comparison/{{dataset}}/{{direction}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/plot_comparison/{{dataset}}/{{direction}}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
     params:
         predictions=lambda wc, input: " ".join(
             f"--prediction {shlex.quote(p)}" for p in input.predictions
@@ -40,15 +49,6 @@ rule plot_comparison:
         runs=lambda wc, input: " ".join(
             f"--run {shlex.quote(os.path.dirname(p))}" for p in input.runs
         ),
-    log:
-        f"{RESULTS}/logs/plot_comparison/{{dataset}}/{{direction}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/plot_comparison/{{dataset}}/{{direction}}.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "(dfbk figure {input.store:q} {input.split:q} {wildcards.direction} {output.figure:q} "
         "{params.predictions} && dfbk curves {output.curves:q} {params.runs} "
@@ -62,21 +62,25 @@ rule tabulate_comparison:
         # read beside metrics.json by `dfbk tables` (segment.smk; datasets with labels only)
         dice=segmentation_dice_files(comparison_runs()),
     output:
-        md=report(f"{RESULTS}/tables/comparison.md", caption="../report/comparison.rst", category="Tables"),
+        md=report(
+            f"{RESULTS}/tables/comparison.md",
+            caption="../report/comparison.rst",
+            category="Tables",
+        ),
         csv=f"{RESULTS}/tables/comparison.csv",
         tex=f"{RESULTS}/tables/comparison.tex",
-    params:
-        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
-        caption=TABLE_CAPTION,
     log:
         f"{RESULTS}/logs/tabulate_comparison.log",
     benchmark:
         f"{RESULTS}/benchmarks/tabulate_comparison.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
+        caption=TABLE_CAPTION,
     shell:
         "dfbk tables {input.metrics:q} --runs {input.runs:q} --out-stem {params.out_stem:q} "
         "--caption {params.caption:q} > {log:q} 2>&1"
@@ -88,21 +92,23 @@ rule tabulate_ablation:
         runs=run_paths(f"{RESULTS}/train/{RUN}/run.json", ablation_runs()),
         dice=segmentation_dice_files(ablation_runs()),
     output:
-        md=report(f"{RESULTS}/tables/ablation.md", caption="../report/ablation.rst", category="Tables"),
+        md=report(
+            f"{RESULTS}/tables/ablation.md", caption="../report/ablation.rst", category="Tables"
+        ),
         csv=f"{RESULTS}/tables/ablation.csv",
         tex=f"{RESULTS}/tables/ablation.tex",
-    params:
-        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
-        caption=f"DFBK ablation. {TABLE_CAPTION}",
     log:
         f"{RESULTS}/logs/tabulate_ablation.log",
     benchmark:
         f"{RESULTS}/benchmarks/tabulate_ablation.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
+        caption=f"DFBK ablation. {TABLE_CAPTION}",
     shell:
         "dfbk tables {input.metrics:q} --runs {input.runs:q} --out-stem {params.out_stem:q} "
         "--caption {params.caption:q} --capacity > {log:q} 2>&1"

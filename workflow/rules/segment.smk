@@ -20,18 +20,18 @@ rule train_segmenter:
         split=rules.split_subjects.output.split,
     output:
         model=f"{RESULTS}/segment/{{dataset}}/segmenter-{{target}}.pt",
-    params:
-        steps=SEGMENTER_STEPS,
     log:
         f"{RESULTS}/logs/train_segmenter/{{dataset}}/{{target}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_segmenter/{{dataset}}/{{target}}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=60,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        steps=SEGMENTER_STEPS,
     shell:
         "python -m dfbk.evaluation.segmentation train {input.store:q} {input.split:q} "
         "{wildcards.target} --out {output.model:q} --steps {params.steps} > {log:q} 2>&1"
@@ -45,18 +45,18 @@ rule score_segmentation:
         split=rules.split_subjects.output.split,
     output:
         dice=f"{RESULTS}/evaluate/{RUN}/dice.csv",
-    params:
-        target=lambda wc: wc.direction.split("-to-")[1],
     log:
         f"{RESULTS}/logs/score_segmentation/{RUN}.log",
     benchmark:
         f"{RESULTS}/benchmarks/score_segmentation/{RUN}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        target=lambda wc: wc.direction.split("-to-")[1],
     shell:
         "python -m dfbk.evaluation.segmentation score {input.store:q} {input.split:q} "
         "{params.target} --model {input.model:q} --pred {input.predictions:q} "
@@ -69,17 +69,17 @@ rule tabulate_segmentation:
     output:
         md=f"{RESULTS}/tables/segmentation.md",
         csv=f"{RESULTS}/tables/segmentation.csv",
-    params:
-        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
     log:
         f"{RESULTS}/logs/tabulate_segmentation.log",
     benchmark:
         f"{RESULTS}/benchmarks/tabulate_segmentation.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        out_stem=lambda wc, output: output.csv.removesuffix(".csv"),
     shell:
         "python -m dfbk.evaluation.segmentation table {input.dice:q} "
         "--out-stem {params.out_stem:q} > {log:q} 2>&1"

@@ -21,6 +21,16 @@ rule track_runs:
         store_checked=tracking_flag_checked,
     output:
         imported=TRACKING_FLAG,
+    log:
+        f"{RESULTS}/logs/track_runs.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/track_runs.tsv"
+    conda:
+        "../envs/dfbk.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+        mlflow_db=1,
     params:
         train_dirs=lambda wc, input: [str(Path(p).parent) for p in input.train],
         eval_dirs=lambda wc, input: [str(Path(p).parent) for p in input.evaluate],
@@ -42,16 +52,6 @@ rule track_runs:
             + (["--register-models"] if config.get("tracking", {}).get("register_models") else [])
         ),
         results_dir=lambda wc, output: Path(output.imported).parent.parent,
-    log:
-        f"{RESULTS}/logs/track_runs.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/track_runs.tsv"
-    resources:
-        mem_mb=2000,
-        runtime=30,
-        mlflow_db=1,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "dfbk track --train-dirs {params.train_dirs:q} --eval-dirs {params.eval_dirs:q} "
         "{params.figures:q} {params.uri} {params.options} --results-dir {params.results_dir:q} "

@@ -20,6 +20,17 @@ rule train_method_stage:
         best=f"{RESULTS}/train/{RUN}/stage-{{stage}}/best.pt",
         run=f"{RESULTS}/train/{RUN}/stage-{{stage}}/run.json",
         log=f"{RESULTS}/train/{RUN}/stage-{{stage}}/train_log.jsonl",
+    log:
+        f"{RESULTS}/logs/train_method_stage/{RUN}/{{stage}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_method_stage/{RUN}/{{stage}}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
+    threads: lookup("train/threads", within=config, default=1)
+    resources:
+        mem_mb=lookup("train/mem_mb", within=config, default=8000),
+        runtime=lookup("train/runtime", within=config, default=1440),
+        gpu=method_gpus,
     params:
         out_dir=subpath(output.model, parent=True),
         checkpoint_dir=f"{RESULTS}/checkpoints/{RUN}/stage-{{stage}}",
@@ -30,23 +41,10 @@ rule train_method_stage:
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
         val_every=(  # no wildcard: computed once, not per job
-            ""
-            if (n := config.get("train", {}).get("val_every")) is None
-            else f"--val-every {n}"
+            "" if (n := config.get("train", {}).get("val_every")) is None else f"--val-every {n}"
         ),
         evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
         speed=json.dumps(config.get("train", {}).get("speed", {})),
-    log:
-        f"{RESULTS}/logs/train_method_stage/{RUN}/{{stage}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_method_stage/{RUN}/{{stage}}.tsv"
-    threads: lookup("train/threads", within=config, default=1)
-    resources:
-        mem_mb=lookup("train/mem_mb", within=config, default=8000),
-        runtime=lookup("train/runtime", within=config, default=1440),
-        gpu=method_gpus,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} "
         "--stage {wildcards.stage} {params.init} "
@@ -71,6 +69,17 @@ rule train_method:
         best=f"{RESULTS}/train/{RUN}/best.pt",
         run=f"{RESULTS}/train/{RUN}/run.json",
         log=f"{RESULTS}/train/{RUN}/train_log.jsonl",
+    log:
+        f"{RESULTS}/logs/train_method/{RUN}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train_method/{RUN}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
+    threads: lookup("train/threads", within=config, default=1)
+    resources:
+        mem_mb=lookup("train/mem_mb", within=config, default=8000),
+        runtime=lookup("train/runtime", within=config, default=1440),
+        gpu=method_gpus,
     params:
         out_dir=subpath(output.model, parent=True),
         checkpoint_dir=f"{RESULTS}/checkpoints/{RUN}",
@@ -81,23 +90,10 @@ rule train_method:
         device=lookup("train/device", within=config, default="auto"),
         every=lookup("train/checkpoint_every", within=config, default=500),
         val_every=(  # no wildcard: computed once, not per job
-            ""
-            if (n := config.get("train", {}).get("val_every")) is None
-            else f"--val-every {n}"
+            "" if (n := config.get("train", {}).get("val_every")) is None else f"--val-every {n}"
         ),
         evaluate=lookup("train/evaluate_checkpoint", within=config, default="last"),
         speed=json.dumps(config.get("train", {}).get("speed", {})),
-    log:
-        f"{RESULTS}/logs/train_method/{RUN}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train_method/{RUN}.tsv"
-    threads: lookup("train/threads", within=config, default=1)
-    resources:
-        mem_mb=lookup("train/mem_mb", within=config, default=8000),
-        runtime=lookup("train/runtime", within=config, default=1440),
-        gpu=method_gpus,
-    conda:
-        "../envs/dfbk.yaml"
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} {params.init} "
         "--seed {wildcards.seed} --preset {params.preset:q} --overrides {params.overrides} "
@@ -115,20 +111,20 @@ rule translate_test_set:
         split=rules.split_subjects.output.split,
     output:
         predictions=directory(f"{RESULTS}/translate/{RUN}"),
-    params:
-        batch_size=lookup("translate/batch_size", within=config, default=32),
-        device=lookup("train/device", within=config, default="auto"),
     log:
         f"{RESULTS}/logs/translate_test_set/{RUN}.log",
     benchmark:
         f"{RESULTS}/benchmarks/translate_test_set/{RUN}.tsv"
+    conda:
+        "../envs/dfbk.yaml"
     threads: lookup("train/threads", within=config, default=1)
     resources:
         mem_mb=lookup("train/mem_mb", within=config, default=8000),
         runtime=240,
         gpu=method_gpus,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        batch_size=lookup("translate/batch_size", within=config, default=32),
+        device=lookup("train/device", within=config, default="auto"),
     shell:
         "dfbk predict {input.model:q} {input.store:q} {input.split:q} {output.predictions:q} "
         "--batch-size {params.batch_size} --device {params.device:q} --threads {threads} > {log:q} 2>&1"

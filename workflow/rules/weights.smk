@@ -18,29 +18,40 @@ localrules:
 # takes its receipt as an input: WEIGHTS_RECEIPT.format(weights="biomedclip").
 WEIGHTS_RECEIPT = f"{RESULTS}/weights/{{weights}}.json"
 CONFIGURED_WEIGHTS = [
-    WEIGHTS_RECEIPT.format(weights=name) for name in lookup("weights/fetch", within=config, default=[])
+    WEIGHTS_RECEIPT.format(weights=name)
+    for name in lookup("weights/fetch", within=config, default=[])
 ]
 
 
 rule fetch_weights:
     output:
         receipt=WEIGHTS_RECEIPT,
-    wildcard_constraints:
-        weights="|".join(WEIGHT_SETS),
-    params:
-        # resvit-vit goes to weights.dir; weights.from_dir copies instead of downloading
-        options=lambda wc: " ".join(
-            ([f"--dest {shlex.quote(config.get('weights', {}).get('dir', 'resources/weights'))}"] if wc.weights == "resvit-vit" else [])
-            + ([f"--from-file {shlex.quote(d)}"] if (d := config.get("weights", {}).get("from_dir")) else [])
-        ),
     log:
         f"{RESULTS}/logs/fetch_weights/{{weights}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/fetch_weights/{{weights}}.tsv"
+    wildcard_constraints:
+        weights="|".join(WEIGHT_SETS),
+    conda:
+        "../envs/dfbk.yaml"
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../envs/dfbk.yaml"
+    params:
+        # resvit-vit goes to weights.dir; weights.from_dir copies instead of downloading
+        options=lambda wc: " ".join(
+            (
+                [
+                    f"--dest {shlex.quote(config.get('weights', {}).get('dir', 'resources/weights'))}"
+                ]
+                if wc.weights == "resvit-vit"
+                else []
+            )
+            + (
+                [f"--from-file {shlex.quote(d)}"]
+                if (d := config.get("weights", {}).get("from_dir"))
+                else []
+            )
+        ),
     shell:
         "dfbk weights {wildcards.weights} {params.options} --receipt {output.receipt:q} > {log:q} 2>&1"
