@@ -30,7 +30,8 @@ test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && \
+	  $(BIN)/snakefmt --check Snakefile workflow/Snakefile workflow/rules
 
 lock: $(STAMP)
 	$(BIN)/pip freeze --exclude-editable > requirements/constraints.txt.new && \

@@ -122,3 +122,17 @@ def test_snakemake_lint_has_nothing_to_say(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 0 and "Lints for" not in output, output[-3000:]
     assert "Congratulations" in output
+
+
+def test_rule_files_are_snakefmt_formatted():
+    """The catalog's formatting standard: `snakefmt --check` (pyproject's [tool.snakefmt])."""
+    rule_files = [REPO / "Snakefile", REPO / "workflow" / "Snakefile"]
+    rule_files += sorted((REPO / "workflow" / "rules").glob("*.smk"))
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("snakefmt")), "--check", *map(str, rule_files)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
