@@ -112,15 +112,6 @@ def method_module_option(wildcards):
     return f"--module {shlex.quote(import_path)}" if import_path else ""
 
 
-def figure_predictions(wildcards):
-    """Prediction folders of every method for one direction (first seed)."""
-    seed = config["seeds"][0]
-    return {
-        m: f"{RESULTS}/translate/{wildcards.dataset}/{wildcards.direction}/{m}/seed-{seed}"
-        for m in compared_methods(wildcards.direction)
-    }
-
-
 def stages_of(method):
     return method_stages(method, all_method_settings()[method].get("stages"))
 
