@@ -2,9 +2,10 @@
 
 Jobs only write their JSON/JSONL files; `dfbk track` (the serialised track rule) imports them.
 Eight job processes finish at the same moment, then the import runs twice (the second time as
-two racing processes): exactly eight seed runs, none duplicated, every metric point present, each
-nested in its method's group run. The same import also goes to an `mlflow server` on 127.0.0.1
-(SQLite backend, proxied artifacts, in tmp), where the models are registered and loaded back.
+two racing processes): exactly eight seed runs, none duplicated, every metric point present (the
+benchmark TSVs as system metrics too), each nested in its method's group run. The same import
+also goes to an `mlflow server` on 127.0.0.1 (SQLite backend, proxied artifacts, in tmp), where
+the models are registered and loaded back.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ JOBS = [(d, m, s) for d in DIRECTIONS for m in METHODS for s in SEEDS]  # 8 runs
 LOG_STEPS = 25
 LOSSES = ("loss_g", "loss_d", "loss_l1")
 SUMMARY = ("psnr_fg", "ssim_fg", "mae_fg")
+# what Snakemake's `benchmark:` writes for the train job (seconds, MB; NA when not measured)
+BENCHMARK = "s\th:m:s\tmax_rss\tmax_vms\tmax_uss\tmax_pss\tio_in\tio_out\tmean_load\tcpu_time\n"
+BENCHMARK += "41.20\t0:00:41\t1893.10\t9120.55\t1800.00\t1850.25\tNA\tNA\t88.10\t36.30\n"
+SYSTEM = {f"system/train_method/{name}" for name in ("wall_s", "max_rss_mb", "max_vms_mb")}
+SYSTEM |= {
+    f"system/train_method/{n}" for n in ("max_uss_mb", "max_pss_mb", "mean_load", "cpu_time_s")
+}
 
 
 def finish_job(root: str, direction: str, method: str, seed: int, barrier) -> None:
@@ -57,6 +65,9 @@ def finish_job(root: str, direction: str, method: str, seed: int, barrier) -> No
     summary = {k: {"mean": 0.5 + seed, "std": 0.1, "n": 2} for k in SUMMARY}
     (eval_dir / "metrics.json").write_text(json.dumps({**identity, "summary": summary}))
     (eval_dir / "subjects.csv").write_text("subject,psnr_fg\nphantom-000,0.5\n")
+    benchmark = root / "benchmarks" / "train_method" / f"{run_dir}.tsv"
+    benchmark.parent.mkdir(parents=True, exist_ok=True)
+    benchmark.write_text(BENCHMARK)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +143,7 @@ def check_store(uri: str) -> dict[str, str]:
             history = client.get_metric_history(run.info.run_id, loss)
             assert sorted(point.step for point in history) == list(range(LOG_STEPS))
         expected = {f"{k}_{s}" for k in SUMMARY for s in ("mean", "std")} | {"wall_seconds"}
-        assert expected | set(LOSSES) == set(run.data.metrics)
+        assert expected | set(LOSSES) | SYSTEM == set(run.data.metrics)
         figures = [item.path for item in client.list_artifacts(run.info.run_id, "figures")]
         assert figures == [f"figures/{run.data.tags['direction']}.png"]
         parent = run.data.tags["dfbk.run_key"].rsplit("/", 1)[0]
@@ -146,7 +157,8 @@ def test_eight_jobs_at_once_then_import_twice(finished_jobs, tmp_path):
     after_first = check_store(uri)
     assert len(first) == len(after_first) == 8 + 4 + 1  # seeds, (direction, method), summary
     seeds = [record for record in first if record["kind"] == "seed"]
-    assert {record["n_metrics"] for record in seeds} == {len(LOSSES) + 2 * len(SUMMARY) + 1}
+    n_metrics = len(LOSSES) + 2 * len(SUMMARY) + 1 + len(SYSTEM)
+    assert {record["n_metrics"] for record in seeds} == {n_metrics}
     # the second import, started twice at once (two Snakemake invocations racing on one
     # store): the file lock serialises them and both find every run already imported
     racing = [track(finished_jobs, uri, tmp_path / f"second-{i}.json") for i in range(2)]
