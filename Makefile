@@ -22,12 +22,13 @@ demo: $(STAMP)
 	@echo "Comparison table: results/tables/comparison.md (also .csv, .tex)"
 	@cat results/tables/comparison.md
 
-# Tests run on TEST_WORKERS pytest-xdist processes (CI: 2 cores). --dist loadgroup keeps each
-# xdist_group (the SLURM cluster; tests sharing a module fixture, see tests/conftest.py) on one.
+# Tests run on TEST_WORKERS pytest-xdist processes (CI: 2 cores). --dist loadfile keeps a test
+# file on one worker, so a module fixture (the SLURM cluster, a finished micro benchmark) is built
+# once. Not loadgroup: with pytest 9.2 it ignores xdist_group marks (pytest-xdist issue 1386).
 TEST_WORKERS ?= $(CORES)
 
 test: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	PATH=$(CURDIR)/$(BIN):$$PATH HF_HUB_OFFLINE=1 $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && \

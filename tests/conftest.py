@@ -1,6 +1,10 @@
 """Shared fixtures and builders: offline environment, small synthetic data made per test session,
-trainer specs and commands, a BiomedCLIP stand-in; and the rules that keep the suite correct when
-pytest-xdist runs it on several worker processes (`make test`)."""
+trainer specs and commands, a BiomedCLIP stand-in.
+
+`make test` runs the suite on pytest-xdist workers with --dist loadfile: a test file stays on
+one worker, so a module fixture is built once; session fixtures are built once per worker, in its
+own temporary folder. Tests must not share anything else (fixed ports, the repository tree).
+"""
 
 from __future__ import annotations
 
@@ -27,31 +31,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 REPO = Path(__file__).resolve().parents[1]
 DFBK = str(Path(sys.executable).with_name("dfbk"))
-
-
-# ----- parallel runs (pytest-xdist --dist loadgroup) -------------------------------------------
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into node-id suffixes
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep the tests of a module that share one of its module-scoped fixtures on one worker.
-
-    Under `--dist loadgroup` xdist spreads tests freely; a module fixture (a finished training
-    run, a started cluster, a migrated tracking store) would then be built once per worker that
-    gets one of its tests, which costs time and, for a fixture owning a machine-wide resource
-    (the SLURM cluster's /etc/slurm/slurm.conf), is wrong. Tests already in a group keep it.
-    """
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        info = getattr(item, "_fixtureinfo", None)
-        if info is None:
-            continue
-        module = item.nodeid.split("::", 1)[0]
-        if any(
-            definition.scope == "module"
-            for definitions in info.name2fixturedefs.values()
-            for definition in definitions
-        ):
-            item.add_marker(pytest.mark.xdist_group(module))
 
 
 # ----- data ------------------------------------------------------------------------------------

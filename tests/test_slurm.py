@@ -28,8 +28,8 @@ import pytest
 import yaml
 from conftest import REPO
 
-# One cluster per machine (/etc/slurm/slurm.conf, slurmd's node): under pytest-xdist every test
-# here runs on the one worker that started it.
+# One cluster per machine (/etc/slurm/slurm.conf, slurmd's node): every test here must run on the
+# worker that started it (`make test` uses --dist loadfile; the group also holds for loadgroup).
 pytestmark = pytest.mark.xdist_group("slurm")
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
