@@ -161,15 +161,23 @@ def test_mlflow_holds_exactly_one_run_per_job(micro_run):
 
     client = MlflowClient(tracking_uri=f"sqlite:///{micro_run / RESULTS / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("micro")
-    runs = client.search_runs([experiment.experiment_id], max_results=100)
-    keys = sorted(r.data.tags["dfbk.run_key"] for r in runs)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    # one seed run per training job, nested in one group run per (dataset, direction, method);
+    # tiny_l1's warm-up stage nested in its seed run; one summary run (docs/tracking.md)
+    assert {r.data.tags["dfbk.run_kind"] for r in runs} == {"seed", "group", "stage", "summary"}
+    seeds = [r for r in runs if r.data.tags["dfbk.run_kind"] == "seed"]
+    keys = sorted(r.data.tags["dfbk.run_key"] for r in seeds)
     assert keys == sorted(f"phantom/{d}/{m}/seed-0" for d, m in expected_runs())
-    pix = next(r for r in runs if r.data.tags["dfbk.run_key"] == "phantom/t1n-to-ct/pix2pix/seed-0")
+    groups = [r for r in runs if r.data.tags["dfbk.run_kind"] == "group"]
+    assert len(groups) == len(keys)
+    pix_key = "phantom/t1n-to-ct/pix2pix/seed-0"
+    pix = next(r for r in seeds if r.data.tags["dfbk.run_key"] == pix_key)
     assert pix.data.params["hparams.steps"] == "4"
     assert "ssim_fg_mean" in pix.data.metrics
     assert len(client.get_metric_history(pix.info.run_id, "loss_l1")) == 4
     artifacts = [a.path for a in client.list_artifacts(pix.info.run_id, "figures")]
-    assert artifacts == ["figures/t1n-to-ct.png"]
+    stems = ["t1n-to-ct.pdf", "t1n-to-ct.png", "t1n-to-ct_curves.pdf", "t1n-to-ct_curves.png"]
+    assert sorted(artifacts) == [f"figures/{name}" for name in stems]
 
 
 def test_new_baseline_from_config_runs_its_stage_and_reaches_the_tables(micro_run):
