@@ -367,9 +367,11 @@ def test_tables_match_the_local_run(slurm_run, local_run):
             local_run / "results/tables" / name
         ).read_text().count("\n")
     imported = json.loads((workdir / "results/tracking/imported.json").read_text())
-    assert sorted(r["run_key"] for r in imported) == sorted(
-        f"phantom/{d}/{m}/seed-0" for d in DIRECTIONS for m in METHODS
-    )
+    seeds = [r["run_key"] for r in imported if r["kind"] == "seed"]
+    assert sorted(seeds) == sorted(f"phantom/{d}/{m}/seed-0" for d in DIRECTIONS for m in METHODS)
+    groups = [r["run_key"] for r in imported if r["kind"] == "group"]
+    assert sorted(groups) == sorted(f"phantom/{d}/{m}" for d in DIRECTIONS for m in METHODS)
+    assert [r["run_key"] for r in imported if r["kind"] == "summary"] == ["summary"]
 
 
 def test_slurm_sigterm_checkpoints_and_the_retry_resumes(slurm_run):
