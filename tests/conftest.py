@@ -33,6 +33,19 @@ REPO = Path(__file__).resolve().parents[1]
 DFBK = str(Path(sys.executable).with_name("dfbk"))
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one intra-op thread for the test (small convolutions run fastest so, and the CI
+    machine has two cores); the previous count is restored after it. Files opt in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----- data ------------------------------------------------------------------------------------
 @pytest.fixture(scope="session")
 def phantom_raw(tmp_path_factory) -> Path:

@@ -21,55 +21,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from fake_conda import install_fake_conda
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_FILE = ROOT / "workflow" / "envs" / "dfbk.yaml"
 BIN = Path(sys.executable).parent
-
-FAKE_CONDA = textwrap.dedent(
-    """\
-    #!{python}
-    # Stand-in for conda: answers Snakemake's checks; `env create` runs the pip section as conda.
-    import json, os, subprocess, sys, yaml
-    from pathlib import Path
-
-    args = sys.argv[1:]
-
-
-    def option(name):
-        for i, arg in enumerate(args):
-            if arg == name:
-                return args[i + 1]
-            if arg.startswith(name + "="):
-                return arg.split("=", 1)[1]
-
-    with open(os.environ["FAKE_CONDA_LOG"], "a") as log:
-        log.write(json.dumps({{"args": args, "cwd": os.getcwd()}}) + "\\n")
-    if args[:2] == ["info", "--json"]:
-        print(json.dumps({{"conda_prefix": os.environ["FAKE_CONDA_BASE"], "platform": "linux-64"}}))
-    elif args == ["--version"]:
-        print("conda 25.5.1")
-    elif args[:2] == ["config", "--get"]:
-        print(json.dumps({{"get": {{"channel_priority": "strict"}}}}))
-    elif args[:2] == ["env", "create"]:
-        env_file, prefix = Path(option("--file")), Path(option("--prefix"))
-        spec = yaml.safe_load(env_file.read_text())
-        pip = next(d["pip"] for d in spec["dependencies"] if isinstance(d, dict))
-        requirements = env_file.parent / "condaenv.requirements.txt"
-        requirements.write_text("\\n".join(pip) + "\\n")
-        done = subprocess.run(
-            [os.environ["FAKE_CONDA_PIP"], "install", "--dry-run", "--no-index",
-             "--no-build-isolation", "-r", requirements.name],
-            cwd=env_file.parent, capture_output=True, text=True,
-        )
-        Path(os.environ["FAKE_CONDA_LOG"] + ".pip").write_text(done.stdout + done.stderr)
-        if done.returncode:
-            sys.exit(done.returncode)
-        (prefix / "bin").mkdir(parents=True)
-    elif args[:1] != ["clean"]:  # clean: nothing cached to clean
-        sys.exit(f"fake conda: unexpected {{args}}")
-    """
-)
 
 
 def test_every_rule_runs_in_the_workflow_environment():
@@ -96,21 +52,14 @@ def test_every_rule_runs_in_the_workflow_environment():
 def test_sdm_conda_creates_the_environment_from_the_copied_file(tmp_path):
     """`snakemake --sdm conda --conda-create-envs-only` from another folder: conda gets the
     copy under .snakemake/conda/ and its pip lines resolve to this repository and its lock."""
-    fake_bin = tmp_path / "fakebin"
-    fake_bin.mkdir()
-    conda = fake_bin / "conda"
-    conda.write_text(FAKE_CONDA.format(python=sys.executable))
-    conda.chmod(0o755)
-    (tmp_path / "base" / "bin").mkdir(parents=True)
-    log = tmp_path / "conda.log"
+    fake = install_fake_conda(tmp_path / "fake", pip=BIN / "pip")
+    log = Path(fake["FAKE_CONDA_LOG"])
     workdir = tmp_path / "work dir"
     workdir.mkdir()
     env = {
         **os.environ,
-        "PATH": f"{fake_bin}:{BIN}:{os.environ['PATH']}",
-        "FAKE_CONDA_LOG": str(log),
-        "FAKE_CONDA_BASE": str(tmp_path / "base"),
-        "FAKE_CONDA_PIP": str(BIN / "pip"),
+        **fake,
+        "PATH": f"{tmp_path / 'fake' / 'bin'}:{BIN}:{os.environ['PATH']}",
         "HF_HUB_OFFLINE": "1",
     }
     env.pop("DFBK_BENCH_DIR", None)  # the Snakefile must set it

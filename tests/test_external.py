@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
+from fake_conda import install_fake_conda
 
 from dfbk.config_checks import check_config
 from dfbk.errors import ConfigError, DataError
@@ -311,44 +312,17 @@ def test_sdm_apptainer_runs_the_external_commands_in_their_own_image(
     )
 
 
-# Stand-in for conda: answers Snakemake's checks; `env create` logs the file and makes the prefix.
-FAKE_CONDA = """#!{python}
-import json, os, sys
-from pathlib import Path
-
-args = sys.argv[1:]
-with open(os.environ["FAKE_CONDA_LOG"], "a") as log:
-    log.write(json.dumps(args) + "\\n")
-if args[:2] == ["info", "--json"]:
-    print(json.dumps({{"conda_prefix": os.environ["FAKE_CONDA_BASE"], "platform": "linux-64"}}))
-elif args == ["--version"]:
-    print("conda 25.5.1")
-elif args[:2] == ["config", "--get"]:
-    print(json.dumps({{"get": {{"channel_priority": "strict"}}}}))
-elif args[:2] == ["env", "create"]:
-    file, prefix = (Path(args[args.index(flag) + 1]) for flag in ("--file", "--prefix"))
-    Path(os.environ["FAKE_CONDA_LOG"] + ".envs").open("a").write(file.read_text() + "---\\n")
-    (prefix / "bin").mkdir(parents=True)
-elif args[:1] != ["clean"]:
-    sys.exit(f"fake conda: unexpected {{args}}")
-"""
-
-
 def test_sdm_conda_creates_the_external_environment_from_its_file(tmp_path, monkeypatch):
     """`conda:` (relative to the working directory) is the environment Snakemake creates for
     the external jobs, beside the workflow's own (stand-in conda, --conda-create-envs-only)."""
-    (tmp_path / "bin").mkdir()
-    (tmp_path / "bin/conda").write_text(FAKE_CONDA.format(python=sys.executable))
-    (tmp_path / "bin/conda").chmod(0o755)
-    (tmp_path / "base/bin").mkdir(parents=True)
+    for name, value in install_fake_conda(tmp_path).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     workdir = tmp_path / "work"
     (workdir / "envs").mkdir(parents=True)
     example_env = (SCRIPT.parent / "environment.yaml").read_text()
     (workdir / "envs/linear.yaml").write_text(example_env)
     log = tmp_path / "conda.log"
-    monkeypatch.setenv("FAKE_CONDA_LOG", str(log))
-    monkeypatch.setenv("FAKE_CONDA_BASE", str(tmp_path / "base"))
-    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     config = micro_config({**EXTERNAL, "conda": "envs/linear.yaml"})
     options = ["--sdm", "conda", "--conda-create-envs-only", "--conda-frontend", "conda"]
     result = snakemake(workdir, config, *options)

@@ -23,12 +23,7 @@ METHODS = ["resshift", "syndiff", "syndiff_paired"]
 SIZE = 32
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_seeds_are_stable_and_distinct():

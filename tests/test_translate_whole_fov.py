@@ -27,12 +27,7 @@ from dfbk.volume_translate import summary_line, translate_volume
 ONE_MM = np.diag([1.0, 1.0, 2.0, 1.0])  # RAS, 1 x 1 mm in-plane, 2 mm slices
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def test_tile_starts_cover_with_at_most_half_a_tile_between():
