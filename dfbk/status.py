@@ -15,8 +15,8 @@ a live one. The facts read here are each exact:
   Snakemake itself;
 - each rule's log sits at a fixed path, so a log without its output and outside a live
   Snakemake's list is a failed (or interrupted) job, and its last line says why.
-The list of runs is the workflow's own (`workflow/rules/common.smk`: comparison runs, then
-ablation runs, once each).
+The list of runs is the workflow's own (`dfbk.run_grid`, which the Snakefile binds: comparison
+runs, then ablation runs, once each).
 
 States, first match wins: done (evaluate/<run>/metrics.json), running (a training lock held by
 a live process, or a stage with a log in a live Snakemake's list), failed (a stage's log exists
@@ -36,6 +36,7 @@ from typing import Any
 
 import yaml
 
+from dfbk import run_grid
 from dfbk.errors import ConfigError
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -85,38 +86,6 @@ def load_config(path: Path | None) -> dict[str, Any]:
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from err
     return config
-
-
-def configured_runs(config: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every training run of the config, in the workflow's order (common.smk's `runs()`)."""
-
-    def compared(direction: str) -> list[str]:
-        return [
-            m
-            for m, settings in config["methods"].items()
-            if settings.get("directions") is None or direction in settings["directions"]
-        ]
-
-    ablation = config.get("ablation", {})
-    wanted = ["resshift", *ablation.get("methods", {}), "dfbk"]
-    known = {**config["methods"], **ablation.get("methods", {})}
-    ablation_methods = list(dict.fromkeys(m for m in wanted if m in known))
-    runs = [
-        (d, r, m, s)
-        for d, spec in config["datasets"].items()
-        for r in spec["directions"]
-        for m in compared(r)
-        for s in config["seeds"]
-    ]
-    runs += [
-        (d, r, m, s)
-        for d, directions in ablation.get("directions", {}).items()
-        for r in directions
-        for m in ablation_methods
-        for s in config["seeds"]
-    ]
-    keys = ("dataset", "direction", "method", "seed")
-    return [dict(zip(keys, run, strict=True)) for run in dict.fromkeys(runs)]
 
 
 def lock_held(lock: Path) -> bool:
@@ -237,7 +206,7 @@ def collect_status(config: dict[str, Any], workdir: Path | None = None) -> list[
     workdir = Path.cwd() if workdir is None else Path(workdir)
     results = workdir / config["results_dir"]
     scheduled = snakemake_outputs(workdir)
-    return [run_status(results, run, scheduled) for run in configured_runs(config)]
+    return [run_status(results, run, scheduled) for run in run_grid.runs(config)]
 
 
 def format_status(statuses: list[RunStatus]) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 import shlex
 import sys
 
+from dfbk import run_grid
 from dfbk.config_checks import check_config, method_modules
 from dfbk.methods.registry import CPU_ONLY_METHODS, method_stages
 from dfbk.tracking.store import default_tracking_uri, missing_runs
@@ -25,56 +26,33 @@ wildcard_constraints:
 RUN = "{dataset}/{direction}/{method}/seed-{seed}"
 
 
+# The run grid is defined once, in dfbk/run_grid.py (dfbk status reads it too); bound here.
 def all_method_settings():
-    """Settings of every method trained anywhere: comparison methods plus ablation-only ones."""
-    return {**config["methods"], **config.get("ablation", {}).get("methods", {})}
+    return run_grid.all_method_settings(config)
 
 
 def ablation_directions():
-    """(dataset, direction) pairs the ablation table covers."""
-    spec = config.get("ablation", {}).get("directions", {})
-    return [(d, r) for d, directions in spec.items() for r in directions]
+    return run_grid.ablation_directions(config)
 
 
 def ablation_methods():
-    """Rows of the ablation table: resshift and dfbk (when configured) plus ablation methods."""
-    wanted = ["resshift", *config.get("ablation", {}).get("methods", {}), "dfbk"]
-    known = all_method_settings()
-    return list(dict.fromkeys(m for m in wanted if m in known))
+    return run_grid.ablation_methods(config)
 
 
 def compared_methods(direction):
-    """Methods of the comparison that run on `direction` (methods.<name>.directions limits it)."""
-    return [
-        m
-        for m, settings in config["methods"].items()
-        if settings.get("directions") is None or direction in settings["directions"]
-    ]
+    return run_grid.compared_methods(config, direction)
 
 
 def comparison_runs():
-    return [
-        dict(dataset=d, direction=r, method=m, seed=s)
-        for d, spec in config["datasets"].items()
-        for r in spec["directions"]
-        for m in compared_methods(r)
-        for s in config["seeds"]
-    ]
+    return run_grid.comparison_runs(config)
 
 
 def ablation_runs():
-    return [
-        dict(dataset=d, direction=r, method=m, seed=s)
-        for d, r in ablation_directions()
-        for m in ablation_methods()
-        for s in config["seeds"]
-    ]
+    return run_grid.ablation_runs(config)
 
 
 def runs():
-    """Every (dataset, direction, method, seed) training job of the config, without repeats."""
-    unique = {tuple(run.values()): run for run in comparison_runs() + ablation_runs()}
-    return list(unique.values())
+    return run_grid.runs(config)
 
 
 def run_paths(pattern, selection=None):
