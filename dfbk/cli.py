@@ -189,12 +189,19 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     index = predict_test_set(
-        args.checkpoint, args.store, args.split, args.out_dir, args.batch_size, args.device
+        args.checkpoint,
+        args.store,
+        args.split,
+        args.out_dir,
+        args.batch_size,
+        args.device,
+        tiling=args.tiling,
     )
     size, tile = index["slice_size"], index["tile"]
     print(
         f"{args.out_dir}: {len(index['subjects'])} test subjects, whole {size[0]}x{size[1]} "
-        f"slices in tiles of {tile[0]}x{tile[1]} (the store's grid and spacing)"
+        f"slices in {'tiles' if index['tiling'] == 'patch' else 'one pass'} of "
+        f"{tile[0]}x{tile[1]} (the store's grid and spacing)"
     )
 
 
@@ -560,6 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_TRANSLATE_BATCH,
         help="slices per batch (default %(default)s, the config's translate.batch_size)",
+    )
+    p.add_argument(
+        "--tiling",
+        choices=("patch", "slice"),  # dfbk.translation.TILINGS (torch-free here)
+        default="patch",
+        help="patch: sliding tiles of the training size, Gaussian-blended (default); slice: the "
+        "whole slice in one pass (the config's translate.tiling)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")

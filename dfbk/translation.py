@@ -69,6 +69,34 @@ def training_tile(payload: dict[str, Any]) -> tuple[int, int]:
     return tuple(int(n) for n in payload["source"]["size"])
 
 
+TILINGS = ("patch", "slice")
+
+
+def inference_tile(
+    payload: dict[str, Any], method, slice_shape: tuple[int, int], tiling: str = "patch"
+) -> tuple[int, int]:
+    """The tile a test slice is translated in.
+
+    patch: the training tile (`training_tile`), slid over the slice with Gaussian blending.
+    slice: the whole slice at once, its sides rounded up to the network's size multiple (zero
+    padding, prepare's background) and never below the training tile. Every built-in network
+    is convolutional or attends in windows / over resampled positions, so it runs at any such
+    size; one pass over a slice costs its area once instead of about 2.25 times (a 2 x 2 grid
+    of half-overlapping tiles has 9 tiles of a quarter of the area each).
+    """
+    trained = training_tile(payload)
+    if tiling == "patch":
+        return trained
+    if tiling != "slice":
+        raise ValueError(f"tiling must be one of {', '.join(TILINGS)}; got {tiling!r}")
+    from dfbk.config_checks import size_multiple
+
+    multiple = size_multiple(type(method), dict(getattr(method, "hparams", {}) or {}))
+    return tuple(
+        max(t, -(-int(s) // multiple) * multiple) for s, t in zip(slice_shape, trained, strict=True)
+    )
+
+
 def run_seed(payload: dict[str, Any]) -> int:
     """The training run's seed, from which every slice's noise seed is derived."""
     return int(payload.get("seed") or 0)
@@ -196,10 +224,12 @@ def predict_test_set(
     batch_size: int = 32,
     device: str = "auto",
     amp: bool = True,
+    tiling: str = "patch",
 ) -> dict:
     """Write `{subject}.nii.gz` (H, W, S) for each test subject into `out_dir`, atomically.
 
     amp: bf16 autocast of the networks on CUDA, as in training (ignored on CPU).
+    tiling: patch (sliding training-size tiles) or slice (whole slices); `inference_tile`.
     """
     payload = load_checkpoint(checkpoint)
     store = SliceStore(store_dir)
@@ -210,7 +240,7 @@ def predict_test_set(
     knowledge = checkpoint_knowledge(payload)
     if knowledge is not None:
         knowledge = knowledge.to(method.device)
-    tile = training_tile(payload)
+    tile = inference_tile(payload, method, tuple(store.size), tiling)
     images = store.images(source)
     axial = store.manifest["slice"].to_numpy()
     out_dir = Path(out_dir)
@@ -247,6 +277,7 @@ def predict_test_set(
         "direction": payload["direction"],
         "subjects": subjects,
         "tile": list(tile),
+        "tiling": tiling,
         "slice_size": list(store.size),
         "noise_seeds": "blake2b(run seed, subject, axial slice index) per slice",
     }

@@ -126,3 +126,45 @@ def test_table_averages_seeds_per_subject_then_subjects(tmp_path):
     assert "| brats2023 | t1n-to-t2f | dfbk | 0.700 ± 0.141 | 0.500 ± 0.707 | 2 |" in markdown
     assert "| real target | 0.800 ± 0.141 | 1.000 ± 0.000 | 2 |" in markdown
     assert (tmp_path / "tables" / "segmentation.csv").exists()
+
+
+def test_score_uses_the_ceiling_kept_by_training_and_refuses_another_modalitys_segmenter(
+    phantom_store, tmp_path
+):
+    """`train` keeps the segmenter's Dice on the real test targets (the ceiling) in its file,
+    equal to scoring them directly; `score` reads it from there for the same test subjects (a
+    value planted in the file comes back), and refuses a segmenter made for another modality,
+    naming the file."""
+    from dfbk.data.splits import read_split
+    from dfbk.errors import DataError
+    from dfbk.evaluation.segmentation import main, real_targets
+
+    store, split_path = phantom_store
+    model_path = tmp_path / "segmenter-t2w.pt"
+    main(
+        ["train", str(store.root), str(split_path), "t2w", "--out", str(model_path)]
+        + ["--steps", "3"]
+    )
+    model, labels, meta = load_segmenter(model_path)
+    test = read_split(split_path)["test"]
+    direct = dice_table(model, labels, store, test, real_targets(store, test, "t2w"))
+    assert meta["ceiling"]["subjects"] == test
+    pd.testing.assert_frame_equal(pd.DataFrame(meta["ceiling"]["rows"]), direct)
+
+    planted = [{**row, "dice_oedema": 0.123} for row in meta["ceiling"]["rows"]]
+    save_segmenter(
+        model, labels, {**meta, "ceiling": {"subjects": test, "rows": planted}}, model_path
+    )
+    out = tmp_path / "dice.csv"
+    main(
+        ["score", str(store.root), str(split_path), "t2w", "--model", str(model_path)]
+        + ["--out", str(out)]
+    )
+    assert pd.read_csv(out)["dice_oedema"].tolist() == [0.123] * len(test)
+
+    save_segmenter(model, labels, {**meta, "modality": "t1n"}, model_path)
+    with pytest.raises(DataError, match=f"{model_path}: segmenter made for modality 't1n'"):
+        main(
+            ["score", str(store.root), str(split_path), "t2w", "--model", str(model_path)]
+            + ["--out", str(out)]
+        )

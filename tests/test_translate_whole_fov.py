@@ -204,6 +204,32 @@ def test_predict_gives_the_same_volumes_for_batch_size_1_and_32(phantom_store, t
         assert one.shape[:2] == (48, 48) and np.abs(one - many).max() <= TOLERANCE
 
 
+def test_slice_tiling_runs_each_whole_slice_padded_to_the_networks_multiple(
+    phantom_store, tmp_path
+):
+    """tiling slice: one tile per slice, the slice's sides rounded up to the size multiple the
+    config check uses for this network (never below the training patch), recorded in
+    predictions.json; an unknown tiling is refused."""
+    from dfbk.config_checks import size_multiple
+    from dfbk.methods.resshift import ResShift
+
+    store, split = phantom_store
+    ckpt = narrow_resshift_checkpoint(tmp_path / "model.pt", store.size)
+    store_checkpoint(ckpt, store, split, num_steps=2)
+    index = predict_test_set(
+        ckpt, store.root, split, tmp_path / "slice", device="cpu", tiling="slice"
+    )
+    multiple = size_multiple(ResShift, load_checkpoint(ckpt)["hparams"])
+    expected = [max(32, -(-n // multiple) * multiple) for n in store.size]
+    assert index["tiling"] == "slice" and index["tile"] == expected
+    for subject in index["subjects"]:
+        volume = nib.load(str(tmp_path / "slice" / f"{subject}.nii.gz")).get_fdata()
+        assert volume.shape[:2] == tuple(store.size) and np.isfinite(volume).all()
+    with pytest.raises(ValueError, match="tiling must be one of patch, slice; got 'tiles'"):
+        predict_test_set(ckpt, store.root, split, tmp_path / "bad", device="cpu", tiling="tiles")
+    assert not (tmp_path / "bad").exists()
+
+
 def test_predict_refuses_nan_and_keeps_nothing(phantom_store, tmp_path):
     store, split = phantom_store
     ckpt = store_checkpoint(nan_checkpoint(tmp_path / "model.pt", size=store.size), store, split)

@@ -274,6 +274,12 @@ def tabulate(dice_files: list[Path], out_stem: Path) -> pd.DataFrame:
 
 
 # ----- command line (python -m dfbk.evaluation.segmentation {train,score,table} ...) ------------
+def real_targets(store: SliceStore, subjects: list[str], modality: str) -> dict[str, np.ndarray]:
+    """subject -> (S, H, W) real `modality` slices of the store."""
+    images = store.images(modality)
+    return {s: np.asarray(images[slice(*store.subject_range(s))]) for s in subjects}
+
+
 def _train(args: argparse.Namespace) -> None:
     store = SliceStore(args.store)
     labels = [int(v) for v in store.meta["provenance"]["config"]["label_values"] if int(v) > 0]
@@ -283,7 +289,16 @@ def _train(args: argparse.Namespace) -> None:
     model = train_segmenter(
         store, split["train"], args.modality, labels, args.steps, seed=args.seed
     )
-    meta = {"store": store.fingerprint, "modality": args.modality, "steps": args.steps}
+    # The ceiling (this segmenter on the real test targets) is the same for every run scored
+    # with it: computed once here and kept in the file, not once per scored run.
+    test = list(split["test"])
+    ceiling = dice_table(model, labels, store, test, real_targets(store, test, args.modality))
+    meta = {
+        "store": store.fingerprint,
+        "modality": args.modality,
+        "steps": args.steps,
+        "ceiling": {"subjects": test, "rows": ceiling.to_dict("records")},
+    }
     save_segmenter(model, labels, meta, args.out)
 
 
@@ -291,11 +306,21 @@ def _score(args: argparse.Namespace) -> None:
     from dfbk.evaluation.evaluate import load_prediction
 
     store = SliceStore(args.store)
-    model, labels, _ = load_segmenter(args.model)
+    model, labels, meta = load_segmenter(args.model)
+    for key, wanted in (("store", store.fingerprint), ("modality", args.modality)):
+        if meta.get(key) != wanted:
+            raise DataError(
+                f"{args.model}: segmenter made for {key} {meta.get(key)!r}, asked to score "
+                f"{wanted!r} ({args.store}); retrain it"
+            )
     subjects = read_split(args.split)["test"]
-    real = {s: np.asarray(store.images(args.modality)[slice(*store.subject_range(s))])
-            for s in subjects}  # fmt: skip
-    ceiling = dice_table(model, labels, store, subjects, real)
+    kept = meta.get("ceiling") or {}
+    if kept.get("subjects") == list(subjects):
+        ceiling = pd.DataFrame(kept["rows"])
+    else:  # another split's test subjects (or an older file): the ceiling for these
+        ceiling = dice_table(
+            model, labels, store, subjects, real_targets(store, subjects, args.modality)
+        )
     if args.pred is None:  # the real target images only: the segmenter's own ceiling
         table = ceiling
     else:

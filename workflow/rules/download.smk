@@ -34,6 +34,7 @@ rule synthesise_phantom:
         f"{RESULTS}/benchmarks/synthesise_phantom/{{dataset}}.tsv"
     wildcard_constraints:
         dataset="|".join(PHANTOM_DATASETS) or "(?!)",
+    priority: DATA_PRIORITY
     conda:
         "../envs/dfbk.yaml"
     resources:

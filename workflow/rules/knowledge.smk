@@ -21,6 +21,7 @@ rule encode_knowledge:
         f"{RESULTS}/benchmarks/encode_knowledge/{{dataset}}/{{target}}.tsv"
     wildcard_constraints:
         target=r"[a-z0-9]+",
+    priority: DATA_PRIORITY
     conda:
         "../envs/dfbk.yaml"
     threads: 1

@@ -10,6 +10,7 @@ rule prepare_slices:
         f"{RESULTS}/logs/prepare_slices/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_slices/{{dataset}}.tsv"
+    priority: DATA_PRIORITY
     conda:
         "../envs/dfbk.yaml"
     threads: 1
@@ -53,6 +54,7 @@ rule split_subjects:
         f"{RESULTS}/logs/split_subjects/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/split_subjects/{{dataset}}.tsv"
+    priority: DATA_PRIORITY
     conda:
         "../envs/dfbk.yaml"
     resources:

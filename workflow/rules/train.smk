@@ -24,6 +24,7 @@ rule train_method_stage:
         f"{RESULTS}/logs/train_method_stage/{RUN}/{{stage}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_method_stage/{RUN}/{{stage}}.tsv"
+    priority: sampler_priority
     conda:
         "../envs/dfbk.yaml"
     threads: lookup("train/threads", within=config, default=1)
@@ -73,6 +74,7 @@ rule train_method:
         f"{RESULTS}/logs/train_method/{RUN}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train_method/{RUN}.tsv"
+    priority: sampler_priority
     conda:
         "../envs/dfbk.yaml"
     threads: lookup("train/threads", within=config, default=1)
@@ -115,6 +117,7 @@ rule translate_test_set:
         f"{RESULTS}/logs/translate_test_set/{RUN}.log",
     benchmark:
         f"{RESULTS}/benchmarks/translate_test_set/{RUN}.tsv"
+    priority: sampler_priority
     conda:
         "../envs/dfbk.yaml"
     threads: lookup("train/threads", within=config, default=1)
@@ -124,7 +127,9 @@ rule translate_test_set:
         gpu=method_gpus,
     params:
         batch_size=lookup("translate/batch_size", within=config, default=32),
+        tiling=lookup("translate/tiling", within=config, default="patch"),
         device=lookup("train/device", within=config, default="auto"),
     shell:
         "dfbk predict {input.model:q} {input.store:q} {input.split:q} {output.predictions:q} "
-        "--batch-size {params.batch_size} --device {params.device:q} --threads {threads} > {log:q} 2>&1"
+        "--batch-size {params.batch_size} --tiling {params.tiling} --device {params.device:q} "
+        "--threads {threads} > {log:q} 2>&1"
