@@ -7,8 +7,9 @@
 # datasets with challenge labels take part (BraTS tumour sub-regions, ISLES lesion; their
 # phantoms in the demo too); SynthRAD has none. The generic `phantom` dataset is left out: it
 # serves the workflow's end-to-end tests, whose time budget a segmenter would take. Cost on the
-# demo's stores (4 training subjects, 128 x 128, one core): training 200 steps about 45 s of
-# CPU per dataset, scoring one run (its translations and the real targets) about 15 s.
+# demo's stores (4 training subjects, 128 x 128, one core): training 200 steps and scoring the
+# real test targets once (the ceiling, kept in the segmenter file) about 40 s of CPU per
+# dataset; scoring one run's translations about 8 s.
 
 SEGMENTED = ("brats2023", "isles2015")
 SEGMENTER_STEPS = 200
