@@ -91,7 +91,7 @@ def inference_tile(
         raise ValueError(f"tiling must be one of {', '.join(TILINGS)}; got {tiling!r}")
     from dfbk.config_checks import size_multiple
 
-    multiple = size_multiple(type(method), dict(getattr(method, "hparams", {}) or {}))
+    multiple = size_multiple(type(method), method.hparams)
     return tuple(
         max(t, -(-int(s) // multiple) * multiple) for s, t in zip(slice_shape, trained, strict=True)
     )

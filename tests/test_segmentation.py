@@ -12,6 +12,7 @@ from dfbk.evaluation.segmentation import (
     dice_scores,
     dice_table,
     load_segmenter,
+    real_targets,
     save_segmenter,
     segment,
     train_segmenter,
@@ -80,7 +81,7 @@ def test_segmenter_finds_the_phantom_lesion_in_real_targets_not_in_blank_ones(ph
         store, split["train"], "t2w", labels, steps=40, batch_size=4, widths=(8, 16)
     )
     test = split["test"]
-    real = {s: np.asarray(store.images("t2w")[slice(*store.subject_range(s))]) for s in test}
+    real = real_targets(store, test, "t2w")
     blank = {s: np.zeros_like(v) for s, v in real.items()}
     on_real = dice_table(model, labels, store, test, real)
     on_blank = dice_table(model, labels, store, test, blank)
@@ -137,7 +138,7 @@ def test_score_uses_the_ceiling_kept_by_training_and_refuses_another_modalitys_s
     naming the file."""
     from dfbk.data.splits import read_split
     from dfbk.errors import DataError
-    from dfbk.evaluation.segmentation import main, real_targets
+    from dfbk.evaluation.segmentation import main
 
     store, split_path = phantom_store
     model_path = tmp_path / "segmenter-t2w.pt"
