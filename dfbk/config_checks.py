@@ -257,8 +257,8 @@ def check_method_settings(config: dict[str, Any]) -> None:
     """Resolve each method's hyperparameters as training will, and refuse what cannot run.
 
     Per method and training stage: the preset exists and the overrides are known keys,
-    `steps` >= 1 (0 for a method without training) and `batch_size` >= 1, and every dataset's
-    slice size (and `patch_size`, when set) is a multiple its network can take.
+    `steps` >= 1 (0 for a method without training) and `batch_size` >= 1, and `patch_size`,
+    when set, else every dataset's slice size, is a multiple its network can take.
     """
     user_modules = method_modules(config)
     for name, module in user_modules.items():
@@ -287,7 +287,9 @@ def check_method_settings(config: dict[str, Any]) -> None:
             patch = hparams.get("patch_size")
             for dataset in datasets:
                 size = tuple(config["datasets"][dataset].get("size", DEFAULT_SIZE))
-                if any(side % multiple for side in size):
+                # A method trained on patches only ever runs on tiles: patch-sized ones, or
+                # whole slices padded up to the multiple (dfbk.translation.inference_tile).
+                if patch is None and any(side % multiple for side in size):
                     raise ConfigError(
                         f"datasets.{dataset}.size: {size[0]}x{size[1]} does not suit {where} "
                         f"(preset '{preset}'), whose network needs sides divisible by {multiple}"

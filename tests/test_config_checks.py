@@ -65,6 +65,19 @@ def test_the_shipped_configs_pass():
     check_method_settings(small_config())
 
 
+def test_a_patch_trained_method_takes_any_slice_size_its_patch_fits():
+    """pix2pix-tiny needs sides divisible by 64; trained on 64x64 patches it only ever runs on
+    64x64 tiles (or whole slices padded to a multiple), so a 96x96 slice is fine."""
+    config = small_config()
+    config["datasets"]["phantom"]["size"] = [96, 96]
+    for method in ("pix2pix", "dfbk"):
+        config["methods"][method]["overrides"] = {"patch_size": 64}
+    config["ablation"]["methods"]["revgan"]["overrides"] = {"patch_size": 64}
+    check_method_settings(config)
+    config["methods"]["pix2pix"]["overrides"] = {}
+    assert "96x96 does not suit methods.pix2pix" in refused(config)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [

@@ -150,6 +150,29 @@ def test_validation_is_logged_and_best_and_last_are_kept(phantom_store, tmp_path
     assert model["fingerprint"]["split_sha256"] == best["fingerprint"]["split_sha256"]
 
 
+@pytest.mark.parametrize(("patch", "tile", "tiles"), [(32, (32, 32), 4), (None, (48, 48), 1)])
+def test_validation_runs_the_network_on_the_tiles_the_test_set_is_translated_in(
+    phantom_store, tmp_path, monkeypatch, patch, tile, tiles
+):
+    """A patch-trained method is validated in its training tile (half-overlapping 32x32 tiles
+    of the 48x48 slices: a 2x2 grid), as `dfbk predict` translates the test set, so best.pt is
+    picked by the score the test will measure; a whole-slice method sees whole slices."""
+    overrides = {"patch_size": patch} if patch else {}
+    trainer = Trainer(spec_for(phantom_store, tmp_path, "tiles", overrides=overrides, val_slices=3))
+    seen = []
+    original = trainer.method.translate
+
+    def recording(source, knowledge=None, seeds=None, **extra):
+        seen.append(tuple(source.shape))
+        return original(source, knowledge, seeds, **extra)
+
+    monkeypatch.setattr(trainer.method, "translate", recording)
+    pred = trainer.validator.predict(trainer.method, None)
+    assert pred.shape == (3, 48, 48) and np.isfinite(pred).all()
+    assert {shape[-2:] for shape in seen} == {tile}
+    assert sum(shape[0] for shape in seen) == 3 * tiles
+
+
 def test_evaluate_best_makes_the_best_step_model_pt(phantom_store, tmp_path):
     spec = spec_for(phantom_store, tmp_path, "best", val_every=2, evaluate="best")
     Trainer(spec).run()

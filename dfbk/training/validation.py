@@ -2,7 +2,7 @@
 
 Every `val_every` steps (and at the last step) the trainer translates the same few validation
 slices with the current inference weights (the EMA where the method keeps one), each slice with
-its own fixed noise seed, and logs SSIM, PSNR and MAE inside the foreground mask with the
+its own fixed noise seed (in tiles of the training patch, as the test set is translated), and logs SSIM, PSNR and MAE inside the foreground mask with the
 evaluation protocol's functions (`dfbk.evaluation.metrics`). The best step by SSIM is kept as
 `best.pt`. Validation runs under a forked RNG, so it never changes the training trajectory: a
 run with validation is bit-identical to one without.
@@ -21,6 +21,7 @@ from dfbk.data.store import SliceStore
 from dfbk.errors import DataError
 from dfbk.evaluation.metrics import mae, psnr, ssim
 from dfbk.methods.base import Knowledge, Method
+from dfbk.sliding_window import NonFiniteOutput, translate_tiled
 
 DEFAULT_SLICES = 8
 DEFAULT_TIMES = 5  # validations per run when val_every is not given
@@ -71,7 +72,7 @@ class Validator:
         rng = np.random.default_rng([seed, 7])
         chosen = np.sort(rng.choice(indices, size=min(n_slices, indices.size), replace=False))
         self.indices = chosen
-        self.source = torch.from_numpy(np.asarray(store.images(source)[chosen])).unsqueeze(1)
+        self.source = np.asarray(store.images(source)[chosen], dtype=np.float32)
         self.target = np.asarray(store.images(target)[chosen], dtype=np.float64)
         self.mask = np.asarray(store.mask[chosen]) > 0
         self.seeds = slice_seeds(seed, chosen)
@@ -79,20 +80,27 @@ class Validator:
 
     @torch.no_grad()
     def predict(self, method: Method, knowledge: Knowledge | None) -> np.ndarray:
-        """(N, H, W) predictions in [0, 1]; the method is left in the mode it was in."""
+        """(N, H, W) predictions in [0, 1]; the method is left in the mode it was in.
+
+        A method trained on patches is run over the slices in tiles of its patch, as the test
+        set is translated (dfbk.translation.inference_tile, tiling `patch`), so the validation
+        score that picks best.pt measures what the test will; whole slices otherwise. A
+        non-finite prediction yields NaN (never a best step) instead of stopping training.
+        """
+        patch = method.hparams.get("patch_size")
+        tile = (int(patch), int(patch)) if patch else tuple(self.source.shape[-2:])
         was_training = method.training
         method.eval()
-        parts = []
         try:
             with isolated_rng():
-                for start in range(0, len(self.indices), self.batch_size):
-                    stop = start + self.batch_size
-                    src = self.source[start:stop].to(method.device)
-                    pred = method.translate(src, knowledge, self.seeds[start:stop])
-                    parts.append(pred.float().cpu().numpy()[:, 0])
+                pred, _ = translate_tiled(
+                    method, self.source, self.seeds, tile, self.batch_size, knowledge
+                )
+        except NonFiniteOutput:
+            pred = np.full(self.source.shape, np.nan, dtype=np.float32)
         finally:
             method.train(was_training)
-        return np.concatenate(parts).astype(np.float64)
+        return pred.astype(np.float64)
 
     def evaluate(self, method: Method, knowledge: Knowledge | None) -> dict[str, float]:
         """val_ssim, val_psnr, val_mae over the foreground of the validation slices."""
