@@ -2,10 +2,11 @@
 
 Every `val_every` steps (and at the last step) the trainer translates the same few validation
 slices with the current inference weights (the EMA where the method keeps one), each slice with
-its own fixed noise seed (in tiles of the training patch, as the test set is translated), and logs SSIM, PSNR and MAE inside the foreground mask with the
-evaluation protocol's functions (`dfbk.evaluation.metrics`). The best step by SSIM is kept as
-`best.pt`. Validation runs under a forked RNG, so it never changes the training trajectory: a
-run with validation is bit-identical to one without.
+its own fixed noise seed and in tiles of the training patch (as the test set is translated), and
+logs SSIM, PSNR and MAE inside the foreground mask with the evaluation protocol's functions
+(`dfbk.evaluation.metrics`). The best step by SSIM is kept as `best.pt`. Validation runs under
+a forked RNG, so it never changes the training trajectory: a run with validation is
+bit-identical to one without.
 """
 
 from __future__ import annotations
