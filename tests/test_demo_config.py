@@ -92,6 +92,7 @@ def test_demo_full_uses_the_demo_phantoms_and_per_method_cuts(demo):
     for name, spec in demo["datasets"].items():
         assert full["datasets"][name]["phantom"]["voxel_mm"] == spec["phantom"]["voxel_mm"]
         assert full["datasets"][name]["size"] == spec["size"]
+        assert full["datasets"][name]["min_foreground"] == spec["min_foreground"]
     for name, settings in demo["methods"].items():
         assert full["methods"][name].get("overrides", {}) == settings.get("overrides", {}), name
     for name, settings in demo["ablation"]["methods"].items():
@@ -99,3 +100,18 @@ def test_demo_full_uses_the_demo_phantoms_and_per_method_cuts(demo):
             "overrides", {}
         ), name
     assert full["train"].get("val_every") == demo["train"].get("val_every")
+
+
+def test_demo_ablation_rows_share_one_training_and_sampling_budget(demo):
+    """The ablation compares architectures: resshift, dfbk and every ablation row train with the
+    same preset, steps and batch and sample with the same steps, whatever the demo cuts."""
+    rows = {name: demo["methods"][name] for name in ("resshift", "dfbk")}
+    rows.update(demo["ablation"]["methods"])
+    budgets = {
+        name: (
+            spec.get("preset", "tiny"),
+            *((spec.get("overrides") or {}).get(k) for k in ("steps", "batch_size", "num_steps")),
+        )
+        for name, spec in rows.items()
+    }
+    assert len(set(budgets.values())) == 1, budgets
