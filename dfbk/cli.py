@@ -17,6 +17,9 @@ from dfbk.errors import ConfigError, DfbkError
 # The config schema's defaults (workflow/schemas/config.schema.yaml; tests/test_cli.py checks).
 DEFAULT_SLICE_SIZE = (256, 256)  # datasets.<name>.size
 DEFAULT_TRANSLATE_BATCH = 32  # translate.batch_size
+# translate.tiling: how a patch-trained model covers a test slice (dfbk.translation.inference_tile);
+# here, torch-free, so the parser and the config schema's enum (checked by a test) share it.
+TILINGS = ("patch", "slice")
 
 
 def _csv(text: str) -> list[str]:
@@ -570,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tiling",
-        choices=("patch", "slice"),  # dfbk.translation.TILINGS (torch-free here)
+        choices=TILINGS,
         default="patch",
         help="patch: sliding tiles of the training size, Gaussian-blended (default); slice: the "
         "whole slice in one pass (the config's translate.tiling)",

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from dfbk.cli import TILINGS
 from dfbk.data.io import write_nifti, write_text
 from dfbk.data.splits import read_split
 from dfbk.data.store import SliceStore
@@ -67,9 +68,6 @@ def training_tile(payload: dict[str, Any]) -> tuple[int, int]:
     if patch:
         return int(patch), int(patch)
     return tuple(int(n) for n in payload["source"]["size"])
-
-
-TILINGS = ("patch", "slice")
 
 
 def inference_tile(
