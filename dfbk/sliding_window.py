@@ -38,6 +38,15 @@ STEP = 0.5  # tile stride as a fraction of the tile (nnU-Net's default)
 SIGMA_SCALE = 1.0 / 8.0  # Gaussian sigma as a fraction of the tile side (nnU-Net's default)
 
 
+def trained_tile(hparams: dict, slice_size) -> tuple[int, int]:
+    """The in-plane size a model was trained on: its `patch_size`, else the whole slice; the
+    tile that validation and test translation (tiling `patch`) slide over a slice."""
+    patch = hparams.get("patch_size")
+    if patch:
+        return int(patch), int(patch)
+    return tuple(int(n) for n in slice_size)
+
+
 def tile_starts(length: int, tile: int, step: float = STEP) -> list[int]:
     """Evenly spaced starts covering [0, length) with tiles of `tile`, stride <= step * tile."""
     if length <= tile:

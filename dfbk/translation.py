@@ -31,7 +31,7 @@ from dfbk.data.store import SliceStore
 from dfbk.diffusion.noise import slice_seeds
 from dfbk.errors import DataError, TrainingError
 from dfbk.methods.base import Knowledge
-from dfbk.sliding_window import NonFiniteOutput, translate_tiled
+from dfbk.sliding_window import NonFiniteOutput, trained_tile, translate_tiled
 from dfbk.training.checkpoint import check_fingerprint, load_checkpoint, rebuild_method
 from dfbk.training.trainer import parse_direction, pick_device
 
@@ -64,10 +64,7 @@ def checkpoint_knowledge(payload: dict[str, Any]) -> Knowledge | None:
 
 def training_tile(payload: dict[str, Any]) -> tuple[int, int]:
     """The in-plane size the model was trained on: its patch size, else the slice size."""
-    patch = (payload.get("hparams") or {}).get("patch_size")
-    if patch:
-        return int(patch), int(patch)
-    return tuple(int(n) for n in payload["source"]["size"])
+    return trained_tile(payload.get("hparams") or {}, payload["source"]["size"])
 
 
 def inference_tile(

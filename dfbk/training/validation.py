@@ -22,7 +22,7 @@ from dfbk.data.store import SliceStore
 from dfbk.errors import DataError
 from dfbk.evaluation.metrics import mae, psnr, ssim
 from dfbk.methods.base import Knowledge, Method
-from dfbk.sliding_window import NonFiniteOutput, translate_tiled
+from dfbk.sliding_window import NonFiniteOutput, trained_tile, translate_tiled
 
 DEFAULT_SLICES = 8
 DEFAULT_TIMES = 5  # validations per run when val_every is not given
@@ -88,8 +88,7 @@ class Validator:
         score that picks best.pt measures what the test will; whole slices otherwise. A
         non-finite prediction yields NaN (never a best step) instead of stopping training.
         """
-        patch = method.hparams.get("patch_size")
-        tile = (int(patch), int(patch)) if patch else tuple(self.source.shape[-2:])
+        tile = trained_tile(method.hparams, self.source.shape[-2:])
         was_training = method.training
         method.eval()
         try:
