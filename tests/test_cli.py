@@ -78,6 +78,19 @@ def test_cli_defaults_agree_with_the_schema_and_the_demo_config():
     assert f'/size", within=config, default={size})' in rule  # the rule's fallback too
 
 
+def test_the_tiling_names_are_one_list_for_the_schema_and_the_cli():
+    """translate.tiling's enum (YAML, so it cannot import) and `dfbk predict --tiling` offer
+    exactly what predict_test_set accepts: dfbk.cli.TILINGS."""
+    tiling = SCHEMA["properties"]["translate"]["properties"]["tiling"]
+    assert tiling["enum"] == list(cli.TILINGS)
+    predict = verb_parser("predict")
+    args = ["m.pt", "store", "split.json", "out"]
+    for name in cli.TILINGS:
+        assert predict.parse_args([*args, "--tiling", name]).tiling == name
+    with pytest.raises(SystemExit):
+        predict.parse_args([*args, "--tiling", "tiles"])
+
+
 @pytest.mark.parametrize(
     ("verb", "dest", "keys"),
     [
@@ -90,6 +103,7 @@ def test_cli_defaults_agree_with_the_schema_and_the_demo_config():
         ("train", "checkpoint_every", ("train", "checkpoint_every")),
         ("train", "evaluate", ("train", "evaluate_checkpoint")),
         ("track", "experiment", ("tracking", "experiment")),
+        ("predict", "tiling", ("translate", "tiling")),
     ],
 )
 def test_other_cli_defaults_are_the_schema_defaults(verb, dest, keys):

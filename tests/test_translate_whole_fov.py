@@ -230,23 +230,6 @@ def test_slice_tiling_runs_each_whole_slice_padded_to_the_networks_multiple(
     assert not (tmp_path / "bad").exists()
 
 
-def test_the_tiling_names_are_one_list_for_the_schema_the_cli_and_predict():
-    """translate.tiling's enum (YAML, so it cannot import) and `dfbk predict --tiling` offer
-    exactly what predict_test_set accepts: dfbk.cli.TILINGS."""
-    import yaml
-    from conftest import REPO
-
-    from dfbk.cli import TILINGS, build_parser
-
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert schema["properties"]["translate"]["properties"]["tiling"]["enum"] == list(TILINGS)
-    args = ["predict", "m.pt", "store", "split.json", "out"]
-    for tiling in TILINGS:
-        assert build_parser().parse_args([*args, "--tiling", tiling]).tiling == tiling
-    with pytest.raises(SystemExit):
-        build_parser().parse_args([*args, "--tiling", "tiles"])
-
-
 def test_predict_refuses_nan_and_keeps_nothing(phantom_store, tmp_path):
     store, split = phantom_store
     ckpt = store_checkpoint(nan_checkpoint(tmp_path / "model.pt", size=store.size), store, split)
