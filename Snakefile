@@ -5,7 +5,7 @@ import os
 
 from snakemake.utils import min_version
 
-from dfbk.config_checks import check_method_settings, validate_config
+from dfbk.plan.checks import check_method_settings, validate_config
 
 min_version("9.20")
 

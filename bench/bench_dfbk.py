@@ -14,7 +14,7 @@ Knowledge is 108 text-token slots of width 768 with a padding mask (BiomedCLIP's
 `--capacity` prints instead, for every ablation row at `paper` (256x256, its batch of 16):
 trainable parameters, + % over resshift, and forward+backward TFLOPs per training step, for
 BiomedCLIP knowledge (768-d text + 197 image tokens) and the MiniLM fallback (384-d text), plus
-the frozen image tower's forward FLOPs (dfbk/networks/capacity.py; meta device, no weights).
+the frozen image tower's forward FLOPs (bench/capacity.py; meta device, no weights).
 
     python bench/bench_dfbk.py --quick     # ~3 minutes on 1 CPU thread
     python bench/bench_dfbk.py --capacity  # ~2 minutes on 1 CPU thread
@@ -30,11 +30,11 @@ import time
 import warnings
 from collections.abc import Callable
 
+import capacity
 import torch
 
 from dfbk.methods import Batch, build_method
 from dfbk.methods.base import Knowledge, count_parameters
-from dfbk.networks import capacity
 
 METHODS = ("resshift", "dfbk")
 
@@ -131,7 +131,7 @@ def bench_haar(shape: tuple[int, ...], repeats: int, device: torch.device) -> di
 
 
 def training_flops(preset: str, size: int) -> dict[str, float]:
-    """Forward+backward FLOPs per slice, counted on the meta device (dfbk/networks/capacity.py).
+    """Forward+backward FLOPs per slice, counted on the meta device (bench/capacity.py).
 
     Costs nothing to run, so the 256x256 paper networks are compared even where a CPU cannot
     afford one of their steps.

@@ -6,7 +6,7 @@ Usage (CPU smoke check, tiny presets at 64x64, one timed step, a 4-slice volume)
     python bench/bench_gpu.py --smoke
 
 For every registered method (through the method interface only: `build_method`, `Batch`,
-`training_step`, `translate` via `dfbk.translation.translate_slices`, so a new method is
+`training_step`, `translate` via `dfbk.inference.predict.translate_slices`, so a new method is
 covered the day it is registered) it prints one table row:
 - training step: wall seconds (median over timed steps, after warm-up steps that take the first
   allocations and cuDNN choices), images/s (batch / seconds), peak accelerator memory of a step;
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from dfbk.inference.predict import translate_slices
 from dfbk.methods import Batch, build_method, list_methods
 from dfbk.methods.base import Knowledge, count_parameters
-from dfbk.translation import translate_slices
 
 # Dense (no sparsity) bf16 tensor-core peaks in TFLOP/s from the vendors' data sheets; the first
 # name contained in the device name wins, so specific names come before their families.

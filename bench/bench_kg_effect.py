@@ -4,7 +4,7 @@ Loads `model.pt` (a KG method), takes the `--slices` slices of the slice store w
 target foreground, and prints the RMS change of the denoiser's x0 prediction at fixed
 noisy inputs when the trained knowledge is replaced by another modality's prompts, by other
 prompts of the same modality, by random tokens of equal norm around the trained tokens, and by
-isotropic random tokens (dfbk/knowledge/effects.py). The alternative prompts are encoded with
+isotropic random tokens (bench/kg_effects.py). The alternative prompts are encoded with
 the encoder the checkpoint was trained with (MiniLM here; BiomedCLIP where its weights are).
 
     python bench/bench_kg_effect.py results/train/phantom/t1n-to-t2w/dfbk/seed-0/model.pt \\
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from kg_effects import fixed_predictor, knowledge_effects
 
-from dfbk.data.store import SliceStore
+from dfbk.data.slices.store import SliceStore
+from dfbk.inference.predict import checkpoint_knowledge
 from dfbk.knowledge import encode_prompts, prompts_for
-from dfbk.knowledge.effects import fixed_predictor, knowledge_effects
 from dfbk.training.checkpoint import load_checkpoint, rebuild_method
 from dfbk.training.trainer import parse_direction
-from dfbk.translation import checkpoint_knowledge
 
 
 def pick_slices(store: SliceStore, source: str, target: str, count: int) -> tuple:

@@ -3,7 +3,7 @@
 Usage: python bench/bench_loader.py [--seconds 3] [--slices 480] [--tflops 400] [--floor-ms 15]
                                     [--prefetch 0,thread,2] [--gpu-bench bench_gpu.json]
 
-Supply: `dfbk.data.loader.SliceBatcher` (what the trainer uses: memory-mapped store) read
+Supply: `dfbk.data.slices.loader.SliceBatcher` (what the trainer uses: memory-mapped store) read
 through `prefetched_batches` in each `--prefetch` mode: 0 reads in the training process when a
 batch is asked for, `thread` reads two batches ahead in a background thread, N > 0 reads ahead
 in N DataLoader worker processes (pinned memory when CUDA is present, as the trainer would), on
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfbk.data.loader import SliceBatcher, prefetched_batches
-from dfbk.data.store import write_store
+from dfbk.data.slices.loader import SliceBatcher, prefetched_batches
+from dfbk.data.slices.store import write_store
 from dfbk.methods.catalog import load_catalog
 
 # FLOPs of one `paper` training step at 256x256 (TFLOP), counted with

@@ -4,13 +4,13 @@ Usage: python bench/bench_translate.py [--preset tiny] [--size 64] [--subjects 6
                                        [--threads 1] [methods...]
 
 For each method: a checkpoint from one training step of the shared trainer (the weights do not
-change the cost of translating), then `dfbk.translation.predict_test_set`, the function behind
+change the cost of translating), then `dfbk.inference.predict.predict_test_set`, the function behind
 `dfbk predict` and the translate_test_set rule, on the test split of a fabricated phantom store
-(`dfbk.data.phantom`, T1 -> T2, prepared at --size). Timed: the whole call (checkpoint load,
+(`dfbk.data.phantom.anatomy`, T1 -> T2, prepared at --size). Timed: the whole call (checkpoint load,
 model rebuild, every test volume translated and written as NIfTI). Knowledge Guidance methods
 get MiniLM prompt tokens (the offline encoder), as `dfbk knowledge --encoder minilm` writes.
 
-The test subjects' slices are batched as one stream (`dfbk.translation.translate_volumes`):
+The test subjects' slices are batched as one stream (`dfbk.inference.predict.translate_volumes`):
 the header gives the batches of slices this takes against one subject at a time (tiled
 slices multiply both). On a CPU a batch costs about its size, so only a GPU, where a partial
 batch costs nearly a full one, gains from the fewer batches; these figures are CPU throughput
@@ -29,14 +29,14 @@ from pathlib import Path
 
 import torch
 
-from dfbk.data.phantom import generate_phantom_dataset
-from dfbk.data.prepare import prepare_dataset
-from dfbk.data.splits import write_or_check_split
-from dfbk.data.store import SliceStore
+from dfbk.data.phantom.anatomy import generate_phantom_dataset
+from dfbk.data.slices.prepare import prepare_dataset
+from dfbk.data.slices.splits import write_or_check_split
+from dfbk.data.slices.store import SliceStore
+from dfbk.inference.predict import predict_test_set
 from dfbk.knowledge import DEFAULT_PROMPTS, encode_or_load
 from dfbk.methods.registry import list_methods
 from dfbk.training.trainer import TrainSpec, train
-from dfbk.translation import predict_test_set
 
 
 def fabricate(root: Path, subjects: int, size: int) -> tuple[Path, Path, list[str], int]:

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from dfbk.data.phantom_layouts import make_layout_subject  # noqa: E402
+from dfbk.data.phantom.layouts import make_layout_subject  # noqa: E402
 from dfbk.evaluation.metrics import ssim_interior, ssim_map  # noqa: E402
 from dfbk.evaluation.protocols import reference_normalise, score_mr  # noqa: E402
 

@@ -30,6 +30,9 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ.setdefault(_name, str(max(1, _share)))
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(
+    0, str(REPO / "bench")
+)  # bench-only modules (capacity, kg_effects) that tests check
 DFBK = str(Path(sys.executable).with_name("dfbk"))
 
 
@@ -50,7 +53,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def phantom_raw(tmp_path_factory) -> Path:
     """Four small phantom subjects (5 mm voxels) in the BraTS-like layout; read-only for tests."""
-    from dfbk.data.phantom import generate_phantom_dataset
+    from dfbk.data.phantom.anatomy import generate_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom") / "raw"
     generate_phantom_dataset(
@@ -70,9 +73,9 @@ def phantom_copy(phantom_raw, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def phantom_store(phantom_raw, tmp_path_factory):
     """The phantom prepared into a 48x48 slice store with a split."""
-    from dfbk.data.prepare import prepare_dataset
-    from dfbk.data.splits import write_or_check_split
-    from dfbk.data.store import SliceStore
+    from dfbk.data.slices.prepare import prepare_dataset
+    from dfbk.data.slices.splits import write_or_check_split
+    from dfbk.data.slices.store import SliceStore
 
     root = tmp_path_factory.mktemp("store")
     prepare_dataset("phantom", phantom_raw, root / "store", ["t1n", "t2w", "ct"], (48, 48), 0.05)

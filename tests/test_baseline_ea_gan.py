@@ -9,7 +9,7 @@ from dfbk.errors import ConfigError
 from dfbk.methods.base import Batch, to_signed
 from dfbk.methods.registry import build_method, get_method_class
 
-MODULE = "baselines.ea_gan"
+MODULE = "dfbk.baselines.ea_gan"
 NAMES = ("ea_gan", "dea_gan")
 SIZE = 32
 SMALL = {"ngf": 4, "ndf": 4, "num_downs": 5, "batch_size": 2, "steps": 10, "edge_ramp_steps": 4}
@@ -83,7 +83,7 @@ def test_checkpoint_round_trip(name):
 
 
 def test_sobel_of_a_vertical_step_is_the_analytic_value_on_the_edge_columns_only():
-    from baselines.ea_gan import sobel_edges
+    from dfbk.baselines.ea_gan import sobel_edges
 
     height = 0.7
     image = torch.zeros(1, 1, 8, 10, dtype=torch.float64)
@@ -99,7 +99,7 @@ def test_sobel_of_a_vertical_step_is_the_analytic_value_on_the_edge_columns_only
 
 
 def test_sobel_gradient_is_finite_in_flat_regions():
-    from baselines.ea_gan import sobel_edges
+    from dfbk.baselines.ea_gan import sobel_edges
 
     image = torch.zeros(1, 1, 6, 6, requires_grad=True)
     sobel_edges(image).sum().backward()
@@ -107,7 +107,7 @@ def test_sobel_gradient_is_finite_in_flat_regions():
 
 
 def test_edge_weight_ramps_linearly_then_holds():
-    from baselines.ea_gan import edge_weight
+    from dfbk.baselines.ea_gan import edge_weight
 
     values = [edge_weight(s, 100.0, 20) for s in (0, 5, 10, 20, 40)]
     assert values == pytest.approx([0.0, 25.0, 50.0, 100.0, 100.0])

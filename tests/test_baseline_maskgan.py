@@ -7,11 +7,11 @@ import pytest
 import torch
 from scipy import ndimage
 
-from baselines.maskgan_masks import batch_masks, extract_mask
+from dfbk.baselines.maskgan_masks import batch_masks, extract_mask
 from dfbk.methods.base import Batch, to_signed
 from dfbk.methods.registry import build_method, get_method_class
 
-MODULE = "baselines.maskgan"
+MODULE = "dfbk.baselines.maskgan"
 SMALL = {"ngf": 4, "n_blocks": 1, "n_content": 3, "ndf": 8, "batch_size": 2, "steps": 10}
 
 
@@ -117,7 +117,7 @@ def test_checkpoint_round_trip_gives_identical_translation():
 @pytest.fixture(scope="module")
 def phantom_slices() -> dict[str, np.ndarray]:
     """Middle axial slice of phantom 0 at 4 mm: t1n and CT in [0, 1], and its head mask."""
-    from dfbk.data.phantom import make_phantom_subject
+    from dfbk.data.phantom.anatomy import make_phantom_subject
 
     subject = make_phantom_subject(0, seed=0, voxel_mm=4.0)
     z = subject.head_mask.shape[2] // 2

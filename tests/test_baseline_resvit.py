@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 def resvit(stage: str | None = None, **overrides):
     return build_method(
-        "resvit", "tiny", {**SMALL, **overrides}, module="baselines.resvit", stage=stage
+        "resvit", "tiny", {**SMALL, **overrides}, module="dfbk.baselines.resvit", stage=stage
     )
 
 

@@ -11,7 +11,7 @@ from torch import Tensor
 from dfbk.methods.base import Batch
 from dfbk.methods.registry import build_method
 
-MODULE = "baselines.revgan"
+MODULE = "dfbk.baselines.revgan"
 SIZE = 32
 SMALL = {"ngf": 4, "ndf": 4, "n_blocks": 3, "batch_size": 2, "steps": 10}
 
@@ -28,7 +28,7 @@ def build(**overrides):
 
 
 def make_core(dtype: torch.dtype, memory_saving: bool, channels: int = 8, seed: int = 0):
-    from baselines.revgan import ReversibleCore
+    from dfbk.baselines.revgan import ReversibleCore
 
     torch.manual_seed(seed)
     return ReversibleCore(channels, 9, "instance", memory_saving).to(dtype)

@@ -10,7 +10,7 @@ import torch
 from dfbk.methods.base import Batch, to_signed
 from dfbk.methods.registry import build_method, get_method_class
 
-MODULE = "baselines.syndiff"
+MODULE = "dfbk.baselines.syndiff"
 VARIANTS = ["syndiff", "syndiff_paired"]
 SIZE = 32
 # Shrunken widths: every test runs in about a second on one CPU thread.
@@ -52,7 +52,7 @@ def test_both_names_are_one_class_with_the_training_mode_as_data():
 
 
 def test_schedule_is_ddgan_vp_with_four_steps():
-    from baselines.syndiff import make_vp_schedule
+    from dfbk.baselines.syndiff import make_vp_schedule
 
     sched = make_vp_schedule(4, beta_min=0.1, beta_max=20.0)
     # closed form: alpha_bar(s) = exp(-0.1 s - 9.95 s^2) at s = 1e-3 + 0.999 k / 4,
@@ -74,7 +74,7 @@ def test_schedule_is_ddgan_vp_with_four_steps():
 
 
 def test_forward_pair_has_the_marginal_of_step_t():
-    from baselines.syndiff import make_vp_schedule, q_sample_pair
+    from dfbk.baselines.syndiff import make_vp_schedule, q_sample_pair
 
     sched = make_vp_schedule()
     x0 = torch.full((4000, 1, 4, 4), 0.5)

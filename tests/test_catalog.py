@@ -18,10 +18,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from dfbk.config_checks import check_method_settings
 from dfbk.errors import ConfigError
 from dfbk.methods import catalog
 from dfbk.methods.registry import BUILTIN_METHODS, BUILTIN_STAGES, CPU_ONLY_METHODS
+from dfbk.plan.checks import check_method_settings
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 
@@ -113,7 +113,7 @@ def test_a_declared_module_is_still_imported_and_checked(tmp_path, monkeypatch):
     (tmp_path / "odd_method.py").write_text(
         textwrap.dedent(
             """
-            from baselines.identity import Identity
+            from dfbk.baselines.identity import Identity
             from dfbk.methods.registry import register_method
 
             @register_method("odd")

@@ -13,9 +13,9 @@ from test_volume_translate import head_volume, make_checkpoint, write_volume
 
 from dfbk import cli
 from dfbk.errors import DataError, DfbkError
+from dfbk.inference.volume import translate_folder, translate_volume
 from dfbk.methods.catalog import load_catalog
 from dfbk.methods.registry import BUILTIN_METHODS
-from dfbk.volume_translate import translate_folder, translate_volume
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
@@ -67,25 +67,12 @@ def test_every_verb_has_a_description_and_an_example():
         assert "example:" in text and f"dfbk {name}" in text.split("example:", 1)[1], name
 
 
-def test_cli_defaults_agree_with_the_schema_and_the_demo_config():
-    size = schema_default("datasets", "size")
-    assert verb_parser("prepare").get_default("size") == size == list(cli.DEFAULT_SLICE_SIZE)
-    batch = schema_default("translate", "batch_size")
-    assert CONFIG["translate"]["batch_size"] == batch
-    assert verb_parser("predict").get_default("batch_size") == batch
-    assert verb_parser("translate").get_default("batch_size") == batch
-    rule = (REPO / "workflow" / "rules" / "prepare.smk").read_text()
-    assert f'/size", within=config, default={size})' in rule  # the rule's fallback too
-
-
-def test_the_tiling_names_are_one_list_for_the_schema_and_the_cli():
-    """translate.tiling's enum (YAML, so it cannot import) and `dfbk predict --tiling` offer
-    exactly what predict_test_set accepts: dfbk.cli.TILINGS."""
+def test_the_tiling_names_are_the_schema_enum():
+    """`dfbk predict --tiling` offers exactly translate.tiling's enum, and nothing else."""
     tiling = SCHEMA["properties"]["translate"]["properties"]["tiling"]
-    assert tiling["enum"] == list(cli.TILINGS)
     predict = verb_parser("predict")
     args = ["m.pt", "store", "split.json", "out"]
-    for name in cli.TILINGS:
+    for name in tiling["enum"]:
         assert predict.parse_args([*args, "--tiling", name]).tiling == name
     with pytest.raises(SystemExit):
         predict.parse_args([*args, "--tiling", "tiles"])
@@ -104,9 +91,17 @@ def test_the_tiling_names_are_one_list_for_the_schema_and_the_cli():
         ("train", "evaluate", ("train", "evaluate_checkpoint")),
         ("track", "experiment", ("tracking", "experiment")),
         ("predict", "tiling", ("translate", "tiling")),
+        ("prepare", "size", ("datasets", "size")),
+        ("predict", "batch_size", ("translate", "batch_size")),
+        ("translate", "batch_size", ("translate", "batch_size")),
+        ("phantom", "seed", ("datasets", "phantom", "seed")),
+        ("train", "preset", ("methods", "preset")),
+        ("train", "device", ("train", "device")),
+        ("train", "gpus", ("train", "gpus")),
+        ("knowledge", "encoder", ("knowledge", "encoder")),
     ],
 )
-def test_other_cli_defaults_are_the_schema_defaults(verb, dest, keys):
+def test_cli_defaults_are_the_schema_defaults(verb, dest, keys):
     assert verb_parser(verb).get_default(dest) == schema_default(*keys)
 
 

@@ -1,5 +1,5 @@
 """Start-up config checks: a value no job could run with is refused at once, in one line that
-names the key, by the schema or by dfbk/config_checks.py, before any job is scheduled."""
+names the key, by the schema or by dfbk/plan/checks.py, before any job is scheduled."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ import torch
 import yaml
 from conftest import REPO
 
-from dfbk.config_checks import check_config, check_method_settings, check_schema, size_multiple
 from dfbk.errors import ConfigError
 from dfbk.methods.base import Knowledge
+from dfbk.methods.geometry import size_multiple
 from dfbk.methods.registry import build_method, list_methods
+from dfbk.plan.checks import check_config, check_method_settings, check_schema
 
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

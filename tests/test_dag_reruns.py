@@ -49,7 +49,7 @@ CONFIG = {
     "train": {"device": "cpu", "threads": 1, "checkpoint_every": 2, "gpus": 0},
     "tracking": {"experiment": "dag"},
 }
-MY_P2P = """from baselines.pix2pix import Pix2Pix
+MY_P2P = """from dfbk.baselines.pix2pix import Pix2Pix
 from dfbk.methods.registry import register_method
 
 

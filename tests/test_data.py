@@ -9,11 +9,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dfbk.data.loader import SliceBatcher
 from dfbk.data.normalise import ct_to_hu, normalise_ct, normalise_mr
-from dfbk.data.prepare import prepare_dataset
-from dfbk.data.splits import compute_split, write_or_check_split
-from dfbk.data.store import SliceStore
+from dfbk.data.slices.loader import SliceBatcher
+from dfbk.data.slices.prepare import prepare_dataset
+from dfbk.data.slices.splits import compute_split, write_or_check_split
+from dfbk.data.slices.store import SliceStore
 from dfbk.errors import ConfigError, DataError
 
 
@@ -207,7 +207,7 @@ def test_unpaired_batches_draw_targets_from_other_slices(phantom_store):
 
 def test_store_contract_records_the_in_plane_spacing_translate_resamples_to(tmp_path):
     """The training spacing travels with every checkpoint's contract (median over subjects)."""
-    from dfbk.data.store import write_store
+    from dfbk.data.slices.store import write_store
 
     images = {"t1n": np.zeros((5, 16, 16), np.float32)}
     mask = np.ones((5, 16, 16), np.uint8)

@@ -19,9 +19,9 @@ from fabricate import (
     write_isles,
 )
 
-from dfbk.data.adapters import get_adapter
-from dfbk.data.prepare import prepare_dataset
-from dfbk.data.store import SliceStore
+from dfbk.data.datasets import get_adapter
+from dfbk.data.slices.prepare import prepare_dataset
+from dfbk.data.slices.store import SliceStore
 from dfbk.errors import ConfigError, DataError
 
 SIZE = (32, 32)

@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import train_command
 
-from dfbk.data.loader import SliceBatcher
+from dfbk.data.slices.loader import SliceBatcher
 from dfbk.errors import DataError
 from dfbk.training.checkpoint import load_checkpoint
 

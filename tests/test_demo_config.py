@@ -2,7 +2,7 @@
 issue 11 asks: each phantom dataset with one of the paper's directions and identity, pix2pix,
 resshift and dfbk on it, the other baselines on one direction, the DFBK ablation on one; the
 full config runs all six of the paper's directions with every method. Read through the same
-run listing the workflow uses (dfbk.run_grid, which common.smk binds), so a cut that
+run listing the workflow uses (dfbk.plan.grid, which common.smk binds), so a cut that
 silently drops a row fails here without a Snakemake run."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections import defaultdict
 import pytest
 from conftest import REPO
 
-from dfbk.run_grid import runs as configured_runs
-from dfbk.status import load_config
+from dfbk.plan.grid import runs as configured_runs
+from dfbk.plan.status import load_config
 
 DEMO = REPO / "config" / "config.yaml"
 FULL = REPO / "config" / "demo-full.yaml"

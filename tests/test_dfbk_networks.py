@@ -13,8 +13,8 @@ from dfbk.errors import ConfigError
 from dfbk.methods import Batch, build_method
 from dfbk.methods.base import Knowledge
 from dfbk.methods.dfbk import ABLATIONS
+from dfbk.networks.blocks import timestep_embedding
 from dfbk.networks.dfb import DynamicFrequencyBalance
-from dfbk.networks.diffusion_unet import timestep_embedding
 from dfbk.networks.knowledge_guidance import (
     KnowledgeEmbedding,
     KnowledgeGuidance,

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from fabricate import BRATS_TOP, brats_tree, isles_tree, synthrad_tree, zip_tree
 
-from dfbk.data.adapters import get_adapter
-from dfbk.data.archives import extract_archive
-from dfbk.data.download import RECORD_FILE, download_dataset, register, zenodo_record_id
-from dfbk.data.fetch import DownloadError, fetch
+from dfbk.data.datasets import get_adapter
+from dfbk.data.sources.archives import extract_archive
+from dfbk.data.sources.download import RECORD_FILE, download_dataset, register, zenodo_record_id
+from dfbk.data.sources.fetch import DownloadError, fetch
 
 BRATS_ZIP = "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData.zip"
 

@@ -23,9 +23,9 @@ import yaml
 from conftest import REPO
 from fake_conda import install_fake_conda
 
-from dfbk.config_checks import check_config
 from dfbk.errors import ConfigError, DataError
-from dfbk.methods.external import collect_predictions, conda_env, record_run, render_command
+from dfbk.inference.external import collect_predictions, conda_env, record_run, render_command
+from dfbk.plan.checks import check_config
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 SCRIPT = REPO / "examples/external_linear/linear_map.py"
@@ -216,7 +216,7 @@ def test_prediction_off_the_store_grid_is_refused(phantom_store, tmp_path):
 # ----- through the micro DAG -----------------------------------------------------------------
 def copy_baseline_mae(results: Path) -> float:
     """MAE of copying T1 as the T2 prediction, over the test subjects' foreground voxels."""
-    from dfbk.data.store import SliceStore
+    from dfbk.data.slices.store import SliceStore
 
     store = SliceStore(results / "prepare/phantom/store")
     test = json.loads((results / "prepare/phantom/splits.json").read_text())["test"]
@@ -308,7 +308,7 @@ def test_sdm_apptainer_runs_the_external_commands_in_their_own_image(
     assert len(calls) == 2, calls
     assert " images/linear-map.sif bash -c " in calls[0] and "linear_map.py train" in calls[0]
     assert (
-        " containers/dfbk.sif bash -c " in calls[1] and "dfbk.methods.external record" in calls[1]
+        " containers/dfbk.sif bash -c " in calls[1] and "dfbk.inference.external record" in calls[1]
     )
 
 

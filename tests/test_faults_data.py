@@ -25,18 +25,18 @@ import numpy as np
 import pytest
 from test_download import BRATS_ZIP, FakeServer, md5, server, zenodo_record  # noqa: F401
 
-import dfbk.data.fetch as fetch_module
-import dfbk.data.prepare as prepare_module
+import dfbk.data.slices.prepare as prepare_module
+import dfbk.data.sources.fetch as fetch_module
 from dfbk.cli import main
-from dfbk.data import archives
-from dfbk.data.archives import extract_archive
-from dfbk.data.download import RECORD_FILE, download_dataset
-from dfbk.data.fetch import DownloadError, fetch
 from dfbk.data.io import MAX_VOXELS, read_volume
-from dfbk.data.prepare import prepare_dataset
-from dfbk.data.splits import read_split, write_or_check_split
-from dfbk.data.store import SliceStore, store_fingerprint
-from dfbk.data.synapse import TokenScrubber
+from dfbk.data.slices.prepare import prepare_dataset
+from dfbk.data.slices.splits import read_split, write_or_check_split
+from dfbk.data.slices.store import SliceStore, store_fingerprint
+from dfbk.data.sources import archives
+from dfbk.data.sources.archives import extract_archive
+from dfbk.data.sources.download import RECORD_FILE, download_dataset
+from dfbk.data.sources.fetch import DownloadError, fetch
+from dfbk.data.sources.synapse import TokenScrubber
 from dfbk.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
+from capacity import count_parameters, network_hparams, training_flops
 
 from dfbk.methods.dfbk import ABLATIONS
-from dfbk.networks.capacity import count_parameters, network_hparams, training_flops
 
 ROWS = ["resshift", *ABLATIONS]
 
@@ -36,5 +36,5 @@ def test_training_flops_count_the_knowledge_and_frequency_modules():
 
 
 def test_capacity_helper_imports_without_torch():
-    code = "import sys, dfbk.networks.capacity; assert 'torch' not in sys.modules"
+    code = "import sys, capacity; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,10 +5,10 @@ import json
 import torch
 from conftest import train_spec
 
+from dfbk.inference.predict import checkpoint_knowledge
 from dfbk.knowledge import DEFAULT_PROMPTS, encode_or_load
 from dfbk.training.checkpoint import load_checkpoint, rebuild_method
 from dfbk.training.trainer import Trainer
-from dfbk.translation import checkpoint_knowledge
 
 torch.set_num_threads(1)
 

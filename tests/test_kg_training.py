@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from kg_effects import fixed_predictor, knowledge_effects, rms_change
 
 from dfbk.knowledge import DEFAULT_PROMPTS, encode_prompts
-from dfbk.knowledge.effects import fixed_predictor, knowledge_effects, rms_change
 from dfbk.methods import Batch, build_method
 from dfbk.networks.dfb import DynamicFrequencyBalance
 from dfbk.networks.knowledge_guidance import KnowledgeEmbedding

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from dfbk.data.loader import SliceBatcher, prefetched_batches
-from dfbk.data.store import write_store
+from dfbk.data.slices.loader import SliceBatcher, prefetched_batches
+from dfbk.data.slices.store import write_store
 from dfbk.errors import DataError
 
 SIZE = 64

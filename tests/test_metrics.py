@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.metrics import structural_similarity
 
 from dfbk.data.io import load_image, write_nifti
-from dfbk.data.store import write_store
+from dfbk.data.slices.store import write_store
 from dfbk.errors import DataError
 from dfbk.evaluation.evaluate import evaluate_predictions
 from dfbk.evaluation.metrics import PSNR_CAP_DB, mae, psnr, ssim, ssim_map

@@ -18,11 +18,11 @@ import yaml
 from fabricate import contrast, phantom_head
 
 from dfbk.cli import main
-from dfbk.config_checks import check_config
-from dfbk.data.adapters import get_adapter
-from dfbk.data.foreground import otsu_foreground
-from dfbk.data.store import SliceStore
+from dfbk.data.datasets import get_adapter
+from dfbk.data.datasets.foreground import otsu_foreground
+from dfbk.data.slices.store import SliceStore
 from dfbk.errors import ConfigError
+from dfbk.plan.checks import check_config
 
 CASES = ("IXI002-Guys-0828", "IXI012-HH-1211", "IXI035-IOP-0873")
 LAYOUT = {

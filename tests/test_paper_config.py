@@ -17,10 +17,10 @@ import pytest
 import yaml
 from conftest import REPO
 
-from dfbk.config_checks import check_config
-from dfbk.data.adapters import get_adapter
+from dfbk.data.datasets import get_adapter
 from dfbk.errors import ConfigError
 from dfbk.methods.registry import list_methods, method_stages
+from dfbk.plan.checks import check_config
 
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 PAPER = REPO / "config" / "paper.yaml"

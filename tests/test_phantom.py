@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from dfbk.data import phantom
-from dfbk.data.phantom import (
+from dfbk.data.phantom import anatomy as phantom
+from dfbk.data.phantom.anatomy import (
     LABELS,
     PHANTOM_MODALITIES,
     generate_phantom_dataset,
     make_phantom_subject,
     write_phantom_subject,
 )
-from dfbk.data.phantom_tissues import SEQUENCES, TISSUE_NAMES, mr_signal, tissue_table
+from dfbk.data.phantom.tissues import SEQUENCES, TISSUE_NAMES, mr_signal, tissue_table
 
 VOXEL_MM = 3.5
 PURE = 0.8  # a voxel counts as one tissue when that tissue fills >= 80% of it

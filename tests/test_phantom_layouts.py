@@ -11,17 +11,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from dfbk.data.adapters import get_adapter
+from dfbk.data.datasets import get_adapter
 from dfbk.data.io import read_volume
-from dfbk.data.phantom import _template
-from dfbk.data.phantom_layouts import (
+from dfbk.data.phantom.anatomy import _template
+from dfbk.data.phantom.layouts import (
     generate_layout_dataset,
     make_layout_subject,
     subject_folder,
     write_layout_subject,
 )
-from dfbk.data.prepare import prepare_dataset
-from dfbk.data.store import SliceStore
+from dfbk.data.slices.prepare import prepare_dataset
+from dfbk.data.slices.store import SliceStore
 from dfbk.evaluation.protocols import score_mr
 
 PURE = 0.8  # a voxel counts as one tissue when that tissue fills >= 80% of it
@@ -86,7 +86,7 @@ def test_ct_numbers_bone_far_above_grey_above_white_above_csf_above_fat(synthrad
 
 def test_texture_varies_tissue_beyond_noise():
     """Same subject with and without structure: pure white matter varies more with texture."""
-    from dfbk.data.phantom import make_phantom_subject
+    from dfbk.data.phantom.anatomy import make_phantom_subject
 
     plain = make_phantom_subject(1, seed=2, voxel_mm=4.0, head=False)
     textured = make_phantom_subject(1, seed=2, voxel_mm=4.0, head=False, structure=True)

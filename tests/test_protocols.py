@@ -15,8 +15,8 @@ from scipy.ndimage import gaussian_filter
 
 from dfbk.data.io import write_nifti
 from dfbk.data.normalise import ct_to_hu
-from dfbk.data.prepare import prepare_dataset
-from dfbk.data.store import SliceStore, write_store
+from dfbk.data.slices.prepare import prepare_dataset
+from dfbk.data.slices.store import SliceStore, write_store
 from dfbk.evaluation.evaluate import evaluate_predictions, load_prediction
 from dfbk.evaluation.metrics import PSNR_CAP_DB, ssim_interior, ssim_map
 from dfbk.evaluation.official import brasyn_official, synthrad_official
@@ -265,7 +265,7 @@ def torch_home(tmp_path_factory):
     import torch
     from pytorch_fid import inception as fid_inception
 
-    from dfbk.reporting.fid import FID_WEIGHTS_NAME
+    from dfbk.evaluation.fid import FID_WEIGHTS_NAME
 
     torch.manual_seed(0)
     net = fid_inception._inception_v3(num_classes=1008, aux_logits=False, weights=None)
@@ -288,7 +288,7 @@ def torch_home(tmp_path_factory):
 def test_frechet_distance_equals_pytorch_fid():
     from pytorch_fid.fid_score import calculate_frechet_distance
 
-    from dfbk.reporting.fid import frechet_distance
+    from dfbk.evaluation.fid import frechet_distance
 
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 64))
@@ -302,7 +302,7 @@ def test_frechet_distance_equals_pytorch_fid():
 
 
 def test_fid_is_computed_when_the_weights_file_is_present(tmp_path, torch_home, monkeypatch):
-    from dfbk.reporting.fid import fid_columns, fid_unavailable_reason
+    from dfbk.evaluation.fid import fid_columns, fid_unavailable_reason
 
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     assert fid_unavailable_reason() is None
@@ -316,7 +316,7 @@ def test_fid_is_computed_when_the_weights_file_is_present(tmp_path, torch_home, 
 
 
 def test_fid_column_is_absent_and_the_caption_says_why(tmp_path, monkeypatch):
-    from dfbk.reporting.fid import fid_columns
+    from dfbk.evaluation.fid import fid_columns
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
     store = _store(tmp_path, "isles2015", "dwi")

@@ -11,11 +11,11 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import wilcoxon
 
 from dfbk.data.io import write_nifti
-from dfbk.data.store import write_store
+from dfbk.data.slices.store import write_store
 from dfbk.errors import DataError
 from dfbk.evaluation.statistics import holm
 from dfbk.reporting.captions import caption_notes, training_frame
-from dfbk.reporting.figures import make_comparison_figure, pick_slice, pick_subject
+from dfbk.reporting.figures import make_comparison_figure, pick_subject
 from dfbk.reporting.tables import (
     collect_results,
     metric_header,
@@ -240,12 +240,10 @@ def store_with_preds(tmp_path):
     return store, split, pred_dirs
 
 
-def test_figure_picks_lesion_subject_and_slice(store_with_preds):
+def test_figure_picks_the_lesion_subject(store_with_preds):
     store, _, _ = store_with_preds
     assert pick_subject(store, list(SUBJECTS)) == "sub-b"
     assert pick_subject(store, ["sub-a"]) == "sub-a"
-    assert pick_slice(store, "sub-b") == 1  # store slice 4, the lesion slice
-    assert pick_slice(store, "sub-a") == 0  # no lesion: ties go to the first slice
 
 
 def test_figure_written(store_with_preds, tmp_path):

@@ -73,7 +73,7 @@ def test_segmenter_finds_the_phantom_lesion_in_real_targets_not_in_blank_ones(ph
     """Trained briefly on the training split's real T2, it finds lesions in the test subjects'
     real T2 better than in an all-zero 'translation'."""
     store, split_path = phantom_store
-    from dfbk.data.splits import read_split
+    from dfbk.data.slices.splits import read_split
 
     split = read_split(split_path)
     labels = [1, 2, 3, 4]
@@ -136,7 +136,7 @@ def test_score_uses_the_ceiling_kept_by_training_and_refuses_another_modalitys_s
     equal to scoring them directly; `score` reads it from there for the same test subjects (a
     value planted in the file comes back), and refuses a segmenter made for another modality,
     naming the file."""
-    from dfbk.data.splits import read_split
+    from dfbk.data.slices.splits import read_split
     from dfbk.errors import DataError
     from dfbk.evaluation.segmentation import main
 

@@ -12,8 +12,8 @@ import yaml
 
 from dfbk import cli
 from dfbk.errors import ConfigError
-from dfbk.run_grid import runs as configured_runs
-from dfbk.status import collect_status, load_config
+from dfbk.plan.grid import runs as configured_runs
+from dfbk.plan.status import collect_status, load_config
 
 RUN = "brats2023/t1n-to-t2f/{method}/seed-{seed}"
 HOLD_LOCK = (

@@ -109,7 +109,7 @@ def _write_run(root: Path, dataset, direction, method, seed, n_steps, losses, lr
         bench = root / "benchmarks" / "train_method_stage" / run_dir / f"{stage}.tsv"
         bench.parent.mkdir(parents=True, exist_ok=True)
         bench.write_text(BENCHMARK_TSV)
-    if method in EXTERNAL:  # as dfbk.methods.external.record_run writes it
+    if method in EXTERNAL:  # as dfbk.inference.external.record_run writes it
         run["external"] = {"train": "python fit.py", "checkpoint": str(train_dir / "checkpoint")}
         (train_dir / "checkpoint" / "maps").mkdir(parents=True, exist_ok=True)
         (train_dir / "checkpoint" / "coefficients.json").write_text('{"a": 1.2, "b": 0.1}')
@@ -284,7 +284,7 @@ def test_environment_record_of_this_process():
 
     import torch
 
-    from dfbk.tracking.environment import run_environment
+    from dfbk.training.environment import run_environment
 
     record = run_environment()
     head = subprocess.run(
@@ -302,7 +302,7 @@ def test_gpu_model_and_count_as_torch_reports_them(monkeypatch):
     """Two visible GPUs of one model name it once; mixed models are all named."""
     import torch
 
-    from dfbk.tracking.environment import accelerator
+    from dfbk.training.environment import accelerator
 
     names = ["NVIDIA H200", "NVIDIA H200"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -623,7 +623,7 @@ def test_default_tracking_uri_honours_env(monkeypatch, tmp_path):
 
 
 def test_long_curves_are_window_means_with_at_most_the_cap():
-    from dfbk.tracking.files import window_means
+    from dfbk.training.records import window_means
 
     rows = [{"step": i, "time": float(i), "loss": float(i)} for i in range(2500)]
     merged = window_means(rows, 1000)
@@ -635,7 +635,7 @@ def test_long_curves_are_window_means_with_at_most_the_cap():
 
 def test_resumed_log_keeps_the_last_pass(tmp_path, empty_store):
     """A trainer resumed from step 20 rewrites steps 20-40: one point per step, the later ones."""
-    from dfbk.tracking.files import last_pass
+    from dfbk.training.records import last_pass
 
     rows = [{"step": s, "loss": 1.0} for s in (0, 10, 20, 30, 40)]
     rows += [{"step": s, "loss": 2.0} for s in (20, 30, 40, 50)]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import kill_at_step, train_spec
 
-from dfbk.data.loader import PARTNER_WINDOW, SliceBatcher
+from dfbk.data.slices.loader import PARTNER_WINDOW, SliceBatcher
 from dfbk.errors import TrainingError
 from dfbk.training.checkpoint import load_checkpoint
 from dfbk.training.trainer import Trainer, TrainSpec

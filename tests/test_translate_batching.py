@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from dfbk.diffusion.noise import slice_seeds
+from dfbk.inference.predict import NonFiniteVolumes, translate_slices, translate_volumes
 from dfbk.methods.base import Batch
 from dfbk.methods.registry import build_method
-from dfbk.translation import NonFiniteVolumes, translate_slices, translate_volumes
 
 TOLERANCE = 15 * 5 * 1.19e-7
 SIZE = 32

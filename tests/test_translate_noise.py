@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from dfbk.diffusion.noise import SliceNoise, slice_seeds, stable_seed
+from dfbk.inference.predict import translate_slices
 from dfbk.methods.base import Batch, Knowledge
 from dfbk.methods.registry import build_method
-from dfbk.translation import translate_slices
 
 TOLERANCE = 15 * 5 * 1.19e-7  # ~1e-5, see the module docstring
 METHODS = ["resshift", "syndiff", "syndiff_paired"]

@@ -18,11 +18,11 @@ from test_volume_translate import head_volume, make_checkpoint, write_volume
 
 from dfbk.data.normalise import normalise_mr
 from dfbk.errors import DataError, TrainingError
+from dfbk.inference.predict import checkpoint_knowledge, predict_test_set
+from dfbk.inference.sliding_window import Tiling, gaussian_weights, tile_starts, translate_tiled
+from dfbk.inference.volume import summary_line, translate_volume
 from dfbk.methods.registry import build_method
-from dfbk.sliding_window import Tiling, gaussian_weights, tile_starts, translate_tiled
 from dfbk.training.checkpoint import data_fingerprint, load_checkpoint, save_atomic
-from dfbk.translation import checkpoint_knowledge, predict_test_set
-from dfbk.volume_translate import summary_line, translate_volume
 
 ONE_MM = np.diag([1.0, 1.0, 2.0, 1.0])  # RAS, 1 x 1 mm in-plane, 2 mm slices
 
@@ -210,7 +210,7 @@ def test_slice_tiling_runs_each_whole_slice_padded_to_the_networks_multiple(
     """tiling slice: one tile per slice, the slice's sides rounded up to the size multiple the
     config check uses for this network (never below the training patch), recorded in
     predictions.json; an unknown tiling is refused."""
-    from dfbk.config_checks import size_multiple
+    from dfbk.methods.geometry import size_multiple
     from dfbk.methods.resshift import ResShift
 
     store, split = phantom_store

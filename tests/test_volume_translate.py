@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from dfbk import volume_translate
 from dfbk.data.normalise import ct_to_hu, normalisation_name, normalise_ct, normalise_mr
 from dfbk.errors import DataError, DfbkError
+from dfbk.inference import volume as volume_translate
+from dfbk.inference.volume import translate_volume
 from dfbk.knowledge import KnowledgeEmbedding, prompt_hash, save_knowledge
 from dfbk.methods.registry import build_method
 from dfbk.training.checkpoint import recipe, save_atomic
 from dfbk.training.trainer import TrainSpec
-from dfbk.volume_translate import translate_volume
 
 torch.set_num_threads(1)
 

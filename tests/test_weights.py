@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from dfbk import weights
 from dfbk.cli import main
-from dfbk.weights import LOCK_NAME, TEXT_REPO, WeightsError, fetch_weights
+from dfbk.data.sources import weights
+from dfbk.data.sources.weights import LOCK_NAME, TEXT_REPO, WeightsError, fetch_weights
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -232,7 +232,9 @@ def test_converted_vit_is_what_resvits_paper_preset_loads(monkeypatch, tmp_path)
     from safetensors.torch import load_file
 
     state = load_file(str(out))
-    method = build_method("resvit", "paper", {"vit_weights": str(out)}, module="baselines.resvit")
+    method = build_method(
+        "resvit", "paper", {"vit_weights": str(out)}, module="dfbk.baselines.resvit"
+    )
     described = method.describe()
     assert described["patch_embed"] == "loaded"
     assert described["pos_embed"] == "loaded (14x14 -> 16x16)"

@@ -160,6 +160,38 @@ def atomic_path(final: Path) -> Path:
     return Path(tmp)
 
 
+def file_mode() -> int:
+    """Permissions a plain `open()` would give a new file under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def save_torch_atomic(
+    obj: object, path: Path, what: str = "file", error: type[Exception] = DataError
+) -> Path:
+    """torch.save to a temporary sibling, then rename: a crash never leaves a partial file.
+
+    A failed write (disk full, permissions) is one `error` naming `path` and `what` it is; the
+    temporary is removed. The file gets the umask's mode (mkstemp makes 0600; a group may read
+    results).
+    """
+    import torch
+
+    path = Path(path)
+    tmp = atomic_path(path)
+    try:
+        torch.save(obj, tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
+        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
+        raise error(f"{path}: cannot write {what} ({reason})") from err
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_nifti(data: np.ndarray, affine: np.ndarray, path: Path, header=None) -> Path:
     """Write a NIfTI volume atomically (temporary name, then rename)."""
     import nibabel as nib

@@ -30,8 +30,8 @@ import pandas as pd
 
 from dfbk.data.io import load_image, write_text
 from dfbk.data.normalise import ct_to_hu, is_ct
-from dfbk.data.splits import read_split
-from dfbk.data.store import SliceStore
+from dfbk.data.slices.splits import read_split
+from dfbk.data.slices.store import SliceStore
 from dfbk.errors import DataError
 from dfbk.evaluation.metrics import PROTOCOL, ssim_map
 from dfbk.evaluation.protocols import (
@@ -185,11 +185,11 @@ def evaluate_predictions(
 
     The protocol follows the store's dataset (`dfbk.evaluation.protocols`; the generic one
     for the phantom). FID over all test slices is added when `fid` is True, or with None when
-    pytorch-fid's Inception weights are present (`dfbk.reporting.fid`); otherwise metrics.json
+    pytorch-fid's Inception weights are present (`dfbk.evaluation.fid`); otherwise metrics.json
     says why it is absent. Returns the metrics.json content:
     {**run_info, "protocol", "summary", "n_subjects", "fid"}.
     """
-    from dfbk.reporting.fid import FidAccumulator, fid_unavailable_reason
+    from dfbk.evaluation.fid import FidAccumulator, fid_unavailable_reason
 
     store = SliceStore(store_dir)
     _, target = parse_direction(direction)

@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from dfbk.data.io import write_text
-from dfbk.data.splits import read_split
-from dfbk.data.store import SliceStore
+from dfbk.data.slices.splits import read_split
+from dfbk.data.slices.store import SliceStore
 from dfbk.errors import DataError
 
 SEGMENTER_VERSION = 1

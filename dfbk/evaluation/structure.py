@@ -107,12 +107,6 @@ def hfen(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> f
     return _ratio(float(num.sum()), float(den.sum()))
 
 
-def hfen_per_slice(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None):
-    """HFEN of each slice over its region, (S,); NaN where the slice's region is empty."""
-    num, den = hfen_sums(pred, ref, mask)
-    return np.array([_ratio(n, d) for n, d in zip(num, den, strict=True)])
-
-
 def _average_downsample(image: np.ndarray) -> np.ndarray:
     """conv2(image, ones(2)/4, 'same') then every second row/column (MATLAB, 1-based 1:2:end).
 
@@ -153,12 +147,6 @@ def gmsd(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None) -> f
     """GMSD over the region (all pixels by default), pooled over all slices of a stack."""
     maps, region = gms_maps(pred, ref, mask)
     return _std(maps[region])
-
-
-def gmsd_per_slice(pred: np.ndarray, ref: np.ndarray, mask: np.ndarray | None = None):
-    """GMSD of each slice over its region, (S,); NaN where the slice's region is empty."""
-    maps, region = gms_maps(pred, ref, mask)
-    return np.array([_std(m[r]) for m, r in zip(maps, region, strict=True)])
 
 
 def structure_scores(

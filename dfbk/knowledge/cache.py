@@ -15,11 +15,11 @@ from typing import Any
 
 import torch
 
+from dfbk.data.io import save_torch_atomic
 from dfbk.errors import DataError
 from dfbk.knowledge import encoders
 from dfbk.knowledge.encoders import KnowledgeEmbedding, prompt_hash
 from dfbk.knowledge.prompts import KNOWLEDGE_FORMAT_VERSION
-from dfbk.training.checkpoint import save_atomic
 
 FORMAT = "dfbk-knowledge"
 FORMAT_VERSION = KNOWLEDGE_FORMAT_VERSION  # 2: token states + mask (1: one pooled row/prompt)
@@ -41,7 +41,7 @@ def save_knowledge(emb: KnowledgeEmbedding, path: Path) -> Path:
         "token_mask": emb.token_mask,
         "pooled": emb.pooled,
     }
-    return save_atomic(payload, Path(path))
+    return save_torch_atomic(payload, Path(path), "the knowledge file")
 
 
 def _check_tensors(payload: dict[str, Any], path: Path) -> None:

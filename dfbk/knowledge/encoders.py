@@ -34,7 +34,7 @@ from torch import Tensor
 
 from dfbk.errors import ConfigError
 from dfbk.knowledge.prompts import DEFAULT_PROMPTS, ENCODERS  # noqa: F401 (re-exported)
-from dfbk.methods.base import Knowledge
+from dfbk.knowledge.tokens import Knowledge
 
 BIOMEDCLIP_ID = "microsoft/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224"
 BIOMEDCLIP_FILES = ("open_clip_config.json", "open_clip_pytorch_model.bin")

@@ -10,65 +10,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from dfbk.data.slices.loader import Batch
 from dfbk.errors import ConfigError
+from dfbk.knowledge.tokens import Knowledge
 from dfbk.methods.budget import check_budget
-
-
-@dataclass
-class Knowledge:
-    """Knowledge Guidance's text keys/values for one target modality, shared by every sample.
-
-    tokens: (K, D) float32 token states of the encoded prompts (several prompts, their tokens
-        concatenated); mask: (K,) bool, True for a real token, False for padding (None: all
-        real). Per-sample visual tokens are not here: a method that uses them computes them from
-        the source slices it is given.
-    """
-
-    tokens: Tensor
-    mask: Tensor | None = None
-
-    def to(self, device: torch.device) -> Knowledge:
-        mask = None if self.mask is None else self.mask.to(device)
-        return Knowledge(self.tokens.to(device), mask)
-
-    @property
-    def dim(self) -> int:
-        return int(self.tokens.shape[-1])
-
-    def to_payload(self) -> dict[str, Tensor | None]:
-        """Tensors only, so a checkpoint holding them loads with `weights_only=True`."""
-        return {"knowledge_tokens": self.tokens.cpu(), "knowledge_mask": self.mask}
-
-    @staticmethod
-    def from_payload(payload: dict[str, Any]) -> Knowledge | None:
-        tokens = payload.get("knowledge_tokens")
-        return None if tokens is None else Knowledge(tokens, payload.get("knowledge_mask"))
-
-
-@dataclass
-class Batch:
-    """One training batch of aligned axial slices.
-
-    source, target: (B, 1, H, W) float32 in [0, 1] (the slice store's range).
-    mask: (B, 1, H, W) float32 in {0, 1}, the foreground (head/body) mask.
-    knowledge: optional knowledge tokens of the target modality (`Knowledge`).
-    """
-
-    source: Tensor
-    target: Tensor
-    mask: Tensor
-    knowledge: Knowledge | None = None
-
-    def to(self, device: torch.device) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        knowledge = None if self.knowledge is None else self.knowledge.to(device)
-        return Batch(move(self.source), move(self.target), move(self.mask), knowledge)
 
 
 def to_signed(x: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ those facts for the built-in methods; it is generated from the live registry by
 
 and `tests/test_catalog.py` fails when it differs from what the code would generate, so it
 cannot drift silently. Methods a config declares with `methods.<name>.module` are user code and
-are still imported (dfbk.config_checks).
+are still imported (dfbk.plan.checks).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 
 from dfbk.errors import ConfigError
 from dfbk.methods.budget import check_budget
+from dfbk.methods.geometry import SIZE_RULES, size_multiple
 from dfbk.methods.registry import BUILTIN_METHODS, CPU_ONLY_METHODS
 
 CATALOG_PATH = Path(__file__).with_name("catalog.json")
@@ -121,9 +122,8 @@ def build_catalog() -> dict[str, Any]:
     """The catalog as the live registry gives it (imports every built-in method module).
 
     Refuses a built-in class with its own `size_multiple` classmethod: planning cannot call it
-    without importing torch, so built-in size rules live in `dfbk.config_checks.SIZE_RULES`.
+    without importing torch, so built-in size rules live in `dfbk.methods.geometry.SIZE_RULES`.
     """
-    from dfbk.config_checks import SIZE_RULES, size_multiple
     from dfbk.methods.base import AUGMENTATIONS
     from dfbk.methods.registry import get_method_class
 
@@ -133,7 +133,7 @@ def build_catalog() -> dict[str, Any]:
         if getattr(cls, "size_multiple", None) is not None or cls.__module__ not in SIZE_RULES:
             raise ConfigError(
                 f"method '{name}': built-in methods need a size rule in "
-                f"dfbk.config_checks.SIZE_RULES['{cls.__module__}'], not a size_multiple method"
+                f"dfbk.methods.geometry.SIZE_RULES['{cls.__module__}'], not a size_multiple method"
             )
         presets = {}
         for preset in cls.PRESETS:

@@ -14,8 +14,8 @@ from dfbk.errors import ConfigError
 
 # name -> module that defines it (its class carries @register_method(name)).
 BUILTIN_METHODS: dict[str, str] = {
-    "identity": "baselines.identity",
-    "pix2pix": "baselines.pix2pix",
+    "identity": "dfbk.baselines.identity",
+    "pix2pix": "dfbk.baselines.pix2pix",
     "resshift": "dfbk.methods.resshift",
     "dfbk": "dfbk.methods.dfbk",
     "dfbk-no-kg": "dfbk.methods.dfbk",
@@ -23,13 +23,13 @@ BUILTIN_METHODS: dict[str, str] = {
     "dfbk-dfb-low": "dfbk.methods.dfbk",
     "dfbk-dfb-high": "dfbk.methods.dfbk",
     "dfbk-dfb-static": "dfbk.methods.dfbk",
-    "resvit": "baselines.resvit",
-    "ea_gan": "baselines.ea_gan",
-    "dea_gan": "baselines.ea_gan",
-    "revgan": "baselines.revgan",
-    "maskgan": "baselines.maskgan",
-    "syndiff": "baselines.syndiff",
-    "syndiff_paired": "baselines.syndiff",
+    "resvit": "dfbk.baselines.resvit",
+    "ea_gan": "dfbk.baselines.ea_gan",
+    "dea_gan": "dfbk.baselines.ea_gan",
+    "revgan": "dfbk.baselines.revgan",
+    "maskgan": "dfbk.baselines.maskgan",
+    "syndiff": "dfbk.baselines.syndiff",
+    "syndiff_paired": "dfbk.baselines.syndiff",
 }
 
 # Extra training stages a method runs before its main training, in order (each one a DAG job

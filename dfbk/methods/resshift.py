@@ -88,7 +88,8 @@ SWIN_UNET_PRESETS = {
 class ResShiftBase(Method):
     """Diffusion mechanics shared by `resshift` and the DFBK variants: subclasses build `net`."""
 
-    # translate() takes `noise=` (per-slice canvases cropped per tile; dfbk/sliding_window.py)
+    # translate() takes `noise=` (per-slice canvases cropped per tile;
+    # dfbk/inference/sliding_window.py)
     SAMPLES_NOISE = True
 
     def __init__(self, hparams: dict) -> None:

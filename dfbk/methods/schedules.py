@@ -1,4 +1,4 @@
-"""Learning-rate schedules shared by the GAN baselines."""
+"""Learning-rate schedules shared by the GAN dfbk.baselines."""
 
 from __future__ import annotations
 

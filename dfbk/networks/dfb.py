@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfbk.networks.diffusion_unet import group_norm
+from dfbk.networks.blocks import group_norm
 from dfbk.networks.knowledge_guidance import KnowledgeCrossAttention, rms
 from dfbk.networks.swin import window_partition, window_reverse
 from dfbk.networks.wavelets import HaarWavelet

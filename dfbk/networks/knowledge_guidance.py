@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfbk.networks.diffusion_unet import group_norm
+from dfbk.networks.blocks import group_norm
 
 
 def inner_width(channels: int, ratio: float, head_channels: int) -> int:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfbk.networks.diffusion_unet import group_norm
+from dfbk.networks.blocks import group_norm
 
 SHIFT_MASK_VALUE = -100.0  # Swin's additive mask between regions that a cyclic shift made adjacent
 

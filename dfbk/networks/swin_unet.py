@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dfbk.networks.blocks import ResBlock, group_norm, timestep_embedding
 from dfbk.networks.dfb import DFB_VARIANTS, DynamicFrequencyBalance
-from dfbk.networks.diffusion_unet import ResBlock, group_norm, timestep_embedding
 from dfbk.networks.knowledge_guidance import (
     KnowledgeEmbedding,
     KnowledgeGuidance,

@@ -21,8 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dfbk.data.io import atomic_path
-from dfbk.data.splits import read_split
-from dfbk.data.store import SliceStore
+from dfbk.data.slices.splits import read_split
+from dfbk.data.slices.store import SliceStore
 from dfbk.errors import DataError
 from dfbk.evaluation.evaluate import load_prediction, parse_direction
 from dfbk.evaluation.metrics import psnr, ssim
@@ -40,16 +40,6 @@ def pick_subject(store: SliceStore, test_subjects: list[str]) -> str:
         if np.asarray(store.label[start:stop]).any():
             return subject
     return test_subjects[0]
-
-
-def pick_slice(store: SliceStore, subject: str) -> int:
-    """Offset (within the subject) of the slice with most foreground, lesion slices first."""
-    start, stop = store.subject_range(subject)
-    foreground = (np.asarray(store.mask[start:stop]) > 0).sum(axis=(1, 2))
-    has_lesion = (np.asarray(store.label[start:stop]) > 0).any(axis=(1, 2))
-    if has_lesion.any():
-        foreground = np.where(has_lesion, foreground, -1)
-    return int(np.argmax(foreground))
 
 
 ANATOMY_FRACTION = 0.5  # anatomy slices hold at least half the subject's largest foreground

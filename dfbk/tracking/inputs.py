@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dfbk.errors import DataError
-from dfbk.tracking.files import finite, last_pass, read_json, read_jsonl
+from dfbk.training.records import finite, last_pass, read_json, read_jsonl
 
 _logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def _stat_print(path: Path, artifact_dir: str) -> str:
 
 def _model_artifacts(train_dir: Path, run: Mapping[str, Any]) -> list[tuple[Path, str]]:
     """The checkpoint as artifacts under ``model/``: dfbk's ``model.pt``, or the whole
-    checkpoint folder of an external baseline (its own format; dfbk.methods.external)."""
+    checkpoint folder of an external baseline (its own format; dfbk.inference.external)."""
     if run.get("external"):
         folder = train_dir / "checkpoint"
         if not folder.is_dir():

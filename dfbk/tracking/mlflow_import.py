@@ -22,7 +22,7 @@ in MLflow whose data still matches is restored (same id); the workflow notices s
 without MLflow (:func:`dfbk.tracking.store.missing_runs`) and reruns the import.
 
 Training logs. A trainer killed after its last checkpoint and resumed writes the steps since that
-checkpoint again; the last pass is kept (:func:`dfbk.tracking.files.last_pass`), and the run's
+checkpoint again; the last pass is kept (:func:`dfbk.training.records.last_pass`), and the run's
 record and its tag ``dfbk.log_restarts`` name the steps where a new pass began.
 
 Outages. HTTP retries are bounded (:data:`dfbk.tracking.store.HTTP_RETRY_DEFAULTS`); a SQLite
@@ -47,7 +47,6 @@ from mlflow.exceptions import MlflowException
 from sqlalchemy.exc import SQLAlchemyError
 
 from dfbk.errors import DataError
-from dfbk.tracking.files import read_json, write_json_atomic
 from dfbk.tracking.inputs import (
     IMPORT_FORMAT,
     RUN_FIELDS,
@@ -71,6 +70,7 @@ from dfbk.tracking.store import (
     default_tracking_uri,
     sqlite_path,
 )
+from dfbk.training.records import read_json, write_json_atomic
 
 __all__ = ["default_tracking_uri", "import_run", "import_runs", "run_key"]
 __all__ += ["ARTIFACTS_SHA_TAG", "DATA_SHA_TAG", "IMPORT_FORMAT", "RUN_KEY_TAG", "RUN_KIND_TAG"]

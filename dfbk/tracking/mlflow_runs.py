@@ -18,9 +18,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, Run, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
-from dfbk.tracking.files import finite, window_means
 from dfbk.tracking.inputs import RUN_FIELDS, RunInputs
 from dfbk.tracking.store import DATA_SHA_TAG
+from dfbk.training.records import finite, window_means
 
 RUN_KEY_TAG = "dfbk.run_key"
 RUN_KIND_TAG = "dfbk.run_kind"

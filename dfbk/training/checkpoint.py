@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 import dfbk
-from dfbk.data.io import atomic_path
+from dfbk.data.io import save_torch_atomic
 from dfbk.errors import DataError, TrainingError
 from dfbk.methods.registry import get_method_class
 
@@ -88,33 +88,14 @@ def plain(value: Any, where: str = "") -> Any:
 
 
 def save_atomic(obj: Any, path: Path) -> Path:
-    """torch.save to a temporary sibling, then rename: a crash never leaves a partial file.
+    """Save atomically (dfbk.data.io.save_torch_atomic); a dfbk checkpoint gets its content hash.
 
-    A dfbk checkpoint (`format` key) gets its content hash added. A failed write (disk full,
-    permissions) is one TrainingError naming `path`, and the temporary is removed.
+    A failed write (disk full, permissions) is one TrainingError naming `path`.
     """
-    path = Path(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = plain(obj)
         obj[HASH_KEY] = content_hash(obj)
-    tmp = atomic_path(path)
-    try:
-        torch.save(obj, tmp)
-        os.chmod(tmp, file_mode())  # mkstemp makes 0600; others in the group may read results
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as err:  # torch reports a failed write as RuntimeError
-        reason = getattr(err, "strerror", None) or str(err).splitlines()[0]
-        raise TrainingError(f"{path}: cannot write checkpoint ({reason})") from err
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def file_mode() -> int:
-    """Permissions a plain `open()` would give a new file under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+    return save_torch_atomic(obj, path, "checkpoint", TrainingError)
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -219,7 +200,7 @@ def store_identity(store_dir: Path) -> str:
 
 def split_identity(split_path: Path) -> str:
     """SHA-256 of the split's subject lists (train/val/test), independent of file layout."""
-    from dfbk.data.splits import read_split
+    from dfbk.data.slices.splits import read_split
 
     return _sha256(_canonical(read_split(split_path)).encode())
 

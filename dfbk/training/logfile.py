@@ -13,9 +13,8 @@ import os
 from pathlib import Path
 from typing import TextIO
 
-from dfbk.data.io import atomic_path
+from dfbk.data.io import atomic_path, file_mode
 from dfbk.errors import TrainingError
-from dfbk.training.checkpoint import file_mode
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

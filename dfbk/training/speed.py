@@ -14,7 +14,7 @@ tests/test_speed_switches.py):
   in torch >= 2.4, CPU); other optimiser types are left alone and named in the notes.
 - `loader_workers`: DataLoader worker processes that read the next batches from the slice
   store while the current step computes (0: read in the training process when needed); the
-  batches are identical either way (`dfbk.data.loader.prefetched_batches`).
+  batches are identical either way (`dfbk.data.slices.loader.prefetched_batches`).
 - `loader_thread`: one background thread reads the next batches instead (NumPy's copies out of
   the memory map release the GIL; no inter-process transfer, which costs the training thread
   about what reading does: bench/bench_loader.py).

@@ -29,16 +29,16 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from dfbk.data.loader import SliceBatcher, prefetched_batches
-from dfbk.data.splits import read_split
-from dfbk.data.store import SliceStore
+from dfbk.data.slices.loader import SliceBatcher, prefetched_batches
+from dfbk.data.slices.splits import read_split
+from dfbk.data.slices.store import SliceStore
 from dfbk.errors import ConfigError, TrainingError
 from dfbk.knowledge.cache import load_knowledge
 from dfbk.methods.base import Batch, Knowledge, count_parameters
 from dfbk.methods.registry import build_method, get_method_class
-from dfbk.tracking.environment import run_environment
 from dfbk.training import checkpoint as ckpt
 from dfbk.training import distributed as ddp
+from dfbk.training.environment import run_environment
 from dfbk.training.flops import counted
 from dfbk.training.guard import FolderLock, stop_with_workflow
 from dfbk.training.logfile import append_line, flush_log, truncate_log, write_text_atomic

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from dfbk.data.store import SliceStore
+from dfbk.data.slices.store import SliceStore
 from dfbk.errors import DataError
 from dfbk.evaluation.metrics import mae, psnr, ssim
+from dfbk.inference.sliding_window import NonFiniteOutput, trained_tile, translate_tiled
 from dfbk.methods.base import Knowledge, Method
-from dfbk.sliding_window import NonFiniteOutput, trained_tile, translate_tiled
 
 DEFAULT_SLICES = 8
 DEFAULT_TIMES = 5  # validations per run when val_every is not given
@@ -84,7 +84,7 @@ class Validator:
         """(N, H, W) predictions in [0, 1]; the method is left in the mode it was in.
 
         A method trained on patches is run over the slices in tiles of its patch, as the test
-        set is translated (dfbk.translation.inference_tile, tiling `patch`), so the validation
+        set is translated (dfbk.inference.predict.inference_tile, tiling `patch`), so the validation
         score that picks best.pt measures what the test will; whole slices otherwise. A
         non-finite prediction yields NaN (never a best step) instead of stopping training.
         """

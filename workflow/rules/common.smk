@@ -5,8 +5,9 @@ from pathlib import Path
 import shlex
 import sys
 
-from dfbk import run_grid
-from dfbk.config_checks import check_config, method_modules
+from dfbk.plan import grid as run_grid
+from dfbk.plan.checks import check_config, method_modules
+from dfbk.plan.schema import default as schema_default
 from dfbk.methods.catalog import method_info
 from dfbk.methods.registry import CPU_ONLY_METHODS, method_stages
 from dfbk.tracking.store import default_tracking_uri, missing_runs
@@ -27,7 +28,7 @@ wildcard_constraints:
 RUN = "{dataset}/{direction}/{method}/seed-{seed}"
 
 
-# The run grid is defined once, in dfbk/run_grid.py (dfbk status reads it too); bound here.
+# The run grid is defined once, in dfbk/plan/grid.py (dfbk status reads it too); bound here.
 def all_method_settings():
     return run_grid.all_method_settings(config)
 
@@ -239,16 +240,18 @@ def tracking_flag_checked(wildcards):
 
 
 # download.smk: settings of a synthesised (phantom) dataset.
-def phantom_setting(key, default):
-    return lambda wc: lookup(f"datasets/{wc.dataset}/phantom/{key}", within=config, default=default)
+def phantom_setting(key):
+    """A `phantom:` block's setting; the schema's default where the block leaves it out."""
+    return lambda wc: config["datasets"][wc.dataset]["phantom"].get(
+        key, schema_default(f"datasets.*.phantom.{key}")
+    )
 
 
 def phantom_lesions_option(wildcards):
     """--lesions for the generic phantom; a dataset's layout has its own lesion types."""
     if wildcards.dataset != "phantom":
         return ""
-    lesions = lookup("datasets/phantom/phantom/lesions", within=config, default=None)
-    return f"--lesions {shlex.quote(','.join(lesions or ['tumour', 'stroke', 'none']))}"
+    return f"--lesions {shlex.quote(','.join(phantom_setting('lesions')(wildcards)))}"
 
 
 # segment.smk: runs with labels to score, and their Dice files (SEGMENTED is defined there).

@@ -7,7 +7,7 @@
 # $SYNAPSE_AUTH_TOKEN or ~/.synapseConfig, never from config, params or logs.
 # What to do by hand per dataset: docs/data.md, "Getting the data".
 
-DOWNLOADS = lookup("downloads_dir", within=config, default="resources/downloads")
+DOWNLOADS = config["downloads_dir"]
 
 
 localrules:
@@ -18,7 +18,7 @@ localrules:
 
 # A dataset with a `phantom:` block (the demo's brats2023, isles2015, synthrad2023, or the
 # generic phantom) is synthesised in that dataset's layout instead of downloaded, so it goes
-# through the real adapter and protocol (dfbk/data/phantom_layouts.py). Give such a config its
+# through the real adapter and protocol (dfbk/data/phantom/layouts.py). Give such a config its
 # own raw_dir so synthetic and real data never share a folder.
 PHANTOM_DATASETS = [
     d for d, spec in config["datasets"].items() if "phantom" in spec or d == "phantom"
@@ -41,12 +41,12 @@ rule synthesise_phantom:
         mem_mb=2000,
         runtime=30,
     params:
-        subjects=phantom_setting("subjects", 16),
-        voxel_mm=phantom_setting("voxel_mm", 3.0),
+        subjects=phantom_setting("subjects"),
+        voxel_mm=phantom_setting("voxel_mm"),
         # Lesion types apply to the generic phantom; a dataset's layout has its own (BraTS:
         # tumour, ISLES: stroke, SynthRAD: none).
         lesions=phantom_lesions_option,
-        seed=phantom_setting("seed", 0),
+        seed=phantom_setting("seed"),
     shell:
         "dfbk phantom {output:q} --layout {wildcards.dataset} --subjects {params.subjects} "
         "--seed {params.seed} --voxel-mm {params.voxel_mm} {params.lesions} > {log:q} 2>&1"

@@ -11,7 +11,7 @@
 # do (benchmarks/train_method/, benchmarks/translate_test_set/), so every run has one.
 import re
 
-from dfbk.methods.external import (
+from dfbk.inference.external import (
     conda_env,
     external_command,
     external_container,
@@ -47,10 +47,10 @@ rule train_external:
         lambda wc: conda_env(EXTERNAL[wc.method])
     container:
         lambda wc: external_container(config, wc.method)
-    threads: lookup("train/threads", within=config, default=1)
+    threads: config["train"]["threads"]
     resources:
-        mem_mb=lookup("train/mem_mb", within=config, default=8000),
-        runtime=lookup("train/runtime", within=config, default=1440),
+        mem_mb=config["train"]["mem_mb"],
+        runtime=config["train"]["runtime"],
         gpu=lambda wc: external_gpus(config, wc.method),
     params:
         command=lambda wc, input, output, threads, resources: external_command(
@@ -84,7 +84,7 @@ rule record_external_run:
         ),
         settings=lambda wc: json.dumps(config["methods"][wc.method], sort_keys=True),
     shell:
-        "python -m dfbk.methods.external record {input.checkpoint:q} {params.out_dir:q} "
+        "python -m dfbk.inference.external record {input.checkpoint:q} {params.out_dir:q} "
         "--run {params.run:q} --settings {params.settings:q} > {log:q} 2>&1"
 
 
@@ -106,9 +106,9 @@ rule translate_external:
         lambda wc: conda_env(EXTERNAL[wc.method])
     container:
         lambda wc: external_container(config, wc.method)
-    threads: lookup("train/threads", within=config, default=1)
+    threads: config["train"]["threads"]
     resources:
-        mem_mb=lookup("train/mem_mb", within=config, default=8000),
+        mem_mb=config["train"]["mem_mb"],
         runtime=240,
         gpu=lambda wc: external_gpus(config, wc.method),
     params:
@@ -138,6 +138,6 @@ rule collect_external_predictions:
         mem_mb=2000,
         runtime=30,
     shell:
-        "python -m dfbk.methods.external collect {input.raw:q} {input.store:q} {input.split:q} "
+        "python -m dfbk.inference.external collect {input.raw:q} {input.store:q} {input.split:q} "
         "{output.predictions:q} --method {wildcards.method} --direction {wildcards.direction} "
         "> {log:q} 2>&1"

@@ -29,10 +29,10 @@ rule encode_knowledge:
         mem_mb=4000,
         runtime=30,
     params:
-        encoder=lookup("knowledge/encoder", within=config, default="auto"),
+        encoder=config["knowledge"]["encoder"],
         biomedclip_dir=lambda wc: (
             f"--biomedclip-dir {shlex.quote(str(folder))}"
-            if (folder := lookup("knowledge/biomedclip_dir", within=config, default=None))
+            if (folder := config["knowledge"]["biomedclip_dir"])
             else ""
         ),
         format_version=KNOWLEDGE_FORMAT_VERSION,

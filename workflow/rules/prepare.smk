@@ -20,14 +20,10 @@ rule prepare_slices:
     params:
         modalities=dataset_modalities,
         size=lambda wc: " ".join(
-            map(str, lookup(f"datasets/{wc.dataset}/size", within=config, default=[256, 256]))
+            map(str, config["datasets"][wc.dataset]["size"])
         ),
-        min_foreground=lambda wc: lookup(
-            f"datasets/{wc.dataset}/min_foreground", within=config, default=0.05
-        ),
-        on_bad_case=lambda wc: lookup(
-            f"datasets/{wc.dataset}/on_bad_case", within=config, default="error"
-        ),
+        min_foreground=lambda wc: config["datasets"][wc.dataset]["min_foreground"],
+        on_bad_case=lambda wc: config["datasets"][wc.dataset]["on_bad_case"],
         skipped=f"{RESULTS}/prepare/{{dataset}}/skipped.csv",
         layout=lambda wc: (  # a dataset of your own: its files as YAML (docs/data.md)
             f"--layout {shlex.quote(json.dumps(spec, sort_keys=True))}"
@@ -61,15 +57,11 @@ rule split_subjects:
         mem_mb=500,
         runtime=5,
     params:
-        seed=lambda wc: lookup(f"datasets/{wc.dataset}/split/seed", within=config, default=0),
+        seed=lambda wc: config["datasets"][wc.dataset]["split"]["seed"],
         fractions=lambda wc: " ".join(
             map(
                 str,
-                lookup(
-                    f"datasets/{wc.dataset}/split/fractions",
-                    within=config,
-                    default=[0.6, 0.15, 0.25],
-                ),
+                config["datasets"][wc.dataset]["split"]["fractions"],
             )
         ),
     shell:

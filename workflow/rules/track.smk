@@ -46,7 +46,7 @@ rule track_runs:
             if config.get("tracking", {}).get("uri")
             else ""
         ),
-        experiment=lookup("tracking/experiment", within=config, default="dfbk-bench"),
+        experiment=config["tracking"]["experiment"],
         options=lambda wc: " ".join(  # tracking.log_models / register_models (docs/tracking.md)
             ([] if config.get("tracking", {}).get("log_models", True) else ["--no-models"])
             + (["--register-models"] if config.get("tracking", {}).get("register_models") else [])

@@ -19,7 +19,7 @@ localrules:
 WEIGHTS_RECEIPT = f"{RESULTS}/weights/{{weights}}.json"
 CONFIGURED_WEIGHTS = [
     WEIGHTS_RECEIPT.format(weights=name)
-    for name in lookup("weights/fetch", within=config, default=[])
+    for name in config["weights"]["fetch"]
 ]
 
 
