@@ -1,6 +1,6 @@
 """Parameters and training FLOPs of a Swin-UNet method, counted without data or weights.
 
-The ablation table must show that a row's gain is not a size gain (issue 9 §3): each row's
+The ablation table must show that a row's gain is not a size gain: each row's
 trainable parameters and forward+backward FLOPs per training step. Both are counted on the
 meta device (no memory, no arithmetic), so the 256×256 `paper` networks are measured exactly on
 any machine. FLOPs come from `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions

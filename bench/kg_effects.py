@@ -1,4 +1,4 @@
-"""How much a trained model's prediction depends on what its knowledge says (issue 9 §2).
+"""How much a trained model's prediction depends on what its knowledge says.
 
 The measure: the RMS change of the denoiser's x0 prediction (in [-1, 1]) at fixed noisy inputs
 (every 2nd diffusion step, fixed noise; no sampling randomness) when the knowledge the model

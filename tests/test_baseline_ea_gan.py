@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fakes import random_batch
 
 from dfbk.errors import ConfigError
-from dfbk.methods.base import Batch, to_signed
+from dfbk.methods.base import to_signed
 from dfbk.methods.registry import build_method, get_method_class
 
 MODULE = "dfbk.baselines.ea_gan"
 NAMES = ("ea_gan", "dea_gan")
 SIZE = 32
 SMALL = {"ngf": 4, "ndf": 4, "num_downs": 5, "batch_size": 2, "steps": 10, "edge_ramp_steps": 4}
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    source = torch.rand(2, 1, SIZE, SIZE, generator=g)
-    target = (1 - source).roll(3, dims=-1)
-    return Batch(source=source, target=target, mask=torch.ones_like(source))
 
 
 def build(name: str, **overrides):
@@ -41,7 +35,7 @@ def test_two_names_one_class_variant_by_preset():
 def test_translate_shape_and_range(name):
     torch.manual_seed(0)
     method = build(name)
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     method.training_step(batch, 0)
     method.eval()
     pred = method.translate(batch.source)
@@ -54,7 +48,7 @@ def test_translate_shape_and_range(name):
 def test_one_generator_update_decreases_the_generator_objective(name):
     torch.manual_seed(0)
     method = build(name, lr=1e-4)
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     step = 10  # past the ramp: the edge term is at full weight
     torch.manual_seed(1)  # same dropout masks before and after
     before = method.generator_objective(batch, step)
@@ -71,7 +65,7 @@ def test_one_generator_update_decreases_the_generator_objective(name):
 def test_checkpoint_round_trip(name):
     torch.manual_seed(0)
     method = build(name)
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     method.training_step(batch, 0)
     method.eval()
     expected = method.translate(batch.source)
@@ -117,7 +111,7 @@ def test_edge_weight_ramps_linearly_then_holds():
 def test_training_step_applies_the_ramped_edge_weight():
     torch.manual_seed(0)
     method = build("ea_gan", edge_ramp_steps=4)
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     for step, weight in ((0, 0.0), (2, 50.0), (6, 100.0)):
         losses = method.training_step(batch, step)
         assert losses["edge_weight"] == pytest.approx(weight)
@@ -132,7 +126,7 @@ def test_released_settings_and_the_pool_holds_only_fakes(name):
     method = build(name, pool_size=4)
     h = method.hparams
     assert (h["augment"], h["inference"], h["pool_size"]) == ("hflip", "eval", 4)
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     method.training_step(batch, 0)
     assert len(method.pool.images) == 2  # one step: the batch's two fake inputs of D
     source, target = to_signed(batch.source), to_signed(batch.target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fakes import random_batch
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from dfbk.errors import ConfigError, TrainingError
@@ -34,20 +35,14 @@ def resvit(stage: str | None = None, **overrides):
     )
 
 
-def make_batch(seed: int = 0, size: int = SIZE) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    source = torch.rand(2, 1, size, size, generator=g)
-    return Batch(source=source, target=1 - source, mask=torch.ones_like(source))
-
-
 @pytest.mark.parametrize("stage", [None, "pretrain"])
 def test_translate_shape_and_range(stage):
     torch.manual_seed(0)
     method = resvit(stage)
-    method.training_step(make_batch(), 0)
+    method.training_step(random_batch(SIZE), 0)
     method.eval()
     for size in (SIZE, 2 * SIZE):  # other sizes resample the positional embedding
-        source = make_batch(1, size).source
+        source = random_batch(size, 1).source
         pred = method.translate(source)
         assert pred.shape == source.shape
         assert float(pred.min()) >= 0.0 and float(pred.max()) <= 1.0
@@ -66,7 +61,7 @@ def test_one_generator_step_decreases_the_generator_objective(stage):
     torch.manual_seed(0)
     method = resvit(stage, vit_dropout=0.0, lr=1e-4)  # no dropout: the objective is exact
     method.train()  # batch statistics, so evaluation forwards do not change the outputs
-    batch = make_batch()
+    batch = random_batch(SIZE)
     discriminator = {k: v.clone() for k, v in method.discriminator.state_dict().items()}
     method.opt_d.param_groups[0]["lr"] = 0.0  # hold D fixed for this step
     before = generator_objective(method, batch)
@@ -82,7 +77,7 @@ def test_one_generator_step_decreases_the_generator_objective(stage):
 def test_checkpoint_round_trip(stage):
     torch.manual_seed(0)
     method = resvit(stage)
-    batch = make_batch()
+    batch = random_batch(SIZE)
     method.training_step(batch, 0)
     method.eval()
     pred = method.translate(batch.source)
@@ -126,15 +121,15 @@ def count_block_calls(monkeypatch) -> list[int]:
 def test_pretrain_stage_has_no_transformer_compute(monkeypatch):
     calls = count_block_calls(monkeypatch)
     full = resvit()
-    full.training_step(make_batch(), 0)
+    full.training_step(random_batch(SIZE), 0)
     assert calls[0] == 2 * SMALL["vit_depth"]  # two ART blocks, one generator forward
     assert all(p.grad is not None for p in full.generator.vit.parameters())
 
     calls[0] = 0
     pretrain = resvit("pretrain")
     assert pretrain.hparams["stage"] == "pretrain" and pretrain.hparams["lr"] == 2e-4
-    pretrain.training_step(make_batch(), 0)
-    pretrain.translate(make_batch().source)
+    pretrain.training_step(random_batch(SIZE), 0)
+    pretrain.translate(random_batch(SIZE).source)
     assert calls[0] == 0
     assert pretrain.generator.vit is None
     assert not any(isinstance(m, Block) for m in pretrain.modules())
@@ -145,7 +140,7 @@ def test_pretrain_stage_has_no_transformer_compute(monkeypatch):
 def test_init_from_stage_transfers_the_cnn_weights():
     torch.manual_seed(0)
     pretrain = resvit("pretrain")
-    pretrain.training_step(make_batch(), 0)
+    pretrain.training_step(random_batch(SIZE), 0)
     state = pretrain.state_dict()
     torch.manual_seed(1)
     full = resvit()
@@ -257,7 +252,7 @@ def test_train_mode_inference_runs_each_slice_as_the_released_test_script():
     torch.manual_seed(0)
     method = resvit(inference="train")  # the paper preset's value (tiny: eval, batch 8)
     assert get_method_class("resvit").resolve_hparams("paper")["inference"] == "train"
-    method.training_step(make_batch(), 0)
+    method.training_step(random_batch(SIZE), 0)
     method.eval()
     state = {k: v.clone() for k, v in method.state_dict().items()}
     source = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(3))

@@ -6,21 +6,14 @@ import copy
 
 import pytest
 import torch
+from fakes import random_batch
 from torch import Tensor
 
-from dfbk.methods.base import Batch
 from dfbk.methods.registry import build_method
 
 MODULE = "dfbk.baselines.revgan"
 SIZE = 32
 SMALL = {"ngf": 4, "ndf": 4, "n_blocks": 3, "batch_size": 2, "steps": 10}
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    source = torch.rand(2, 1, SIZE, SIZE, generator=g)
-    target = (1 - source).roll(3, dims=-1)
-    return Batch(source=source, target=target, mask=torch.ones_like(source))
 
 
 def build(**overrides):
@@ -37,7 +30,7 @@ def make_core(dtype: torch.dtype, memory_saving: bool, channels: int = 8, seed: 
 def test_translate_shape_and_range():
     torch.manual_seed(0)
     method = build()
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     method.training_step(batch, 0)
     pred = method.translate(batch.source)
     assert pred.shape == batch.source.shape
@@ -49,7 +42,7 @@ def test_translate_shape_and_range():
 def test_one_generator_update_decreases_the_generator_objective(memory_saving):
     torch.manual_seed(0)
     method = build(lr=1e-4, memory_saving=memory_saving)
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     before = method.generator_objective(batch)
     method.opt_g.zero_grad(set_to_none=True)
     before.backward()
@@ -62,7 +55,7 @@ def test_one_generator_update_decreases_the_generator_objective(memory_saving):
 def test_checkpoint_round_trip():
     torch.manual_seed(0)
     method = build()
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     method.training_step(batch, 0)
     expected = method.translate(batch.source)
     torch.manual_seed(123)
@@ -145,7 +138,7 @@ def test_memory_saving_gradients_equal_plain_autograd(inverse):
 
 
 def test_memory_saving_model_gradients_match_in_float32():
-    batch = make_batch()
+    batch = random_batch(SIZE, shifted=True)
     grads = []
     for memory_saving in (False, True):
         torch.manual_seed(0)

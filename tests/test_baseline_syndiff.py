@@ -6,8 +6,9 @@ import math
 
 import pytest
 import torch
+from fakes import random_batch
 
-from dfbk.methods.base import Batch, to_signed
+from dfbk.methods.base import to_signed
 from dfbk.methods.registry import build_method, get_method_class
 
 MODULE = "dfbk.baselines.syndiff"
@@ -27,12 +28,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 def build(name: str = "syndiff", seed: int = 0, **overrides):
     torch.manual_seed(seed)
     return build_method(name, "tiny", {**SMALL, **overrides}, module=MODULE)
-
-
-def make_batch(seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    source = torch.rand(2, 1, SIZE, SIZE, generator=g)
-    return Batch(source=source, target=1 - source, mask=torch.ones_like(source))
 
 
 def test_both_names_are_one_class_with_the_training_mode_as_data():
@@ -94,7 +89,7 @@ def test_translate_runs_exactly_four_generator_evaluations(name):
     method.eval()
     calls = []
     hook = method.gen_target.register_forward_hook(lambda *_: calls.append(1))
-    pred = method.translate(make_batch().source)
+    pred = method.translate(random_batch(SIZE).source)
     hook.remove()
     assert len(calls) == 4 == method.schedule.num_steps
     assert pred.shape == (2, 1, SIZE, SIZE)
@@ -103,7 +98,7 @@ def test_translate_runs_exactly_four_generator_evaluations(name):
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_r1_penalty_only_every_tenth_step(name):
-    batch = make_batch()
+    batch = random_batch(SIZE)
     method = build(name)
     steps = [0, 1, 5, 9, 10, 11, 19, 20] if name == "syndiff_paired" else [9, 10]
     applied = [method.training_step(batch, step)["loss_r1"] > 0 for step in steps]
@@ -123,7 +118,7 @@ def test_r1_penalty_only_every_tenth_step(name):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_one_generator_update_decreases_its_objective(name):
     method = build(name, lr_g=1e-4)
-    batch = make_batch(1)
+    batch = random_batch(SIZE, 1)
     a, b = to_signed(batch.source), to_signed(batch.target)
 
     def objective() -> float:
@@ -146,7 +141,7 @@ def test_one_generator_update_decreases_its_objective(name):
 def test_one_training_step_updates_the_networks_of_its_mode(name):
     method = build(name)
     before = {k: v.clone() for k, v in method.state_dict().items()}
-    losses = method.training_step(make_batch(), 0)
+    losses = method.training_step(random_batch(SIZE), 0)
     assert all(math.isfinite(v) for v in losses.values())
     cycle_keys = {"loss_cycle", "loss_g_cycle_adv", "loss_d_cycle"}
     assert cycle_keys <= losses.keys() if name == "syndiff" else not cycle_keys & losses.keys()
@@ -163,9 +158,9 @@ def test_one_training_step_updates_the_networks_of_its_mode(name):
 @pytest.mark.parametrize("name", VARIANTS)
 def test_checkpoint_round_trip_gives_identical_translation(name):
     method = build(name)
-    method.training_step(make_batch(), 0)
+    method.training_step(random_batch(SIZE), 0)
     method.eval()
-    source = make_batch(3).source
+    source = random_batch(SIZE, 3).source
     pred = method.translate(source)
     fresh = build(name, seed=1)
     fresh.eval()

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fakes
 import pytest
 import yaml
 from conftest import REPO
@@ -29,26 +30,21 @@ SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
 RESULTS = "res dir/results"
 RAW = "res dir/raw"
 DIRECTORY_RULES = {"synthesise_phantom", "prepare_slices", "translate_test_set"}
-CONFIG = {
-    "results_dir": RESULTS,
-    "raw_dir": RAW,
-    "seeds": [0],
-    "datasets": {
-        "phantom": {
-            "phantom": {"subjects": 4, "voxel_mm": 5.0, "seed": 0},
-            "size": [64, 64],
-            "split": {"seed": 0, "fractions": [0.5, 0.25, 0.25]},
-            "directions": ["t1n-to-t2w", "t1n-to-ct"],
-        }
-    },
-    "methods": {
+CONFIG = fakes.micro_config(
+    RESULTS,
+    {
         "identity": {"preset": "tiny"},
         "pix2pix": {"preset": "tiny", "overrides": {"steps": 2, "batch_size": 2}},
         "my_p2p": {"preset": "tiny", "module": "my_p2p", "directions": ["t1n-to-ct"]},
     },
-    "train": {"device": "cpu", "threads": 1, "checkpoint_every": 2, "gpus": 0},
-    "tracking": {"experiment": "dag"},
-}
+    ["t1n-to-t2w", "t1n-to-ct"],
+    subjects=4,
+    voxel_mm=5.0,
+    fractions=(0.5, 0.25, 0.25),
+    raw_dir=RAW,
+    train={"checkpoint_every": 2},
+    tracking={"experiment": "dag"},
+)
 MY_P2P = """from dfbk.baselines.pix2pix import Pix2Pix
 from dfbk.methods.registry import register_method
 

@@ -1,5 +1,5 @@
-"""The demo grid (config/config.yaml) and the full phantom grid (config/demo-full.yaml) are what
-issue 11 asks: each phantom dataset with one of the paper's directions and identity, pix2pix,
+"""The demo grid (config/config.yaml) and the full phantom grid (config/demo-full.yaml) are the
+benchmark's shape: each phantom dataset with one of the paper's directions and identity, pix2pix,
 resshift and dfbk on it, the other baselines on one direction, the DFBK ablation on one; the
 full config runs all six of the paper's directions with every method. Read through the same
 run listing the workflow uses (dfbk.plan.grid, which common.smk binds), so a cut that
@@ -20,7 +20,7 @@ FULL = REPO / "config" / "demo-full.yaml"
 
 CORE = {"identity", "pix2pix", "resshift", "dfbk"}
 OTHER_BASELINES = {"ea_gan", "revgan", "maskgan", "resvit", "syndiff"}
-# Left the demo grid because they did not beat identity's SSIM there (reasons in config.yaml).
+# Left the demo grid because they did not beat identity's SSIM there (reasons in docs/demo.md).
 LEFT_DEMO = {("isles2015", "t2f-to-dwi"): {"pix2pix"}, ("brats2023", "t1n-to-t2f"): {"syndiff"}}
 ABLATION = {"dfbk-no-kg", "dfbk-no-dfb"}
 # The paper's six directions (Xu et al., arXiv 2504.09441), by the dataset they come from.

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fakes
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -41,24 +42,17 @@ EXTERNAL = {
 
 
 def micro_config(external: dict | None = None) -> dict:
-    return {
-        "results_dir": RESULTS,
-        "raw_dir": "resources/raw",
-        "seeds": [0],
-        "datasets": {
-            "phantom": {
-                "phantom": {"subjects": 4, "voxel_mm": 5.0, "seed": 0},
-                "size": [48, 48],
-                "split": {"seed": 0, "fractions": [0.5, 0.25, 0.25]},
-                "directions": [DIRECTION],
-            }
-        },
-        "methods": {
-            "linear_map": {"overrides": {"fit": "foreground"}, "external": external or EXTERNAL},
-        },
-        "train": {"device": "cpu", "threads": 1, "gpus": 0},
-        "tracking": {"experiment": "micro-external"},
-    }
+    methods = {"linear_map": {"overrides": {"fit": "foreground"}, "external": external or EXTERNAL}}
+    return fakes.micro_config(
+        RESULTS,
+        methods,
+        [DIRECTION],
+        subjects=4,
+        voxel_mm=5.0,
+        size=48,
+        fractions=(0.5, 0.25, 0.25),
+        tracking={"experiment": "micro-external"},
+    )
 
 
 def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:

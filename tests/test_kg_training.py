@@ -1,4 +1,4 @@
-"""After a short CPU training, Knowledge Guidance depends on what the prompts say (issue 9 §2, §4).
+"""After a short CPU training, Knowledge Guidance depends on what the prompts say.
 
 One tiny `dfbk` is trained for a few dozen steps on synthetic T1->T2-like slices with the real
 MiniLM token states of the T2 prompts (many tokens, padding mask). Effects are measured on the

@@ -120,8 +120,8 @@ def test_brats_grid_at_one_mm_is_the_challenge_grid():
 
 
 # Copy-the-input baseline, foreground SSIM under the BraTS protocol: on real skull-stripped BraTS
-# 2023 it is well under 0.3 for T1->FLAIR and about 0 for T1->T2; issue 11 asks the phantom for
-# <= 0.35 and <= 0.15. Measured on the demo's 8 subjects at 2 mm in docs/phantom.md.
+# 2023 it is well under 0.3 for T1->FLAIR and about 0 for T1->T2; the phantom must stay
+# within <= 0.35 and <= 0.15. Measured on the demo's 8 subjects at 2 mm in docs/phantom.md.
 COPY_SSIM_BOUNDS = {"t2w": 0.15, "t2f": 0.35}
 
 

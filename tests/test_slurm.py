@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+import fakes
 import pandas as pd
 import pytest
 import yaml
@@ -50,30 +51,14 @@ LONG_SEED = 7
 def micro_config(pix2pix_steps: int = 4, checkpoint_every: int = 2) -> dict:
     """The micro benchmark (one direction, every job kind) with GPUs off and small requests."""
     pix2pix = {"preset": "tiny", "overrides": {"steps": pix2pix_steps, **SMALL_PIX2PIX}}
-    return {
-        "results_dir": "results",
-        "raw_dir": "resources/raw",
-        "seeds": [0],
-        "datasets": {
-            "phantom": {
-                "phantom": {"subjects": 5, "voxel_mm": 3.5, "seed": 0},
-                "size": [64, 64],
-                "split": {"seed": 0, "fractions": [0.6, 0.2, 0.2]},
-                "directions": DIRECTIONS,
-            }
-        },
-        "methods": {"identity": {"preset": "tiny"}, "pix2pix": pix2pix},
-        "train": {
-            "device": "cpu",
-            "threads": 1,
-            "checkpoint_every": checkpoint_every,
-            "gpus": 0,
-            "mem_mb": 2000,
-            "runtime": 30,
-        },
-        "translate": {"batch_size": 64},
-        "tracking": {"experiment": "micro"},
-    }
+    return fakes.micro_config(
+        "results",
+        {"identity": {"preset": "tiny"}, "pix2pix": pix2pix},
+        DIRECTIONS,
+        train={"checkpoint_every": checkpoint_every, "mem_mb": 2000, "runtime": 30},
+        translate={"batch_size": 64},
+        tracking={"experiment": "micro"},
+    )
 
 
 # ----- the cluster ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fakes
 import pandas as pd
 import pytest
 import yaml
@@ -79,23 +80,14 @@ def expected_runs() -> set[tuple[str, str]]:
 
 
 def micro_config(**changes) -> dict:
-    config = {
-        "results_dir": RESULTS,
-        "raw_dir": "resources/raw",
-        "seeds": [0],
-        "datasets": {
-            "phantom": {
-                "phantom": {"subjects": 5, "voxel_mm": 3.5, "seed": 0},
-                "size": [64, 64],
-                "split": {"seed": 0, "fractions": [0.6, 0.2, 0.2]},
-                "directions": DIRECTIONS,
-            }
-        },
-        "methods": METHODS,
-        "train": {"device": "cpu", "threads": 1, "checkpoint_every": 2, "gpus": 0},
-        "translate": {"batch_size": 64},
-        "tracking": {"experiment": "micro"},
-    }
+    config = fakes.micro_config(
+        RESULTS,
+        METHODS,
+        DIRECTIONS,
+        train={"checkpoint_every": 2},
+        translate={"batch_size": 64},
+        tracking={"experiment": "micro"},
+    )
     config.update(changes)
     return config
 

@@ -1,4 +1,4 @@
-"""Replay the audit's fault list (issue 10, items 1-17) against the CLI and a micro workflow.
+"""Replay the audits' fault lists against the CLI and a micro workflow.
 
 Usage: python bench/faults/replay.py [--only 1,3,16] [--no-workflow] [--keep DIR]
 

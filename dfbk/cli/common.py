@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from dfbk.errors import ConfigError
+from dfbk.plan.schema import node
 
 
 def csv_list(text: str) -> list[str]:
@@ -60,4 +61,17 @@ def verb(
         description=summary[0].upper() + summary[1:] + ".",
         epilog=f"example:\n  {example}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def configured(parser: argparse.ArgumentParser, flag: str, key: str, help: str, **kwargs) -> None:
+    """An option whose default (and choices, where the schema has an enum) is config key `key`'s.
+
+    The schema is the one place a default is written; --help names the key it mirrors.
+    """
+    spec = node(key)
+    if "enum" in spec:
+        kwargs.setdefault("choices", spec["enum"])
+    parser.add_argument(
+        flag, default=spec["default"], help=f"{help} (default %(default)s; config {key})", **kwargs
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dfbk.cli.common import csv_list, json_object, verb
+from dfbk.cli.common import configured, csv_list, json_object, verb
 from dfbk.data.sources.download import SOURCES
 from dfbk.errors import ConfigError
-from dfbk.plan.schema import default, node
+from dfbk.plan.schema import default
 
 EXAMPLES = {
     "phantom": "dfbk phantom resources/raw/phantom --subjects 16 --seed 0 --voxel-mm 3",
@@ -110,23 +110,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
         verbs, "phantom", "synthesise the multi-contrast head phantom dataset", EXAMPLES["phantom"]
     )
     p.add_argument("out_dir", type=Path, help="folder to write phantom-NNN/ subject folders into")
-    p.add_argument(
-        "--subjects",
-        type=int,
-        default=default("datasets.*.phantom.subjects"),
-        help="number of subjects (default %(default)s)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=default("datasets.*.phantom.seed"),
-        help="random seed (default %(default)s)",
-    )
-    p.add_argument(
-        "--voxel-mm",
-        type=float,
-        default=default("datasets.*.phantom.voxel_mm"),
-        help="isotropic voxel size in mm (default %(default)s)",
+    configured(p, "--subjects", "datasets.*.phantom.subjects", "number of subjects", type=int)
+    configured(p, "--seed", "datasets.*.phantom.seed", "random seed", type=int)
+    configured(
+        p, "--voxel-mm", "datasets.*.phantom.voxel_mm", "isotropic voxel size in mm", type=float
     )
     p.add_argument(
         "--lesions",
@@ -148,26 +135,23 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("raw_dir", type=Path, help="folder holding the raw subject folders")
     p.add_argument("out_dir", type=Path, help="slice store folder to create")
     p.add_argument("--modalities", required=True, help="comma-separated modalities to keep")
-    p.add_argument(
+    configured(
+        p,
         "--size",
+        "datasets.*.size",
+        "slice size after centre crop/zero pad",
         type=int,
         nargs=2,
-        default=default("datasets.*.size"),
         metavar=("H", "W"),
-        help="slice size after centre crop/zero pad (default %(default)s, as the config's)",
     )
-    p.add_argument(
+    configured(
+        p,
         "--min-foreground",
+        "datasets.*.min_foreground",
+        "min foreground fraction per slice",
         type=float,
-        default=default("datasets.*.min_foreground"),
-        help="min foreground fraction per slice (default %(default)s)",
     )
-    p.add_argument(
-        "--on-bad-case",
-        choices=node("datasets.*.on_bad_case")["enum"],
-        default=default("datasets.*.on_bad_case"),
-        help="bad subject policy (default %(default)s)",
-    )
+    configured(p, "--on-bad-case", "datasets.*.on_bad_case", "bad subject policy")
     p.add_argument("--skipped-csv", type=Path, help="where to list skipped subjects")
     p.add_argument("--jobs", type=int, default=1, help="reader processes (default 1)")
     p.add_argument(
@@ -182,19 +166,15 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("store", type=Path, help="slice store folder")
     p.add_argument("--out", type=Path, required=True, help="splits.json to write (or check)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=default("datasets.*.split.seed"),
-        help="split seed (default %(default)s)",
-    )
-    p.add_argument(
+    configured(p, "--seed", "datasets.*.split.seed", "split seed", type=int)
+    configured(
+        p,
         "--fractions",
+        "datasets.*.split.fractions",
+        "split fractions",
         type=float,
         nargs=3,
-        default=default("datasets.*.split.fractions"),
         metavar=("TRAIN", "VAL", "TEST"),
-        help="split fractions (default %(default)s)",
     )
     p.set_defaults(func=cmd_split)
 
@@ -226,12 +206,12 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("dataset", choices=sorted(SOURCES), help="dataset name")
     p.add_argument("out_dir", type=Path, help="folder to create with the extracted dataset")
-    p.add_argument(
+    configured(
+        p,
         "--downloads",
+        "downloads_dir",
+        "where archives, partial downloads and the pinned record are kept ({dataset}/ is appended)",
         type=Path,
-        default=Path("resources/downloads"),
-        help="where archives, partial downloads and the pinned record are kept "
-        "(default resources/downloads; {dataset}/ is appended)",
     )
     p.add_argument(
         "--settings",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dfbk.cli.common import configured
 from dfbk.knowledge.prompts import DEFAULT_PROMPTS, ENCODERS
-from dfbk.plan.schema import default
 
 EPILOG = f"""\
 encoders:
@@ -60,12 +60,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     )
     p.add_argument("target", metavar="TARGET_MODALITY", help="target modality, e.g. t2w, ct")
     p.add_argument("--out", type=Path, required=True, help="knowledge file (.pt) to write or reuse")
-    p.add_argument(
-        "--encoder",
-        choices=ENCODERS,
-        default=default("knowledge.encoder"),
-        help="text encoder (default %(default)s)",
-    )
+    configured(p, "--encoder", "knowledge.encoder", "text encoder", choices=ENCODERS)
     p.add_argument(
         "--biomedclip-dir",
         type=Path,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dfbk.cli.common import seeded_runs, verb
-from dfbk.plan.schema import default
+from dfbk.cli.common import configured, seeded_runs, verb
 
 EXAMPLES = {
     "evaluate": "dfbk evaluate results/prepare/phantom/store "
@@ -107,7 +106,7 @@ def cmd_curves(args: argparse.Namespace) -> None:
 def cmd_tables(args: argparse.Namespace) -> None:
     from dfbk.evaluation.protocols import protocol_notes
     from dfbk.reporting.captions import caption_notes, training_frame
-    from dfbk.reporting.fid import fid_columns
+    from dfbk.evaluation.fid import fid_columns
     from dfbk.reporting.tables import collect_results, write_comparison_table
 
     frame = collect_results([Path(p) for p in args.metrics])
@@ -266,16 +265,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI or sqlite in results)"
     )
-    p.add_argument(
-        "--results-dir",
-        default=default("results_dir"),
-        help="results folder for the default URI (default %(default)s)",
-    )
-    p.add_argument(
-        "--experiment",
-        default=default("tracking.experiment"),
-        help="MLflow experiment name (default %(default)s)",
-    )
+    configured(p, "--results-dir", "results_dir", "results folder for the default URI")
+    configured(p, "--experiment", "tracking.experiment", "MLflow experiment name")
     p.add_argument("--out", type=Path, required=True, help="JSON listing the imported runs")
     p.add_argument(
         "--no-models",

@@ -6,9 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from dfbk.cli.common import json_object, verb
+from dfbk.cli.common import configured, json_object, verb
 from dfbk.errors import ConfigError
-from dfbk.plan.schema import default, node
 
 EXAMPLES = {
     "train": "dfbk train phantom t1n-to-t2w dfbk --preset tiny --seed 0 \\\n      "
@@ -108,11 +107,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("direction", help="'<source>-to-<target>', e.g. t1n-to-t2w")
     p.add_argument("method", help="registered method name (see `dfbk list-methods`)")
     p.add_argument("--seed", type=int, default=0, help="seed for everything (default 0)")
-    p.add_argument(
-        "--preset",
-        default=default("methods.*.preset"),
-        help="method preset: tiny (CPU) or paper (default %(default)s)",
-    )
+    configured(p, "--preset", "methods.*.preset", "method preset: tiny (CPU) or paper")
     p.add_argument("--overrides", default="{}", help="JSON object of hyperparameter overrides")
     p.add_argument("--module", help="import path of a method defined outside the package")
     p.add_argument("--knowledge", type=Path, help="knowledge cache of the target (KG methods)")
@@ -122,13 +117,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--split", type=Path, required=True, help="splits.json")
     p.add_argument("--out-dir", type=Path, required=True, help="where model.pt, run.json, log go")
     p.add_argument("--checkpoint-dir", type=Path, required=True, help="resumable training state")
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=default("train.checkpoint_every"),
-        help="steps between checkpoints (default %(default)s)",
+    configured(
+        p, "--checkpoint-every", "train.checkpoint_every", "steps between checkpoints", type=int
     )
-    p.add_argument("--device", default=default("train.device"), help="auto, cpu, cuda, cuda:1 ...")
+    configured(p, "--device", "train.device", "auto, cpu, cuda, cuda:1 ...")
     p.add_argument("--no-amp", action="store_true", help="disable bf16 autocast on GPU")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument(
@@ -137,12 +129,13 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help='JSON object of speed switches, e.g. {"channels_last": true, "compile": "default", '
         '"tf32": true, "fused_adam": true} (all off by default; docs/training.md)',
     )
-    p.add_argument(
+    configured(
+        p,
         "--gpus",
-        type=int,
-        default=default("train.gpus"),
-        help="data-parallel processes on this node, one GPU each (gloo on CPU); the preset's "
+        "train.gpus",
+        "data-parallel processes on this node, one GPU each (gloo on CPU); the preset's "
         "batch is split between them (default 1)",
+        type=int,
     )
     p.add_argument(
         "--val-every",
@@ -150,10 +143,10 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="steps between validations (default: 5 per run; 0: only at the last step)",
     )
     p.add_argument("--val-slices", type=int, default=8, help="validation slices scored (default 8)")
-    p.add_argument(
+    configured(
+        p,
         "--evaluate",
-        choices=node("train.evaluate_checkpoint")["enum"],
-        default=default("train.evaluate_checkpoint"),
-        help="which checkpoint becomes model.pt: last (default) or best validation SSIM",
+        "train.evaluate_checkpoint",
+        "which checkpoint becomes model.pt: last (default) or best validation SSIM",
     )
     p.set_defaults(func=cmd_train)

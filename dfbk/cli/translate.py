@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dfbk.cli.common import verb
-from dfbk.plan.schema import default, node
+from dfbk.cli.common import configured, verb
 
 EXAMPLES = {
     "predict": "dfbk predict results/train/phantom/t1n-to-t2w/dfbk/seed-0/model.pt \\\n "
@@ -96,20 +95,15 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("store", type=Path, help="slice store folder")
     p.add_argument("split", type=Path, help="splits.json")
     p.add_argument("out_dir", type=Path, help="folder for {subject}.nii.gz predictions")
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=default("translate.batch_size"),
-        help="slices per batch (default %(default)s, the config's translate.batch_size)",
-    )
-    p.add_argument(
+    configured(p, "--batch-size", "translate.batch_size", "slices per batch", type=int)
+    configured(
+        p,
         "--tiling",
-        choices=node("translate.tiling")["enum"],
-        default=default("translate.tiling"),
-        help="patch: sliding tiles of the training size, Gaussian-blended (default); slice: the "
+        "translate.tiling",
+        "patch: sliding tiles of the training size, Gaussian-blended (default); slice: the "
         "whole slice in one pass (the config's translate.tiling)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda ...")
+    configured(p, "--device", "train.device", "auto, cpu, cuda ...")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.set_defaults(func=cmd_predict)
 
@@ -153,13 +147,8 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="foreground mask for MR percentiles (default: nonzero); a folder of same-named "
         "masks for a folder input",
     )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=default("translate.batch_size"),
-        help="tiles per batch (default %(default)s, the config's translate.batch_size)",
-    )
-    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1")
+    configured(p, "--batch-size", "translate.batch_size", "tiles per batch", type=int)
+    configured(p, "--device", "train.device", "auto (GPU when available), cpu, cuda, cuda:1")
     p.add_argument("--knowledge", type=Path, help="knowledge file replacing the checkpoint's own")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.set_defaults(func=cmd_translate)

@@ -14,9 +14,8 @@ transposed convolution with the same weights and reconstructs exactly (float pre
 Two backends, same numbers (band order and signs follow pytorch_wavelets' `DWTForward(J=1,
 wave='haar', mode='zero')` on even sizes, checked in tests/test_dfbk_networks.py):
 - "conv": a grouped stride-2 convolution and its transpose — PyTorch-native, so it runs under
-  autocast on GPU, and faster than pytorch_wavelets' separable filter bank (round trip on
-  16×64×128×128, one CPU thread: 150 vs 590 ms unloaded, 260 vs 450 ms on a loaded machine;
-  bench/bench_dfbk.py measures it);
+  autocast on GPU, and faster than pytorch_wavelets' separable filter bank (bench/bench_dfbk.py
+  measures both; docs/training.md has the numbers);
 - "pytorch_wavelets": the reference library, kept selectable for the benchmark comparison.
 """
 
