@@ -104,9 +104,9 @@ def cmd_curves(args: argparse.Namespace) -> None:
 
 
 def cmd_tables(args: argparse.Namespace) -> None:
+    from dfbk.evaluation.fid import fid_columns
     from dfbk.evaluation.protocols import protocol_notes
     from dfbk.reporting.captions import caption_notes, training_frame
-    from dfbk.evaluation.fid import fid_columns
     from dfbk.reporting.tables import collect_results, write_comparison_table
 
     frame = collect_results([Path(p) for p in args.metrics])

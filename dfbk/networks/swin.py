@@ -13,9 +13,9 @@ when a map side is ≤ the window, the window becomes the map and the shift is d
 rule), and its relative position bias is read from the sub-table of offsets that window spans
 (tests/test_dfbk_networks.py checks the attention against timm's `WindowAttention`).
 timm's small blocks (`Mlp`, `DropPath`, `trunc_normal_`) would fit, but importing timm pulls in
-torchvision in every training and translation job (its cost: docs/training.md). So the 1×1-conv MLP (timm's `Mlp(use_conv=True)`, same parameter
-names) is three lines here, `trunc_normal_` comes from torch, and stochastic depth is left out
-(ResShift trains with drop_path 0).
+torchvision in every training and translation job (its cost: docs/training.md). So the 1×1-conv
+MLP (timm's `Mlp(use_conv=True)`, same parameter names) is three lines here, `trunc_normal_`
+comes from torch, and stochastic depth is left out (ResShift trains with drop_path 0).
 """
 
 from __future__ import annotations
