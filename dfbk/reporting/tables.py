@@ -248,6 +248,15 @@ def _latex(header, rows, caption, label, n_groups, group_keys) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _require_columns(df: pd.DataFrame, metrics: Sequence[str]) -> None:
+    missing = [m for m in metrics if m not in df.columns]
+    if missing:
+        raise DataError(
+            f"results have no column {', '.join(missing)} (the CT-only mae_hu_fg "
+            "needs CT-target runs); available: " + ", ".join(map(str, df.columns))
+        )
+
+
 def write_table(
     df: pd.DataFrame,
     out_stem: Path,
@@ -271,12 +280,7 @@ def write_table(
     `best_within` separates the LaTeX row groups.
     """
     out_stem = Path(out_stem)
-    missing = [m for m in metrics if m not in df.columns]
-    if missing:
-        raise DataError(
-            f"results have no column {', '.join(missing)} (the CT-only mae_hu_fg "
-            "needs CT-target runs); available: " + ", ".join(map(str, df.columns))
-        )
+    _require_columns(df, metrics)
     summary = summarise_groups(df, group_cols, metrics)
     if bold is not None:
         flags = bold[[*group_cols, *metrics]].rename(columns={m: f"{m}_bold" for m in metrics})
@@ -435,6 +439,7 @@ def write_comparison_table(
     and FLOPs are also table columns (the ablation table).
     """
     metrics = table_metrics(df) if metrics is None else list(metrics)
+    _require_columns(df, metrics)
     keys = list(COMPARISON_GROUPS)
     if any(m.startswith(DICE) for m in metrics):
         caption = f"{caption or DEFAULT_CAPTION} {DICE_NOTE}"
