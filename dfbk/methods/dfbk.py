@@ -143,7 +143,8 @@ class DFBK(ResShiftBase):
             return self.net(inputs, t, tokens, mask, visual).float()
 
     def diagnostics(self) -> dict[str, float]:
-        """Per DFB/KG module: gain, mean w_low, KG share, output-projection norm (last step)."""
+        """Per DFB/KG module: gain, mean w_low, KG's share of the output change, output-projection
+        norm (last step)."""
         return self.net.diagnostics()
 
     def _require_knowledge(self, knowledge: Tensor | None) -> None:
