@@ -286,6 +286,31 @@ def test_training_budget_columns_and_caption(two_methods, tmp_path):
     assert "steps" in pd.read_csv(comparison["csv"]).columns
 
 
+def test_budget_line_states_the_paper_preset_against_resshift_s_released_recipe(tmp_path):
+    """The ResShift-family rows name their budget beside the released recipe (batch 64 as 4 x 16,
+    500,000 iterations, fp32); a method without a released recipe is not in that sentence."""
+    from dfbk.methods import build_method
+
+    recipe = build_method("resshift", "tiny").describe()["released_recipe"]
+    assert recipe == build_method("dfbk", "tiny").describe()["released_recipe"]
+    assert recipe == {"steps": 500_000, "batch_size": 64, "microbatch": 16, "precision": "fp32"}
+    describe = {"released_recipe": recipe}
+    runs = [
+        _write_run_json(tmp_path, m, 0, steps=300_000, batch_size=16, describe=describe,
+                        speed={"amp_bf16": True})
+        for m in ("resshift", "dfbk")
+    ] + [_write_run_json(tmp_path, "pix2pix", 0, steps=200_000, batch_size=1)]  # fmt: skip
+    caption = caption_notes(runs)
+    # 300,000 x 16 = 4.8 M samples of 500,000 x 64 = 32 M: 15 %
+    assert (
+        "resshift, dfbk trained 300000 × 16 with bf16 autocast, 15 % of the training samples of "
+        "ResShift's released recipe (batch 64 as microbatches of 16 with gradient accumulation, "
+        "500,000 iterations, fp32;" in caption
+    )
+    assert "pix2pix trained" not in caption
+    assert "released recipe" not in caption_notes(runs[2:])
+
+
 def test_same_checkpoint_rule_is_stated(tmp_path):
     runs = [_write_run_json(tmp_path, m, 0, steps=10, evaluated_checkpoint="best")
             for m in ("a", "b")]  # fmt: skip
