@@ -154,6 +154,14 @@ def test_one_seed_row_is_never_tested_nor_bold(tmp_path):
     assert csv.loc["once", "diff (SSIM vs dfbk)"] == pytest.approx(-0.2, abs=0.01)
 
 
+def test_a_table_with_one_row_per_direction_has_nothing_to_test(tmp_path):
+    df = _frame({"dfbk": _cells(3, rng=1)})
+    paths = write_comparison_table(df, tmp_path / "t", ("psnr_fg", "ssim_fg"), "", "dfbk")
+    md = paths["md"].read_text()
+    assert "all 0 p-values" in md and "No difference between rows was resolved" in md
+    assert "**" not in md and "| —" in md
+
+
 def test_tests_against_the_reference_with_intervals_and_power(tmp_path):
     """Δ [95 % CI] and Holm p per row in the table, raw p and variance components in the csv,
     and the caption's power sentence from the same numbers."""

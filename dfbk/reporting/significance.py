@@ -30,6 +30,9 @@ from dfbk.evaluation import statistics as st
 GROUP = ("dataset", "direction")
 ONE_SEED = "1 seed: no seed replicate"
 NO_CELLS = "no subject scored at every seed"
+RESULT_KEYS = ("diff", "se", "df", "ci_low", "ci_high", "p", "n_seeds", "n_seeds_ref",
+               "n_subjects", "test", "run_sd", "subject_sd", "detectable",
+               "seeds_needed")  # fmt: skip
 
 
 def row_cells(df: pd.DataFrame, metric: str) -> dict[tuple, pd.DataFrame]:
@@ -135,7 +138,7 @@ def table_tests(
                     records[key]["role"] = role
     tests = pd.DataFrame(list(records.values()))
     if tests.empty:
-        tests = pd.DataFrame(columns=[*GROUP, "metric", "method", "versus", "diff", "p", "role"])
+        tests = pd.DataFrame(columns=[*GROUP, "metric", "method", "versus", *RESULT_KEYS, "role"])
     tests["p_holm"] = st.holm(tests["p"].to_numpy(float))
     return tests, _bold(tests, best_of, metrics, higher_is_better, df)
 
