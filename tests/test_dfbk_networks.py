@@ -218,6 +218,39 @@ def test_kg_ignores_padding_tokens():
     assert not torch.allclose(module(x, emb, (tokens, mask)), module(x, emb, (poked, mask)))
 
 
+@pytest.mark.parametrize("variant", ["full", "high", "low"])
+def test_kg_share_is_knowledge_s_part_of_the_module_output_change(variant):
+    """kg_share = RMS(what the output change loses without KG) / RMS(output change), measured
+    by running the module again with the knowledge term zeroed; and the high-band gate sees
+    L' = L + U (docs/method.md §3.3), so zeroing the knowledge leaves the gate as it was."""
+    module = dfb(variant, knowledge_dim=24)
+    switch_on(module, std=0.3)
+    with torch.no_grad():
+        for layer in (module.low_out, getattr(module, "high_out", None)):
+            if layer is not None:
+                layer.bias.normal_(0, 0.1)  # biases are not KG's: they must not count
+    x, emb, tokens = torch.randn(2, CHANNELS, 16, 16), step_embedding([2, 7]), keys(2, 6, 24)
+    gate_inputs = []
+    if module.use_high:
+        module.high_gate.register_forward_hook(lambda m, inp, out: gate_inputs.append(inp[0]))
+    module.train()
+    with torch.no_grad():
+        change = module(x, emb, tokens) - x
+        share = float(module.stats["kg_share"])
+        attend = module.knowledge.forward
+        module.knowledge.forward = lambda *args: torch.zeros_like(attend(*args))
+        without = module(x, emb, tokens) - x
+    expected = float((change - without).pow(2).mean().sqrt() / change.pow(2).mean().sqrt())
+    assert 0.01 < expected and share == pytest.approx(expected, rel=1e-4)  # float32 sums
+    if module.use_high:
+        assert torch.equal(gate_inputs[0], gate_inputs[1])  # the gate never sees A
+    module.eval()
+    module.stats.clear()
+    with torch.no_grad():
+        module(x, emb, tokens)
+    assert "kg_share" not in module.stats  # inference computes no diagnostics
+
+
 def test_kg_without_dfb_is_identity_at_init():
     module = KnowledgeGuidance(CHANNELS, 24, inner=16, head_channels=16)
     x = torch.randn(2, CHANNELS, 8, 8)

@@ -22,6 +22,7 @@ EXAMPLES = {
     "'phantom t1n-to-t2w'",
     "tables": "dfbk tables results/evaluate/*/*/*/seed-*/metrics.json --out-stem "
     "results/tables/comparison",
+    "power": "dfbk power results",
     "track": "dfbk track --train-dirs results/train/phantom/t1n-to-t2w/dfbk/seed-0 "
     "\\\n      --eval-dirs results/evaluate/phantom/t1n-to-t2w/dfbk/seed-0 "
     "--out results/tracking/imported.json",
@@ -124,6 +125,12 @@ def cmd_tables(args: argparse.Namespace) -> None:
         capacity=args.capacity,
     )
     print("\n".join(str(p) for p in paths.values()))
+
+
+def cmd_power(args: argparse.Namespace) -> None:
+    from dfbk.reporting.tables import power_report
+
+    print(power_report(args.results_dir, args.reference))
 
 
 def cmd_track(args: argparse.Namespace) -> None:
@@ -243,7 +250,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--significance-vs",
         default="dfbk",
-        help="method the paired Wilcoxon tests compare against, if present (default dfbk)",
+        help="method each row is tested against, if present (default dfbk)",
     )
     p.add_argument(
         "--capacity",
@@ -251,6 +258,16 @@ def register(verbs: argparse._SubParsersAction) -> None:
         help="show each row's parameter count and training FLOPs (the ablation table)",
     )
     p.set_defaults(func=cmd_tables)
+
+    p = verb(
+        verbs,
+        "power",
+        "what the evaluated runs can resolve: detectable differences, seeds",
+        EXAMPLES["power"],
+    )
+    p.add_argument("results_dir", type=Path, help="results folder holding evaluate/")
+    p.add_argument("--reference", default="dfbk", help="row each other row is compared with")
+    p.set_defaults(func=cmd_power)
 
     p = verb(verbs, "track", "import finished runs into MLflow (idempotent)", EXAMPLES["track"])
     p.add_argument("--train-dirs", nargs="+", required=True, help="training output folders")

@@ -39,7 +39,7 @@ from dfbk.diffusion import resshift as rs
 from dfbk.errors import ConfigError
 from dfbk.methods.base import Batch, Knowledge, to_unit
 from dfbk.methods.registry import register_method
-from dfbk.methods.resshift import SWIN_UNET_PRESETS, ResShiftBase
+from dfbk.methods.resshift import RELEASED_RECIPE, SWIN_UNET_PRESETS, ResShiftBase
 from dfbk.networks.swin_unet import SwinUNet, SwinUNetConfig
 
 # DFB/KG hyperparameters on top of the shared Swin-UNet presets (same in tiny and paper).
@@ -143,7 +143,8 @@ class DFBK(ResShiftBase):
             return self.net(inputs, t, tokens, mask, visual).float()
 
     def diagnostics(self) -> dict[str, float]:
-        """Per DFB/KG module: gain, mean w_low, KG share, output-projection norm (last step)."""
+        """Per DFB/KG module: gain, mean w_low, KG's share of the output change, output-projection
+        norm (last step)."""
         return self.net.diagnostics()
 
     def _require_knowledge(self, knowledge: Tensor | None) -> None:
@@ -204,6 +205,7 @@ class DFBK(ResShiftBase):
             "swin_levels": "level indices; paper: 128/64/32 at 256x256 (docs/method.md's 32/16/8 "
             "do not exist in a 1,2,2,4 U-Net at 256x256)",
             "lr_schedule": "linear warm-up, then constant",
+            "released_recipe": dict(RELEASED_RECIPE),
         }
 
 

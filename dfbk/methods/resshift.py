@@ -37,6 +37,13 @@ DIFFUSION_DEFAULTS = {
 # tiny: cheap enough for one CPU core (bench/bench_dfbk.py measures the step time).
 # augment hflip: ResShift's released training data (configs/*.yaml: `hflip: True` /
 # `use_hflip: True`, `rotation`/`use_rot: False`) flips left-right and never rotates.
+# ResShift's released training recipe (zsyOAOA/ResShift, configs/realsr_swinunet_realesrgan256.yaml:
+# train.batch 64 as microbatches of 16 with gradient accumulation, iterations 500,000,
+# use_fp16 False). The `paper` preset keeps its optimiser, learning rate, warm-up and EMA but
+# trains 300,000 steps at batch 16 under bf16 autocast: docs/method.md, "Optimisation", says
+# where and why; table captions state it beside each run's own budget.
+RELEASED_RECIPE = {"steps": 500_000, "batch_size": 64, "microbatch": 16, "precision": "fp32"}
+
 SWIN_UNET_PRESETS = {
     "tiny": {
         **DIFFUSION_DEFAULTS,
@@ -179,4 +186,5 @@ class ResShift(ResShiftBase):
             "swin_levels": "level indices; paper: 128/64/32 at 256x256 "
             "(docs/method.md's 32/16/8 do not exist in a 1,2,2,4 U-Net at 256x256)",
             "lr_schedule": "linear warm-up, then constant",
+            "released_recipe": dict(RELEASED_RECIPE),
         }

@@ -6,10 +6,12 @@ a bottleneck that keeps DFB + KG within ~10 % of ResShift's parameters):
 2. low band, global structure: L = In(GroupNorm(LL)) (C -> r); U = Attn(L), global MHSA on the
    half-resolution map (non-overlapping window attention past `global_max_tokens` tokens);
    L' = L + U  (the inner picture of LL').
-   With KG: A = CrossAttn(L', knowledge) (dfbk/networks/knowledge_guidance.py); L' += A.
+   With KG: A = CrossAttn(L', knowledge) (dfbk/networks/knowledge_guidance.py), added to the
+   low-band update U.
 3. high bands, keep structure and drop noise: H = Conv1x1([LH, HL, HH]) (3C -> r);
    G = sigmoid(DWConv3x3(Conv1x1([H, L'])))  (the low band decides which high responses are
-   anatomy); with KG the attention output is added through the gate sigmoid(Conv1x1(H)).
+   anatomy; the gate sees L' = L + U, never the knowledge term A); with KG the attention
+   output is added through the gate sigmoid(Conv1x1(H)).
 4. [w_L, w_H] = softmax(MLP([mean-pool(F), e]))                    per sample and per step
 5. out = F + IDWT(2 w_L dL, 2 w_H dH), dL = OutL(U + A) (r -> C), dH = OutH(G * H + gate * A)
    (r -> 3C): the enhanced bands are LL + dL and highs + dH. OutL and OutH are zero-initialised
@@ -20,8 +22,13 @@ a bottleneck that keeps DFB + KG within ~10 % of ResShift's parameters):
 Variants for the ablation (`variant`): "full"; "low" — the high bands contribute nothing
 (dH = 0; their modules, and KG's high-band gate, are not built); "high" — no low-band attention
 (U = 0; KG still adds A to the low band); "static" — w fixed at 0.5/0.5 (no balance MLP).
-`stats` holds detached statistics of the last training forward (gain = RMS(out - F) / RMS(F),
-w_low, the KG term's share) for the training log.
+`stats` holds detached statistics of the last training forward for the training log:
+gain = RMS(out - F) / RMS(F), w_low, and kg_share = RMS(KG's term of out - F) / RMS(out - F).
+A enters out - F only linearly (through OutL, OutH without their biases, the balance weights
+and the IDWT; the gate does not see it), so KG's term, IDWT(2 w_L OutL(A), 2 w_H OutH(gate * A))
+without biases, is exactly what the module's output change would lose without KG: the share
+of the module's effect that is knowledge, after the projections that decide what reaches the
+output (the attention's own size, before them, says nothing about that).
 """
 
 from __future__ import annotations
@@ -141,36 +148,46 @@ class DynamicFrequencyBalance(nn.Module):
         self, x: Tensor, knowledge: tuple[Tensor, Tensor] | None = None
     ) -> tuple[Tensor, Tensor]:
         """Band updates before balancing: dL (B, C, h, w) and dH (B, C, 3, h, w)."""
+        return self._bands(x, knowledge)[:2]
+
+    def _bands(
+        self, x: Tensor, knowledge: tuple[Tensor, Tensor] | None
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """dL, dH and, in training with KG, KG's own terms of them (detached, for `stats`)."""
         low, highs = self.wavelet.dwt(x)
-        inner = self.low_in(self.low_norm(low))
+        inner = self.low_in(self.low_norm(low))  # L
         update = self.low_attention(inner) if self.low_attention is not None else None
         if update is not None:
-            inner = inner + update
+            inner = inner + update  # L' = L + U: the gate and KG's queries see this
         attended = None
         if self.knowledge is not None:
             if knowledge is None:
                 raise ValueError("DFB with Knowledge Guidance needs knowledge tokens")
             attended = self.knowledge(inner, *knowledge)
-            if self.training:
-                self.stats["kg_share"] = rms(attended) / rms(inner).clamp_min(1e-12)
-            inner = inner + attended
             update = attended if update is None else update + attended
         d_low = self.low_out(update) if update is not None else torch.zeros_like(low)
+        observe = attended is not None and self.training
+        kg_low = _linear_part(self.low_out, attended) if observe else None
         if not self.use_high:
-            return d_low, torch.zeros_like(highs)
+            kg = (kg_low, torch.zeros_like(highs)) if observe else None
+            return d_low, torch.zeros_like(highs), kg
         b, c, h, w = low.shape
         high = self.high_in(highs.reshape(b, 3 * c, h, w))
         refined = torch.sigmoid(self.high_gate(torch.cat([high, inner], dim=1))) * high
+        kg = None
         if attended is not None:
             gate = torch.sigmoid(self.knowledge_gate(high)) if self.knowledge_gate else 1.0
             refined = refined + gate * attended
-        return d_low, self.high_out(refined).view(b, c, 3, h, w)
+            if observe:
+                kg_high = _linear_part(self.high_out, gate * attended).view(b, c, 3, h, w)
+                kg = (kg_low, kg_high)
+        return d_low, self.high_out(refined).view(b, c, 3, h, w), kg
 
     def forward(
         self, x: Tensor, emb: Tensor, knowledge: tuple[Tensor, Tensor] | None = None
     ) -> Tensor:
         """x (B, C, H, W), emb (B, E), knowledge (keys (B, K, D), mask (B, K)) -> (B, C, H, W)."""
-        d_low, d_highs = self.deltas(x, knowledge)
+        d_low, d_highs, kg = self._bands(x, knowledge)
         weights = self.balance_weights(x, emb)
         w_low = 2.0 * weights[:, 0, None, None, None]
         w_high = 2.0 * weights[:, 1, None, None, None, None]
@@ -178,7 +195,18 @@ class DynamicFrequencyBalance(nn.Module):
         if self.training:
             self.stats["gain"] = rms(delta) / rms(x).clamp_min(1e-12)
             self.stats["w_low"] = weights[:, 0].detach().float().mean()
+            if kg is not None:
+                with torch.no_grad():
+                    kg_delta = self.wavelet.idwt(w_low * kg[0], w_high * kg[1])
+                self.stats["kg_share"] = rms(kg_delta) / rms(delta).clamp_min(1e-12)
         return x + delta
+
+
+def _linear_part(projection: nn.Conv2d, x: Tensor) -> Tensor:
+    """The projection's weight applied to x, without its bias: x's own term of the output
+    (projection(a + x) = projection(a) + this), detached."""
+    with torch.no_grad():
+        return F.conv2d(x, projection.weight)
 
 
 def _zero(layer: nn.Conv2d) -> nn.Conv2d:

@@ -270,8 +270,9 @@ class SwinUNet(nn.Module):
 
     def diagnostics(self) -> dict[str, float]:
         """Statistics of the last training forward: per module gain (RMS(out - F) / RMS(F)),
-        DFB's mean w_low, KG's share inside DFB, the global KG path's gain; and the norm of
-        each zero-initialised output projection (0 at init: whether the module switched on)."""
+        DFB's mean w_low, KG's share of DFB's output change, the global KG path's gain; and the
+        norm of each zero-initialised output projection (0 at init: whether the module switched
+        on)."""
         out: dict[str, float] = {}
         for name, module in self.fusion_modules().items():
             kind = "dfb" if isinstance(module, DynamicFrequencyBalance) else "kg"

@@ -4,7 +4,9 @@ table always says how it was made.
 - which knowledge encoder DFBK actually used (BiomedCLIP or the offline fallback, and why);
 - how each method was trained where that differs from paired supervision (MaskGAN and SynDiff
   train unpaired as published);
-- each method's training budget (steps × batch size), so a budget-starved row reads as such;
+- each method's training budget (steps × batch size), so a budget-starved row reads as such,
+  and, for the ResShift-family rows, how it compares with ResShift's released recipe (batch 64,
+  500,000 iterations, fp32: the method's `describe.released_recipe`);
 - which checkpoint was evaluated ("last" or "best"), and whether every run used the same rule;
 - per row: steps, batch size, parameter count and training FLOPs per step (`training_frame`);
   a run.json without a field gives "n/a", never a crash.
@@ -112,6 +114,35 @@ def _budget_note(training: pd.DataFrame) -> str:
     return "Training budget (steps × batch size): " + "; ".join(items) + "."
 
 
+def _recipe_note(runs: list[dict]) -> str | None:
+    """'resshift, dfbk trained 300000 × 16 with bf16 autocast, 15 % of the training samples of
+    ResShift's released recipe (batch 64 as microbatches of 16, ..., fp32; ...).' Only runs whose
+    method names a released recipe (`describe.released_recipe`) take part."""
+    budgets: dict[str, list[str]] = {}
+    recipe = None
+    for run in runs:
+        mine = (run.get("describe") or {}).get("released_recipe")
+        steps, batch = run.get("steps"), _batch_size(run)
+        if not mine or steps is None or batch is None:
+            continue
+        recipe = mine
+        amp = (run.get("speed") or {}).get("amp_bf16")
+        share = steps * batch / (mine["steps"] * mine["batch_size"])
+        how = f"{steps} × {batch} {'with bf16 autocast' if amp else 'in fp32'}, "
+        how += f"{100 * share:.3g} % of the training samples"
+        methods = budgets.setdefault(how, [])
+        if run["method"] not in methods:
+            methods.append(run["method"])
+    if recipe is None:
+        return None
+    items = "; ".join(f"{', '.join(methods)} trained {how}" for how, methods in budgets.items())
+    return (
+        f"{items} of ResShift's released recipe (batch {recipe['batch_size']} as microbatches "
+        f"of {recipe['microbatch']} with gradient accumulation, {recipe['steps']:,} iterations, "
+        f"{recipe['precision']}; docs/method.md says where and why the presets differ)."
+    )
+
+
 def _checkpoint_note(training: pd.DataFrame) -> str:
     rules = dict.fromkeys(str(v) for v in training["evaluated_checkpoint"] if v is not None)
     missing = training["evaluated_checkpoint"].isna().any()
@@ -133,5 +164,5 @@ def caption_notes(run_files: list[Path]) -> str:
     parts = [_knowledge_note(runs), *_training_notes(runs)]
     training = training_frame(run_files)
     if training is not None:
-        parts += [_budget_note(training), _checkpoint_note(training)]
+        parts += [_budget_note(training), _recipe_note(runs), _checkpoint_note(training)]
     return " ".join(p for p in parts if p)

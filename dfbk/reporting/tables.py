@@ -1,13 +1,13 @@
 """aggregate: per-subject results of many runs -> comparison/ablation tables (md, csv, tex).
 
-Aggregation (docs/design.md, data flow 7): a subject's value is first averaged over the seeds of a
-run group, then mean ± std (ddof 1) is taken over test subjects — subjects, not seeds or
-slices, are the independent samples, so the std says how much the method varies across
-patients. Significance is a paired Wilcoxon signed-rank test over the same subjects (paired
-because every method translates the same test subjects; non-parametric because per-subject
-SSIM differences are bounded and skewed). All p-values of one table form one family and are
-Holm-adjusted (`dfbk.evaluation.statistics.holm`); the Markdown/LaTeX tables show the adjusted
-p, the csv keeps both. The best mean per dataset × direction is bold.
+Aggregation (docs/evaluation.md, "Statistics"): every run leaves one value per test subject;
+a table row (method) is then a seeds × subjects array of cells. A cell of the table shows the
+mean over subjects of each subject's seed-averaged value ± the std over subjects (how much the
+method varies across patients) and, in parentheses, the std over seeds of each seed's mean
+(how much it varies from one training run to the next). Which rows differ is decided by
+`dfbk.reporting.significance` on the cells themselves: a hierarchical bootstrap over seeds
+and subjects, one Holm family per table, bold only where a row beats every other row
+significantly, and the power the run had (also printed by `dfbk power`).
 
 Columns `official_*` come from the dataset's challenge protocol, all others from its 2-D slice
 protocol (`dfbk.evaluation.protocols`); their headers carry "[official]". Columns `dice_<label>`
@@ -19,16 +19,17 @@ the same segmenter on the real target images, the ceiling a translation can reac
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.stats import wilcoxon
 
 from dfbk.data.io import write_text
 from dfbk.errors import DataError
-from dfbk.evaluation.statistics import holm
+from dfbk.evaluation import statistics as st
+from dfbk.reporting import significance as sig
 
 RUN_KEYS = ("dataset", "direction", "method", "seed")
 COMPARISON_GROUPS = ("dataset", "direction", "method")
@@ -157,57 +158,24 @@ def subject_means(
 def summarise_groups(
     df: pd.DataFrame, group_cols: Sequence[str], metrics: Sequence[str]
 ) -> pd.DataFrame:
-    """Per group: {metric}_mean, _std (ddof 1; 0 for one subject), _n over subjects, n_seeds."""
+    """Per group: {metric}_mean, _std (ddof 1 over subjects; 0 for one subject), _n (subjects),
+    _seed_std (ddof 1 over seeds of each seed's mean over subjects; NaN for one seed), n_seeds."""
     per_subject = subject_means(df, group_cols, metrics)
+    per_seed = df.groupby([*group_cols, "seed"], sort=False)[list(metrics)].mean()
+    seed_std = per_seed.groupby(list(group_cols), sort=False).std(ddof=1)
     rows = []
     for key, part in per_subject.groupby(list(group_cols), sort=False):
-        row = dict(zip(group_cols, key if isinstance(key, tuple) else (key,), strict=True))
+        key = key if isinstance(key, tuple) else (key,)
+        row = dict(zip(group_cols, key, strict=True))
         row["n_seeds"] = int(part["n_seeds"].max())
         for metric in metrics:
             values = part[metric].dropna().to_numpy(dtype=float)
             row[f"{metric}_mean"] = values.mean() if values.size else np.nan
             row[f"{metric}_std"] = values.std(ddof=1) if values.size > 1 else 0.0
             row[f"{metric}_n"] = int(values.size)
+            row[f"{metric}_seed_std"] = seed_std.loc[key if len(key) > 1 else key[0], metric]
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def wilcoxon_vs(df: pd.DataFrame, reference_method: str, metric: str) -> pd.DataFrame:
-    """Paired Wilcoxon p of `reference_method` vs each other method, per dataset × direction.
-
-    Pairs are test subjects with a value for both methods (seed-averaged first). p is NaN
-    with fewer than 2 pairs or when every difference is zero (the test is undefined there).
-    """
-    per_subject = subject_means(df, COMPARISON_GROUPS, [metric])
-    rows = []
-    for (dataset, direction), part in per_subject.groupby(["dataset", "direction"], sort=False):
-        wide = part.pivot(index="subject", columns="method", values=metric)
-        if reference_method not in wide:
-            continue
-        for method in (m for m in part["method"].unique() if m != reference_method):
-            pairs = wide[[reference_method, method]].dropna()
-            diff = pairs[reference_method] - pairs[method]
-            p = np.nan
-            if len(pairs) >= 2 and (diff != 0).any():
-                p = float(wilcoxon(pairs[reference_method], pairs[method]).pvalue)
-            rows.append({"dataset": dataset, "direction": direction, "method": method,
-                         "n_pairs": len(pairs), "p_value": p})  # fmt: skip
-    return pd.DataFrame(rows, columns=[*COMPARISON_GROUPS, "n_pairs", "p_value"])
-
-
-def _best_flags(summary: pd.DataFrame, metric: str, best_within: Sequence[str]) -> pd.Series:
-    """True where the mean, at display precision, equals the best of its group (ties all bold)."""
-    digits = DECIMALS.get(split_metric(metric)[0], 4)
-    rounded = summary[f"{metric}_mean"].round(digits)
-    if "method" in summary:  # the real-target ceiling is a reference, not a contender
-        rounded = rounded.where(summary["method"] != CEILING_METHOD)
-    higher = split_metric(metric)[0] in HIGHER_IS_BETTER
-    if best_within:
-        grouped = rounded.groupby([summary[c] for c in best_within], sort=False)
-        best = grouped.transform("max" if higher else "min")
-    else:
-        best = pd.Series(rounded.max() if higher else rounded.min(), index=rounded.index)
-    return rounded.notna() & (rounded == best)
 
 
 def _format_p(p: float) -> str:
@@ -224,27 +192,31 @@ def _format_value(value) -> str:
 
 
 def _formatter(column: str):
-    if column.startswith("p"):
-        return _format_p
     if column == "FID":
         return lambda v: "—" if not np.isfinite(v) else f"{v:.2f}"
     return _format_value
 
 
-def _cells(summary, group_cols, metrics, best_within, extra_cols) -> tuple[list, list]:
+def _metric_cell(row: pd.Series, metric: str) -> str:
+    """'0.5480 ± 0.0500 (0.0190)': mean ± SD over subjects (SD over seeds, where there are two)."""
+    d = DECIMALS.get(split_metric(metric)[0], 4)
+    mean, std, seed_std = row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_seed_std"]
+    if pd.isna(mean):
+        return "—"
+    text = f"{mean:.{d}f} ± {std:.{d}f}"
+    return f"{text} ({seed_std:.{d}f})" if np.isfinite(seed_std) else text
+
+
+def _cells(summary, group_cols, metrics, extra_cols, shown) -> tuple[list, list]:
     """Header and rows of (text, bold) cells shared by the Markdown and LaTeX writers."""
-    header = [*group_cols, *(metric_header(m) for m in metrics), *extra_cols]
-    bold = {m: _best_flags(summary, m, best_within) for m in metrics}
+    header = [*group_cols, *(metric_header(m) for m in metrics), *extra_cols, *shown]
     formats = {c: _formatter(c) for c in extra_cols}
     rows = []
-    for i, row in summary.iterrows():
+    for _, row in summary.iterrows():
         cells = [(str(row[c]), False) for c in group_cols]
-        for m in metrics:
-            d = DECIMALS.get(split_metric(m)[0], 4)
-            mean, std = row[f"{m}_mean"], row[f"{m}_std"]
-            text = "—" if pd.isna(mean) else f"{mean:.{d}f} ± {std:.{d}f}"
-            cells.append((text, bool(bold[m][i])))
+        cells += [(_metric_cell(row, m), bool(row.get(f"{m}_bold", False))) for m in metrics]
         cells.extend((formats[c](row[c]), False) for c in extra_cols)
+        cells.extend((text(row), False) for text in shown.values())
         rows.append(cells)
     return header, rows
 
@@ -276,6 +248,15 @@ def _latex(header, rows, caption, label, n_groups, group_keys) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _require_columns(df: pd.DataFrame, metrics: Sequence[str]) -> None:
+    missing = [m for m in metrics if m not in df.columns]
+    if missing:
+        raise DataError(
+            f"results have no column {', '.join(missing)} (the CT-only mae_hu_fg "
+            "needs CT-target runs); available: " + ", ".join(map(str, df.columns))
+        )
+
+
 def write_table(
     df: pd.DataFrame,
     out_stem: Path,
@@ -285,21 +266,27 @@ def write_table(
     best_within: Sequence[str] = ("dataset", "direction"),
     extra: pd.DataFrame | None = None,
     csv_only: Sequence[str] = (),
+    bold: pd.DataFrame | None = None,
+    shown: dict[str, Callable[[pd.Series], str]] | None = None,
+    notes: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write `{out_stem}.md`, `.csv`, `.tex`: one row per group, mean ± std over subjects.
 
-    `extra` holds further columns keyed by `group_cols` (p-values, FID, training budget);
-    those named in `csv_only` go to the csv alone. The caption given (the protocol) is
-    completed with how the numbers aggregate.
+    `extra` holds further columns keyed by `group_cols` (test results, FID, training budget);
+    those named in `csv_only` go to the csv alone. `bold` (keyed by `group_cols`, a boolean
+    column per metric) marks the bold cells, also kept in the csv as `{metric}_bold`; `shown`
+    adds Markdown/LaTeX columns by header, each cell made from the csv row. The caption given
+    (the protocol) is followed by how the numbers aggregate, then by `notes` (the tests).
+    `best_within` separates the LaTeX row groups.
     """
     out_stem = Path(out_stem)
-    missing = [m for m in metrics if m not in df.columns]
-    if missing:
-        raise DataError(
-            f"results have no column {', '.join(missing)} (the CT-only mae_hu_fg "
-            "needs CT-target runs); available: " + ", ".join(map(str, df.columns))
-        )
+    _require_columns(df, metrics)
     summary = summarise_groups(df, group_cols, metrics)
+    if bold is not None:
+        flags = bold[[*group_cols, *metrics]].rename(columns={m: f"{m}_bold" for m in metrics})
+        summary = summary.merge(flags, on=list(group_cols), how="left")
+        for m in metrics:
+            summary[f"{m}_bold"] = summary[f"{m}_bold"].astype("boolean").fillna(False).astype(bool)
     extra_cols: list[str] = []
     if extra is not None:
         extra_cols = [c for c in extra.columns if c not in group_cols and c not in csv_only]
@@ -308,12 +295,12 @@ def write_table(
     lo, hi = int(summary.loc[real, "n_seeds"].min()), int(summary.loc[real, "n_seeds"].max())
     seed_text = f"{lo} seed{'s' * (hi > 1)}" if lo == hi else f"{lo} to {hi} seeds"
     caption = (
-        f"{caption or DEFAULT_CAPTION} Mean ± std over test subjects; each subject's value is "
-        f"first averaged over seeds ({seed_text} per method). Bold: best per "
-        f"{' × '.join(best_within) or 'table'} (higher is better for PSNR, SSIM and Dice, "
-        "lower for MAE, HFEN and GMSD)."
+        f"{caption or DEFAULT_CAPTION} Each cell: mean ± std over test subjects of each "
+        f"subject's seed-averaged value, and in parentheses the std over seeds of each seed's "
+        f"mean over subjects (none with one seed); {seed_text} per method."
     )
-    header, rows = _cells(summary, list(group_cols), list(metrics), best_within, extra_cols)
+    caption = " ".join(filter(None, [caption, *notes]))
+    header, rows = _cells(summary, list(group_cols), list(metrics), extra_cols, shown or {})
     md_rows = [[f"**{t}**" if b else t for t, b in cells] for cells in rows]
     md_table = pd.DataFrame(md_rows, columns=header).to_markdown(index=False, disable_numparse=True)
     keys = [tuple(summary.loc[i, c] for c in best_within) for i in summary.index]
@@ -326,24 +313,109 @@ def write_table(
     return paths
 
 
-def significance_columns(df: pd.DataFrame, reference_method: str) -> tuple[pd.DataFrame, int]:
-    """Raw and Holm-adjusted Wilcoxon p of `reference_method` vs each method, one family.
-
-    Columns "p (SSIM vs X)", "p (PSNR vs X)" (raw) and "p_Holm (… vs X)"; the family is every
-    finite p of the table (all datasets, directions, methods and both metrics). Returns the
-    frame and the family size.
-    """
-    frame = None
+def _test_columns(tests: pd.DataFrame, reference: str) -> tuple[pd.DataFrame, dict]:
+    """The tests against `reference` as csv columns per row and the two shown columns per test
+    metric: "Δ SSIM vs dfbk [95 % CI]" and "p_Holm (SSIM vs dfbk)"."""
+    keys = list(COMPARISON_GROUPS)
+    mine = tests[(tests.role == "reference")]
+    mine = sig.oriented(mine, reference)
+    frame, shown = None, {}
     for label, metric in SIGNIFICANCE_METRICS:
-        p = wilcoxon_vs(df, reference_method, metric).drop(columns="n_pairs")
-        p = p.rename(columns={"p_value": f"p ({label} vs {reference_method})"})
-        frame = p if frame is None else frame.merge(p, on=list(COMPARISON_GROUPS), how="outer")
-    raw = [f"p ({label} vs {reference_method})" for label, _ in SIGNIFICANCE_METRICS]
-    values = frame[raw].to_numpy(dtype=float)
-    adjusted = holm(values.ravel()).reshape(values.shape)
-    for k, column in enumerate(raw):
-        frame[column.replace("p (", "p_Holm (", 1)] = adjusted[:, k]
-    return frame, int(np.isfinite(values).sum())
+        tag = f"({label} vs {reference})"
+        part = mine[mine.metric == metric]
+        columns = {c: f"{c} {tag}" for c in TEST_COLUMNS}
+        part = part[[*keys, *columns]].rename(columns=columns)
+        part = part.rename(columns={f"p_holm {tag}": f"p_Holm {tag}"})
+        frame = part if frame is None else frame.merge(part, on=keys, how="outer")
+        shown[f"Δ {label} vs {reference} [95 % CI]"] = partial(_delta_cell, tag, metric)
+        shown[f"p_Holm {tag}"] = partial(_p_cell, tag)
+    return frame, shown
+
+
+TEST_COLUMNS = ("diff", "ci_low", "ci_high", "p", "p_holm", "test", "n_seeds_ref",
+                "run_sd", "subject_sd", "detectable", "seeds_needed")  # fmt: skip
+
+
+def _delta_cell(tag: str, metric: str, row: pd.Series) -> str:
+    diff, low, high = row.get(f"diff {tag}"), row.get(f"ci_low {tag}"), row.get(f"ci_high {tag}")
+    if diff is None or pd.isna(diff):
+        return "—"
+    d = DECIMALS.get(split_metric(metric)[0], 4)
+    if pd.isna(low):
+        return f"{diff:+.{d}f}"
+    return f"{diff:+.{d}f} [{low:+.{d}f}, {high:+.{d}f}]"
+
+
+def _p_cell(tag: str, row: pd.Series) -> str:
+    status = row.get(f"test {tag}")
+    if status == sig.ONE_SEED:
+        return sig.ONE_SEED
+    p = row.get(f"p_Holm {tag}")
+    return "—" if p is None or pd.isna(p) else _format_p(p)
+
+
+def _seeds_text(n: float) -> str:
+    return "more than 10,000 seeds" if not np.isfinite(n) else f"{int(n)} seeds"
+
+
+def _power_sentence(tests: pd.DataFrame, reference: str) -> str:
+    """Per test metric: the smallest difference each row's test could detect and the seeds the
+    observed difference needs; listed per row up to 8 rows, else as a range."""
+    parts = []
+    mine = sig.oriented(tests[tests.role == "reference"], reference)
+    for label, metric in SIGNIFICANCE_METRICS:
+        part = mine[(mine.metric == metric) & mine.detectable.notna()]
+        if part.empty:
+            continue
+        d = DECIMALS.get(split_metric(metric)[0], 4)
+        if len(part) <= 8:
+            items = [f"{r.method} {r.detectable:.{d}f} (the observed {r.diff:+.{d}f} needs "
+                     f"{_seeds_text(r.seeds_needed)})" for r in part.itertuples()]  # fmt: skip
+            parts.append(f"{label} vs {reference}: " + "; ".join(items))
+        else:
+            needed = part.seeds_needed
+            parts.append(
+                f"{label} vs {reference}: {part.detectable.min():.{d}f} to "
+                f"{part.detectable.max():.{d}f}, the observed differences need "
+                f"{_seeds_text(needed.min())} to {_seeds_text(needed.max())} (per row in the csv)"
+            )
+    if not parts:
+        return ""
+    return (
+        f"Smallest difference detectable at {st.POWER * 100:.0f} % power (two-sided α = "
+        f"{st.ALPHA} per test, from the observed seed and subject variances), and the seeds "
+        "per method the observed difference would need: " + "; ".join(parts) + "."
+    )
+
+
+def _tests_caption(tests: pd.DataFrame, bold: pd.DataFrame, metrics, reference) -> str:
+    family = int(tests["p"].notna().sum())
+    text = (
+        "Tests on subject × seed cells: the standard error of a difference from a hierarchical "
+        f"bootstrap ({st.BOOTSTRAP_RESAMPLES} resamples of each row's seeds, then of the "
+        f"subjects, paired by subject; generator seed {st.BOOTSTRAP_SEED}), t intervals with "
+        f"Welch-Satterthwaite degrees of freedom; all {family} p-values of the table (the tests "
+        "against the reference and those deciding bold) are Holm-adjusted together. A row "
+        f"with one seed is never tested ({sig.ONE_SEED})."
+    )
+    if reference is not None:
+        text += (
+            f" Δ vs {reference}: row minus {reference} with its 95 % interval; p_Holm its "
+            "adjusted p (raw p, intervals and variance components in the csv)."
+        )
+    if bold[list(metrics)].to_numpy().any():
+        return text + (
+            " Bold: the row whose difference from every other row of its dataset × direction "
+            f"is significant (Holm-adjusted p < {st.ALPHA}; higher is better for PSNR, SSIM and "
+            "Dice, lower for MAE, HFEN and GMSD); a column without bold resolved no best row."
+        )
+    if (tests["p_holm"] < st.ALPHA).any():
+        return f"{text} No row differs significantly from every other row of its column: " + (
+            "nothing is bold."
+        )
+    return f"{text} No difference between rows was resolved (Holm-adjusted p < {st.ALPHA}): " + (
+        "nothing is bold."
+    )
 
 
 def write_comparison_table(
@@ -358,31 +430,80 @@ def write_comparison_table(
 ) -> dict[str, Path]:
     """The methods comparison (or ablation) table: one row per dataset × direction × method.
 
-    `metrics` defaults to every TABLE_METRICS column the runs have. With `significance_vs`,
-    adds paired Wilcoxon p-values of method X against each row's method over test subjects
-    (fg region), Holm-adjusted over the table; the raw p-values go to the csv only.
-    `training` (from `dfbk.reporting.captions.training_frame`) adds each row's steps, batch
-    size, parameters, training FLOPs and evaluated checkpoint to the csv; with `capacity`
-    the parameter count and FLOPs are also table columns (the ablation table).
+    `metrics` defaults to every TABLE_METRICS column the runs have. Bold cells and, with
+    `significance_vs`, each row's difference from that method on SSIM and PSNR fg come from
+    `dfbk.reporting.significance.table_tests` (one Holm family per table); the caption says
+    what was resolved and what the run could have detected. `training` (from
+    `dfbk.reporting.captions.training_frame`) adds each row's steps, batch size, parameters,
+    training FLOPs and evaluated checkpoint to the csv; with `capacity` the parameter count
+    and FLOPs are also table columns (the ablation table).
     """
     metrics = table_metrics(df) if metrics is None else list(metrics)
+    _require_columns(df, metrics)
     keys = list(COMPARISON_GROUPS)
     if any(m.startswith(DICE) for m in metrics):
         caption = f"{caption or DEFAULT_CAPTION} {DICE_NOTE}"
-    extra, csv_only = None, []
+    table = with_ceiling_rows(df)
+    higher = {m: split_metric(m)[0] in HIGHER_IS_BETTER for m in metrics}
+    if significance_vs is not None and significance_vs not in set(df["method"]):
+        significance_vs = None
+    test_metrics = [m for _, m in SIGNIFICANCE_METRICS if m in metrics]
+    tests, bold = sig.table_tests(
+        table, metrics, higher, significance_vs, test_metrics, (CEILING_METHOD,)
+    )
+    notes = [_tests_caption(tests, bold, metrics, significance_vs)]
+    extra, csv_only, shown = None, [], {}
     if significance_vs is not None:
-        extra, family = significance_columns(df, significance_vs)
-        csv_only += [c for c in extra.columns if c.startswith("p (")]
-        caption = (
-            f"{caption or DEFAULT_CAPTION} p: paired Wilcoxon signed-rank test against "
-            f"{significance_vs} over the same test subjects (fg region), Holm-adjusted over "
-            f"the {family} comparisons of this table (raw p in the csv)."
-        )
+        extra, shown = _test_columns(tests, significance_vs)
+        csv_only += [c for c in extra.columns if c not in keys]
+        notes.append(_power_sentence(tests, significance_vs))
     for frame in (extra_columns, training):  # e.g. FID; training budget
-        if frame is not None:  # outer: the reference method has no p-value row
+        if frame is not None:  # outer: the reference method has no test row
             extra = frame if extra is None else extra.merge(frame, on=keys, how="outer")
     if training is not None:
-        shown = ["Params", "Train FLOPs/step"] if capacity else []
-        csv_only += [c for c in training.columns if c not in keys and c not in shown]
-    return write_table(with_ceiling_rows(df), out_stem, COMPARISON_GROUPS, metrics, caption,
-                       extra=extra, csv_only=csv_only)  # fmt: skip
+        visible = ["Params", "Train FLOPs/step"] if capacity else []
+        csv_only += [c for c in training.columns if c not in keys and c not in visible]
+    return write_table(table, out_stem, COMPARISON_GROUPS, metrics, caption, extra=extra,
+                       csv_only=csv_only, bold=bold, shown=shown, notes=notes)  # fmt: skip
+
+
+def power_report(results_dir: Path, reference: str = "dfbk") -> str:
+    """What the evaluated runs under `results_dir` can resolve, per pair of rows and test metric.
+
+    Reads `{results_dir}/evaluate/*/*/*/seed-*/metrics.json`; pairs each row with `reference`
+    where its dataset × direction has it, else every pair. Per pair: seeds, subjects, the
+    observed difference, the SD over seeds of the difference (one seed of each row) and over
+    subjects, the smallest difference detectable at 80 % power, and the seeds per method the
+    observed difference would need — the figures a lab sizes its GPU budget with.
+    """
+    files = sorted(Path(results_dir).glob("evaluate/*/*/*/seed-*/metrics.json"))
+    if not files:
+        raise DataError(f"{Path(results_dir) / 'evaluate'}: no */*/*/seed-*/metrics.json found")
+    df = collect_results(files)
+    metrics = [m for _, m in SIGNIFICANCE_METRICS if m in df.columns and df[m].notna().any()]
+    frame = sig.power_frame(df, metrics, reference)
+    if frame.empty:
+        return "one row per dataset × direction: no pair of rows to compare"
+    rows = []
+    for r in frame.itertuples():
+        d = DECIMALS.get(split_metric(r.metric)[0], 4)
+        value = "—" if pd.isna(r.diff) else f"{r.diff:+.{d}f}"
+        known = r.test not in (sig.ONE_SEED, sig.NO_CELLS)
+        rows.append({
+            "dataset": r.dataset, "direction": r.direction, "metric": r.metric,
+            "pair": f"{r.method} − {r.versus}", "seeds": f"{r.n_seeds}/{r.n_seeds_ref}",
+            "subjects": r.n_subjects, "Δ": value,
+            "seed SD of Δ": f"{r.run_sd:.{d}f}" if known else r.test,
+            "subject SD": f"{r.subject_sd:.{d}f}" if known else "—",
+            "detectable Δ": f"{r.detectable:.{d}f}" if known else "—",
+            "seeds needed": _seeds_text(r.seeds_needed).removesuffix(" seeds") if known else "—",
+        })  # fmt: skip
+    table = pd.DataFrame(rows).to_markdown(index=False, disable_numparse=True)
+    return (
+        f"{table}\n\nΔ: row minus the second row, mean over subject × seed cells. seed SD of Δ: "
+        "of the difference between one seed of each row; subject SD: of the per-subject "
+        "difference. detectable Δ: smallest true difference found with "
+        f"{st.POWER * 100:.0f} % power (two-sided α = {st.ALPHA}, t with Welch-Satterthwaite "
+        "degrees of freedom) at these seeds and subjects; seeds needed: per row, for the "
+        "observed Δ (subjects as they are). A table's Holm correction over many tests needs more."
+    )
