@@ -284,23 +284,43 @@ def check_method_settings(config: dict[str, Any]) -> None:
             key = f"{prefix}.overrides" if overrides.keys() & {"steps", "batch_size"} else where
             check_budget(key, hparams, spec.preset_steps[preset])
             multiple = spec.size_multiple(hparams)
-            patch = hparams.get("patch_size")
+            patch_key = f"{where} patch_size"
+            if "patch_size" in overrides:
+                patch_key = f"{prefix}.overrides.patch_size"
             for dataset in datasets:
-                size = tuple(config["datasets"][dataset].get("size", DEFAULT_SIZE))
-                # A method trained on patches only ever runs on tiles: patch-sized ones, or
-                # whole slices padded up to the multiple (dfbk.translation.inference_tile).
-                if patch is None and any(side % multiple for side in size):
-                    raise ConfigError(
-                        f"datasets.{dataset}.size: {size[0]}x{size[1]} does not suit {where} "
-                        f"(preset '{preset}'), whose network needs sides divisible by {multiple}"
-                    )
-                if patch is not None and (patch % multiple or patch > min(size)):
-                    where_patch = (
-                        f"{prefix}.overrides.patch_size"
-                        if "patch_size" in overrides
-                        else f"{where} patch_size"
-                    )
-                    raise ConfigError(
-                        f"{where_patch}: {patch} must be a multiple of {multiple} "
-                        f"and at most the slice side {min(size)} (datasets.{dataset}.size)"
-                    )
+                check_slice_size(
+                    tuple(config["datasets"][dataset].get("size", DEFAULT_SIZE)),
+                    hparams.get("patch_size"),
+                    multiple,
+                    size_key=f"datasets.{dataset}.size",
+                    method=f"{where} (preset '{preset}')",
+                    patch_key=patch_key,
+                )
+
+
+def check_slice_size(
+    size: tuple[int, int],
+    patch: int | None,
+    multiple: int,
+    size_key: str,
+    method: str,
+    patch_key: str,
+) -> None:
+    """Refuse slices (or a patch size) the method's network cannot take, naming the key.
+
+    Trained on whole slices, both sides must be multiples of the network's `multiple`
+    (`size_multiple`); trained on patches, the patch must be one and fit in the slice. A
+    method trained on patches only ever runs on tiles: patch-sized ones, or whole slices
+    padded up to the multiple (dfbk.translation.inference_tile). The planner checks the
+    config with it, and the trainer the slice store it is given.
+    """
+    if patch is None and any(side % multiple for side in size):
+        raise ConfigError(
+            f"{size_key}: {size[0]}x{size[1]} does not suit {method}, whose network needs "
+            f"sides divisible by {multiple}"
+        )
+    if patch is not None and (patch % multiple or patch > min(size)):
+        raise ConfigError(
+            f"{patch_key}: {patch} must be a multiple of {multiple} "
+            f"and at most the slice side {min(size)} ({size_key})"
+        )
