@@ -119,13 +119,13 @@ def main() -> None:
             warm = min(timed(root, who, arrays, cold=False) for _ in range(args.repeat))
             cold = min(timed(root, who, arrays, cold=True) for _ in range(args.repeat))
             print(
-                f"{label:44} {size:6.2f} {warm:8.2f} {size / warm:6.2f} {cold:8.2f} "
+                f"{label:44} {size:6.3g} {warm:8.2f} {size / warm:6.2f} {cold:8.2f} "
                 f"{size / cold:6.2f}"
             )
         buffer = np.random.default_rng(1).bytes(256 << 20)
         best = min(_hash_seconds(buffer) for _ in range(args.repeat))
         label = "sha256 of 256 MiB in memory (the ceiling)"
-        print(f"{label:44} {len(buffer) / 1e9:6.2f} {best:8.2f} {len(buffer) / 1e9 / best:6.2f}")
+        print(f"{label:44} {len(buffer) / 1e9:6.3g} {best:8.2f} {len(buffer) / 1e9 / best:6.2f}")
         meta = json.loads((root / "store.json").read_text())
         for info in meta["subjects"].values():
             del info["digests"]
@@ -134,7 +134,7 @@ def main() -> None:
         cold = min(timed(root, subjects, ARRAYS, cold=True) for _ in range(args.repeat))
         label = "older store: whole files, all arrays"
         print(
-            f"{label:44} {total / 1e9:6.2f} {warm:8.2f} {total / 1e9 / warm:6.2f} "
+            f"{label:44} {total / 1e9:6.3g} {warm:8.2f} {total / 1e9 / warm:6.2f} "
             f"{cold:8.2f} {total / 1e9 / cold:6.2f}"
         )
 
