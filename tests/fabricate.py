@@ -124,9 +124,10 @@ def synthrad_case(root: Path, name: str) -> Path:
     case = root / name
     head, lesion = phantom_head(sum(map(ord, name)))
     skull = head & ~binary_erosion(head)
-    ct = np.full(SHAPE, -1024, dtype=np.int16)
-    ct[head] = 35
-    ct[skull] = 1400
+    noise = np.random.default_rng(sum(map(ord, name))).normal(0, 8, SHAPE)  # scanner noise:
+    ct = np.full(SHAPE, -1024, dtype=np.int16)  # no two cases' CTs are the same scan
+    ct[head] = np.rint(35 + noise[head])
+    ct[skull] = np.rint(1400 + noise[skull])
     mr = contrast(head, lesion, 500, 520, 7)
     _save(mr, case / "mr.nii.gz", np.eye(4))
     _save(ct, case / "ct.nii.gz", np.eye(4))

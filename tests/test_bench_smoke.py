@@ -102,3 +102,19 @@ def test_flops_are_counted_through_a_gradient_penalty():
     with gpu.flop_counter() as counter:
         method.training_step(batch, 0)
     assert counter.get_total_flops() > 0
+
+
+def test_store_verify_bench_times_each_command_and_the_fallback(monkeypatch, capsys):
+    argv = ["bench_store_verify.py", "--gb", "0.0001", "--size", "32", "--slices", "10"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--repeat", "1"])
+    bench("bench_store_verify").main()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("store: 4 subjects x 10 slices of 32x32")  # at least 4 subjects
+    rows = {line[:44].strip().split(" (")[0]: line[44:].split() for line in lines[2:]}
+    assert set(rows) == {
+        "evaluate", "predict", "train", "everything", "older store: whole files, all arrays",
+        "sha256 of 256 MiB in memory",
+    }  # fmt: skip
+    total = 4 * 10 * 32 * 32 * (4 + 4 + 1 + 1) / 1e9  # 4 subjects, two float32 arrays + two u8
+    assert float(rows["everything"][0]) == pytest.approx(total, rel=1e-2)
+    assert float(rows["evaluate"][0]) == pytest.approx(10 * 32 * 32 * 6 / 1e9, rel=1e-2)

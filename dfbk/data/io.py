@@ -81,8 +81,19 @@ def _itk_compressed(path: Path) -> bool:
     return re.search(rb"compresseddata\s*=\s*true|encoding:\s*(gz|bz)", head) is not None
 
 
+def _refuse_non_real(path: Path, dtype: str, kind: str) -> None:
+    """Refuse complex (or other non-numeric) voxels: reading them as float would keep the
+    real part and drop the rest without a word."""
+    if kind not in "biuf":
+        raise DataError(
+            f"{path}: voxels of type {dtype} are not real numbers; dfbk reads real-valued "
+            "volumes only (save the magnitude or the real part as a float or integer image)"
+        )
+
+
 def _check_nifti_header(path: Path, image) -> None:
     header = image.header
+    _refuse_non_real(path, str(header.get_data_dtype()), header.get_data_dtype().kind)
     offset = int(getattr(image.dataobj, "offset", header.get_data_offset()))
     if not path.name.endswith(NIFTI_SUFFIXES):  # .hdr/.img pairs, MGH: the limit only
         offset = -1
@@ -97,6 +108,8 @@ def _read_itk(path: Path) -> nib.Nifti1Image:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()  # the header only
+    if reader.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        _refuse_non_real(path, sitk.GetPixelIDValueAsString(reader.GetPixelID()), "c")
     components = reader.GetNumberOfComponents()
     try:
         probe = sitk.Image([1] * reader.GetDimension(), reader.GetPixelID(), components)

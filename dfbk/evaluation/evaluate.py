@@ -14,7 +14,10 @@ Outputs in `out_dir`, each written atomically:
   HFEN and GMSD (`hfen_*`, `gmsd_*`, foreground and lesion) for every dataset;
 - `metrics.json`: the run info, the protocol used, mean/std/n over subjects, and FID (or why
   it is absent).
-Predictions are clipped to [0, 1] (the data range PSNR and SSIM assume) before scoring. The
+A prediction outside [0, 1] (the data range PSNR and SSIM assume, and the contract of
+docs/external.md) by more than float32 rounding (`RANGE_TOLERANCE`) is refused, naming the file
+and the range found; within it, values are clipped onto [0, 1]. The test subjects' reference,
+mask and label slices must match the digests the store records (`SliceStore.verify`). The
 phantom is scored by the generic protocol below; BraTS, ISLES and SynthRAD by their own
 (`dfbk.evaluation.protocols`), named in metrics.json and the table caption.
 """
@@ -51,6 +54,11 @@ REGIONS = {
     "lesion": "lesion label > 0; NaN where the slice or subject has no lesion voxel",
 }
 HU_SCALE_NOTE = "mae_hu_fg: MAE in Hounsfield units over fg, after mapping [0, 1] back to HU"
+# A prediction may leave [0, 1] by float32 rounding only: a value computed as a rescale
+# ((x + 1) / 2, x * slope + intercept, a weighted mean of tiles) carries a few roundings of at
+# most one ulp of 1.0 (float32 eps) each. Four such ulps bound that; more is a range error,
+# e.g. a tanh output in [-1, 1] never mapped back.
+RANGE_TOLERANCE = 4 * float(np.finfo(np.float32).eps)
 
 
 def parse_direction(direction: str) -> tuple[str, str]:
@@ -66,7 +74,8 @@ def load_prediction(store: SliceStore, pred_dir: Path, subject: str) -> np.ndarr
 
     The array is taken in its stored axis order (no reorientation): the contract is
     volume[..., k] <-> store slice start + k. A wrong shape or affine means a prediction made
-    for another grid or subject, so it is refused with the file named.
+    for another grid or subject, and values outside [0, 1] beyond `RANGE_TOLERANCE` one made
+    in another range, so either is refused with the file named.
     """
     path = Path(pred_dir) / f"{subject}.nii.gz"
     if not path.exists():
@@ -81,7 +90,13 @@ def load_prediction(store: SliceStore, pred_dir: Path, subject: str) -> np.ndarr
         raise DataError(f"{path}: affine differs from the slice store's grid for '{subject}'")
     if not np.isfinite(data).all():
         raise DataError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
-    return np.clip(np.moveaxis(data, -1, 0), 0.0, 1.0)
+    low, high = float(data.min()), float(data.max())
+    if low < -RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+        raise DataError(
+            f"{path}: prediction values span [{low:.6g}, {high:.6g}], outside the contract's "
+            "[0, 1] (map the method's output range back to [0, 1]; docs/external.md)"
+        )
+    return np.clip(np.moveaxis(data, -1, 0), 0.0, 1.0)  # rounding only (RANGE_TOLERANCE)
 
 
 def _region_scores(
@@ -199,6 +214,7 @@ def evaluate_predictions(
     test = read_split(split_path)["test"]
     if not test:
         raise DataError(f"{split_path}: the test split is empty")
+    store.verify(test, [target, "mask", "label"])  # what is scored against, as prepared
     reason = fid_unavailable_reason() if fid is not False else "FID disabled for this run"
     accumulator = FidAccumulator() if reason is None else None
     slice_index = store.manifest.set_index("index")["slice"]

@@ -1,15 +1,15 @@
 """translate: run a trained checkpoint over the test split, one volume per subject.
 
-The checkpoint alone rebuilds the model (`rebuild_method`); it must have been trained on this
-slice store and split (its fingerprint), and its data contract must match the store's (same
-modality, range and normalisation; the slice size may differ, as slices are covered by tiles
-of the training size — `dfbk.inference.sliding_window`) or the job is refused. Each slice's
-noise seed
-comes from (the run's seed, subject, axial slice index), so a diffusion method's volume does
-not depend on the batch size, nor on which other slices share its batch: the test subjects'
-slices form one stream cut into full batches across subject boundaries (`translate_volumes`).
-Methods sample under bf16 autocast on CUDA (`Method.autocast`), in float32 on CPU. A prediction
-with a NaN or infinite voxel is refused, naming the checkpoint, and nothing is written.
+The checkpoint alone rebuilds the model (`rebuild_method`); it must have been trained on this slice
+store and split (its fingerprint), and its data contract must match the store's (same modality,
+range and normalisation; the slice size may differ, as slices are covered by tiles of the training
+size — `dfbk.inference.sliding_window`) or the job is refused; the test subjects' source slices must
+match the digests the store records (`SliceStore.verify`). Each slice's noise seed comes from (the
+run's seed, subject, axial slice index), so a diffusion method's volume does not depend on the batch
+size, nor on which other slices share its batch: the test subjects' slices form one stream cut into
+full batches across subject boundaries (`translate_volumes`). Methods sample under bf16 autocast on
+CUDA (`Method.autocast`), in float32 on CPU. A prediction with a NaN or infinite voxel is refused,
+naming the checkpoint, and nothing is written.
 """
 
 from __future__ import annotations
@@ -230,7 +230,8 @@ def predict_test_set(
     store = SliceStore(store_dir)
     source, _ = check_contract(payload, store, Path(checkpoint))
     check_fingerprint(payload, store_dir, split_path, Path(checkpoint))  # no training subject
-    method = rebuild_method(payload).to(pick_device(device))
+    store.verify(read_split(split_path)["test"], [source])  # the slices translated, as recorded
+    method = rebuild_method(payload, checkpoint).to(pick_device(device))
     method.amp = amp  # Method.autocast: bf16 on CUDA only
     knowledge = checkpoint_knowledge(payload)
     if knowledge is not None:

@@ -179,7 +179,7 @@ def load_members(
     members = []
     for path, payload in zip(paths, payloads, strict=True):
         tokens = _knowledge(payload, knowledge, path)
-        method = rebuild_method(payload).to(torch_device)
+        method = rebuild_method(payload, path).to(torch_device)
         method.amp = True  # Method.autocast: bf16 on CUDA as in training, float32 on CPU
         tokens = None if tokens is None else tokens.to(method.device)
         members.append(Member(path, payload, method, tokens, training_tile(payload)))

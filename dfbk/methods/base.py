@@ -97,7 +97,7 @@ class Method(nn.Module):
                 )
             hparams[key] = value
         _check_common(cls.name, hparams)
-        if budget:  # config_checks checks it itself, naming the config key
+        if budget:  # dfbk.plan.checks checks it itself, naming the config key
             check_budget(f"method '{cls.name}'", hparams, cls.PRESETS[preset].get("steps"))
         return hparams
 

@@ -85,7 +85,7 @@ class MethodInfo:
             raise ConfigError(
                 f"method '{self.name}': patch_size must be a positive integer or null"
             )
-        if budget:  # config_checks checks it itself, naming the config key
+        if budget:  # dfbk.plan.checks checks it itself, naming the config key
             check_budget(f"method '{self.name}'", hparams, self.presets[preset].get("steps"))
         return hparams
 

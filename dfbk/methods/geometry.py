@@ -10,6 +10,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from dfbk.errors import ConfigError
+
 
 def _unet_rule(h: dict[str, Any]) -> int:
     return 2 ** int(h["num_downs"])  # num_downs stride-2 convolutions, skips concatenated
@@ -49,3 +51,31 @@ def size_multiple(cls: type, hparams: dict[str, Any]) -> int:
         return int(declared(hparams))
     rule = SIZE_RULES.get(cls.__module__)
     return rule(hparams) if rule is not None else 1
+
+
+def check_slice_size(
+    size: tuple[int, int],
+    patch: int | None,
+    multiple: int,
+    size_key: str,
+    method: str,
+    patch_key: str,
+) -> None:
+    """Refuse slices (or a patch size) the method's network cannot take, naming the key.
+
+    Trained on whole slices, both sides must be multiples of the network's `multiple`
+    (`size_multiple`); trained on patches, the patch must be one and fit in the slice. A
+    method trained on patches only ever runs on tiles: patch-sized ones, or whole slices
+    padded up to the multiple (dfbk.inference.predict.inference_tile). The planner checks the
+    config with it, and the trainer the slice store it is given.
+    """
+    if patch is None and any(side % multiple for side in size):
+        raise ConfigError(
+            f"{size_key}: {size[0]}x{size[1]} does not suit {method}, whose network needs "
+            f"sides divisible by {multiple}"
+        )
+    if patch is not None and (patch % multiple or patch > min(size)):
+        raise ConfigError(
+            f"{patch_key}: {patch} must be a multiple of {multiple} "
+            f"and at most the slice side {min(size)} ({size_key})"
+        )

@@ -27,7 +27,7 @@ from dfbk.errors import ConfigError
 from dfbk.inference.external import check_external_methods, external_methods
 from dfbk.methods.budget import check_budget
 from dfbk.methods.catalog import method_info
-from dfbk.methods.geometry import SIZE_RULES, size_multiple
+from dfbk.methods.geometry import SIZE_RULES, check_slice_size, size_multiple
 from dfbk.methods.registry import add_method_module, get_method_class, list_methods, method_stages
 from dfbk.plan.schema import default
 
@@ -243,23 +243,15 @@ def check_method_settings(config: dict[str, Any]) -> None:
             key = f"{prefix}.overrides" if overrides.keys() & {"steps", "batch_size"} else where
             check_budget(key, hparams, spec.preset_steps[preset])
             multiple = spec.size_multiple(hparams)
-            patch = hparams.get("patch_size")
+            patch_key = f"{where} patch_size"
+            if "patch_size" in overrides:
+                patch_key = f"{prefix}.overrides.patch_size"
             for dataset in datasets:
-                size = tuple(config["datasets"][dataset].get("size", default("datasets.*.size")))
-                # A method trained on patches only ever runs on tiles: patch-sized ones, or
-                # whole slices padded up to the multiple (dfbk.inference.predict.inference_tile).
-                if patch is None and any(side % multiple for side in size):
-                    raise ConfigError(
-                        f"datasets.{dataset}.size: {size[0]}x{size[1]} does not suit {where} "
-                        f"(preset '{preset}'), whose network needs sides divisible by {multiple}"
-                    )
-                if patch is not None and (patch % multiple or patch > min(size)):
-                    where_patch = (
-                        f"{prefix}.overrides.patch_size"
-                        if "patch_size" in overrides
-                        else f"{where} patch_size"
-                    )
-                    raise ConfigError(
-                        f"{where_patch}: {patch} must be a multiple of {multiple} "
-                        f"and at most the slice side {min(size)} (datasets.{dataset}.size)"
-                    )
+                check_slice_size(
+                    tuple(config["datasets"][dataset].get("size", default("datasets.*.size"))),
+                    hparams.get("patch_size"),
+                    multiple,
+                    size_key=f"datasets.{dataset}.size",
+                    method=f"{where} (preset '{preset}')",
+                    patch_key=patch_key,
+                )

@@ -73,4 +73,4 @@ def load_logged_model(
 
     checkpoint = download_logged_model(model_uri, Path(dest), tracking_uri)
     payload = load_checkpoint(checkpoint)
-    return rebuild_method(payload), payload
+    return rebuild_method(payload, checkpoint), payload

@@ -18,10 +18,12 @@ Trust rules (format 2):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -162,14 +164,35 @@ def recipe(method, spec) -> dict[str, Any]:
     }
 
 
-def rebuild_method(payload: dict[str, Any]):
-    """Build the method a checkpoint describes and load its weights (no config needed)."""
+def rebuild_method(payload: dict[str, Any], path: Path | str = "checkpoint"):
+    """Build the method a checkpoint describes and load its weights (no config needed).
+
+    Weights that do not fit the network its recorded hparams build are one TrainingError
+    naming `path` (`fitting_weights`).
+    """
     cls = get_method_class(payload["method"], payload.get("module"))
     method = cls(cls.inference_hparams(payload["hparams"]))  # stored hparams, not today's preset
     method.preset = payload["preset"]
-    method.load_state_dict(payload["state"])
+    with fitting_weights(path):
+        method.load_state_dict(payload["state"])
     method.eval()
     return method
+
+
+@contextlib.contextmanager
+def fitting_weights(path: Path | str) -> Iterator[None]:
+    """Turn torch's multi-line load_state_dict failure (size mismatch, missing or unexpected
+    keys) into one TrainingError naming the checkpoint and its first problem."""
+    try:
+        yield
+    except (RuntimeError, KeyError, ValueError) as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        details = lines[1:] or lines or [type(err).__name__]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        raise TrainingError(
+            f"{path}: its weights do not fit the network its recorded settings build "
+            f"({details[0].rstrip('.')}{more}); an edited or foreign checkpoint - retrain it"
+        ) from err
 
 
 # ----- fingerprints ------------------------------------------------------------------------

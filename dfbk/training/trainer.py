@@ -141,7 +141,10 @@ class Trainer:
         self.speed.apply_backends(self.device)
         self.speed.apply_layout(self.method)
         self.hparams = self.method.hparams
+        self._check_slice_size(spec)
         split = read_split(spec.split_path)
+        # every slice trained or validated on must be what prepare wrote
+        self.store.verify([*split["train"], *split["val"]], [source, target, "mask"])
         self.batcher = SliceBatcher(
             self.store,
             source,
@@ -202,6 +205,21 @@ class Trainer:
             overrides.setdefault("knowledge_dim", knowledge.dim)
             spec.knowledge, spec.knowledge_info = knowledge, emb.info()
         return build_method(spec.method, spec.preset, overrides, spec.module, spec.stage)
+
+    def _check_slice_size(self, spec: TrainSpec) -> None:
+        """The planner's slice-size rule (dfbk.methods.geometry.check_slice_size) on this store."""
+        from dfbk.methods.geometry import check_slice_size, size_multiple
+
+        check_slice_size(
+            self.store.size,
+            self.hparams.get("patch_size"),
+            size_multiple(type(self.method), self.hparams),
+            size_key=f"{self.store.root}: slice size",
+            method=f"method '{self.method.name}' (preset '{spec.preset}')",
+            patch_key="--overrides patch_size"
+            if "patch_size" in spec.overrides
+            else f"method '{self.method.name}' patch_size",
+        )
 
     # ----- state --------------------------------------------------------------------------
     def _fingerprint(self) -> dict[str, Any]:
@@ -265,13 +283,14 @@ class Trainer:
                 f"({'; '.join(diff)}); it is not reused — delete {self.spec.checkpoint_dir} "
                 "to train from scratch"
             )
-        self.method.load_state_dict(payload["state"])
-        for key, opt in self.method.optimizers().items():
-            opt.load_state_dict(payload["optimizers"][key])
-        for key, sched in self.method.schedulers().items():
-            sched.load_state_dict(payload["schedulers"][key])
-        if self.ema is not None:
-            self.ema.load_state_dict(payload["ema"])
+        with ckpt.fitting_weights(self.last_path):
+            self.method.load_state_dict(payload["state"])
+            for key, opt in self.method.optimizers().items():
+                opt.load_state_dict(payload["optimizers"][key])
+            for key, sched in self.method.schedulers().items():
+                sched.load_state_dict(payload["schedulers"][key])
+            if self.ema is not None:
+                self.ema.load_state_dict(payload["ema"])
         self.step = int(payload["step"])
         ranks = payload.get("rng_ranks") or [payload["rng"]]
         if self.world.rank < len(ranks):  # a rank the saving run had: its exact RNG state
@@ -313,7 +332,8 @@ class Trainer:
             write_text_atomic(self.log_path, "")
             self.best_path.unlink(missing_ok=True)  # from a run that never checkpointed
         if not resumed and self.init_payload is not None:
-            self.method.init_from_stage(self.init_payload["state"])
+            with ckpt.fitting_weights(self.spec.init_from):
+                self.method.init_from_stage(self.init_payload["state"])
         self.fused_skipped = self.speed.apply_fused(self.method)  # after the optimisers' state
         self.stop.install()
         total = int(self.hparams["steps"])

@@ -29,6 +29,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import regex
+
 from dfbk.data.datasets.base import DatasetAdapter, SubjectFiles
 from dfbk.data.datasets.foreground import FOREGROUND_RULES
 from dfbk.data.normalise import is_ct
@@ -37,9 +39,26 @@ from dfbk.errors import ConfigError, DataError
 MODALITY_NAME = re.compile(r"[a-z0-9]+")
 LAYOUT_KEYS = {"case", "modalities", "label", "label_values", "mask", "foreground"}
 MAX_DEPTH = 6
+# A file path is matched in microseconds; a `case` pattern that backtracks catastrophically
+# (`(a|aa)+b` against a long run of a's) is stopped at this bound and refused. The
+# `regex` package's matcher takes a timeout; Python's `re` has none, and RE2 (linear time)
+# cannot express the `(?P=case)` back-reference a repeated {case} needs.
+MATCH_SECONDS = 1.0
 
 
-def _pattern_regex(pattern: str, case: str, key: str) -> re.Pattern[str]:
+def _label_values(values: Any) -> tuple[int, ...]:
+    """`label_values` as integers 0-255 (the store keeps labels as uint8), else a ConfigError."""
+    key = "layout.label_values"
+    if values is None:
+        return ()
+    if not isinstance(values, list | tuple) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) and v in range(256) for v in values
+    ):
+        raise ConfigError(f"{key}: expected a list of integers from 0 to 255, got {values!r}")
+    return tuple(int(v) for v in values)  # 2.0 (a whole number written as a float) is 2
+
+
+def _pattern_regex(pattern: str, case: str, key: str) -> regex.Pattern[str]:
     """'{case}/{case}-t1.nii.gz' -> a regex over POSIX paths; the first {case} is captured."""
     if "{case}" not in pattern:
         raise ConfigError(f"{key}: '{pattern}' has no {{case}} placeholder")
@@ -55,8 +74,8 @@ def _pattern_regex(pattern: str, case: str, key: str) -> re.Pattern[str]:
         else:
             parts.append(re.escape(piece))
     try:
-        return re.compile("".join(parts))
-    except re.error as err:
+        return regex.compile("".join(parts))
+    except regex.error as err:
         raise ConfigError(f"layout.case: not a regular expression ({err})") from err
 
 
@@ -77,7 +96,7 @@ def _check_layout(name: str, layout: Any) -> dict[str, Any]:
         "case": str(layout.get("case") or "[^/]+"),
         "label": layout.get("label"),
         "mask": layout.get("mask"),
-        "label_values": tuple(int(v) for v in layout.get("label_values") or ()),
+        "label_values": _label_values(layout.get("label_values")),
         "foreground": layout.get("foreground") or ("mask" if layout.get("mask") else "nonzero"),
         "modalities": {},
     }
@@ -140,13 +159,25 @@ class PairedNiftiAdapter(DatasetAdapter):
             raise DataError(f"{raw_dir}: dataset folder not found")
         hits: dict[str, dict[str, list[Path]]] = {}
         for path in self._files(raw_dir):
-            for kind, regex in self.patterns.items():
-                if match := regex.fullmatch(path):
+            for kind, pattern in self.patterns.items():
+                if match := self._match(pattern, path):
                     hits.setdefault(match["case"], {}).setdefault(kind, []).append(raw_dir / path)
         if not any(set(found) & set(self.modalities) for found in hits.values()):
             patterns = ", ".join(s["pattern"] for s in self.layout["modalities"].values())
             raise DataError(f"{raw_dir}: no file matches the layout of '{self.name}' ({patterns})")
         return [self._subject(raw_dir, case, hits[case]) for case in sorted(hits)]
+
+    def _match(self, pattern: regex.Pattern[str], path: str) -> regex.Match[str] | None:
+        """`pattern.fullmatch(path)`, refused when it backtracks for over MATCH_SECONDS."""
+        try:
+            return pattern.fullmatch(path, timeout=MATCH_SECONDS)
+        except TimeoutError:
+            raise ConfigError(
+                f"layout.case: '{self.layout['case']}' takes over {MATCH_SECONDS:g} s to match "
+                f"'{path}' (nested or overlapping repeats backtrack exponentially, e.g. "
+                "(a|aa)+); write it without repeating a group that can match the same text "
+                "in two ways"
+            ) from None
 
     def _subject(self, raw_dir: Path, case: str, found: dict[str, list[Path]]) -> SubjectFiles:
         images, missing, problems = {}, [], {}

@@ -20,6 +20,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 import dfbk
@@ -28,7 +29,7 @@ from dfbk.data.datasets.base import DatasetAdapter, SubjectFiles
 from dfbk.data.datasets.foreground import otsu_foreground
 from dfbk.data.io import read_volume, write_text
 from dfbk.data.normalise import normalisation_name, normalise
-from dfbk.data.slices.store import STORE_VERSION
+from dfbk.data.slices.store import STORE_VERSION, subject_digest
 from dfbk.errors import DataError
 
 
@@ -172,8 +173,9 @@ def _prepare_job(args):
 class _ArrayFiles:
     """The store's raw array files, appended subject by subject, with running SHA-256s.
 
-    A failed write (disk full) becomes a DataError naming the file; the digests go into
-    store.json so the store's fingerprint follows its content, not file dates.
+    A failed write (disk full) becomes a DataError naming the file; the digests (whole files,
+    and each subject's slab) go into store.json, so the store's fingerprint follows its content,
+    not file dates, and `SliceStore.verify` can check what a command reads.
     """
 
     def __init__(self, folder: Path, names: list[str]) -> None:
@@ -187,7 +189,8 @@ class _ArrayFiles:
                 self.close()
                 raise DataError(f"{path}: cannot create ({err.strerror or err})") from None
 
-    def write(self, name: str, array: np.ndarray) -> None:
+    def write(self, name: str, array: np.ndarray) -> str:
+        """Append one subject's slab; returns its `subject_digest`."""
         data = array.tobytes()
         try:
             self.handles[name].write(data)
@@ -196,6 +199,7 @@ class _ArrayFiles:
                 f"{self.paths[name]}: cannot write the slice store ({err.strerror or err})"
             ) from None
         self.hashes[name].update(data)
+        return subject_digest(name, array)
 
     def close(self) -> None:
         problems = []
@@ -210,6 +214,37 @@ class _ArrayFiles:
 
     def digests(self) -> dict[str, str]:
         return {name: f"sha256:{h.hexdigest()}" for name, h in self.hashes.items()}
+
+
+def _refuse_case_collisions(subjects: list[SubjectFiles]) -> None:
+    """Subject ids that differ only in letter case are one subject twice (or a split hazard)."""
+    seen: dict[str, str] = {}
+    for subject in subjects:
+        other = seen.setdefault(subject.name.casefold(), subject.name)
+        if other != subject.name:
+            raise DataError(
+                f"subject ids '{other}' and '{subject.name}' differ only in letter case; "
+                "rename or remove one (case-insensitive file systems and readers conflate them)"
+            )
+
+
+def _refuse_duplicate(
+    name: str,
+    digests: dict[str, str],
+    modalities: list[str],
+    seen: dict[str, str],
+    by_name: dict[str, SubjectFiles],
+) -> None:
+    """Refuse a subject whose prepared modality equals another subject's (one scan, two ids),
+    which a subject-level split could put into both train and test."""
+    for modality in modalities:
+        other = seen.setdefault(digests[f"{modality}.f32"], name)
+        if other != name:
+            raise DataError(
+                f"subjects '{other}' and '{name}' hold identical {modality} volumes "
+                f"({by_name[other].images[modality]}, {by_name[name].images[modality]}); "
+                "one scan under two ids could be split across train and test - remove one"
+            )
 
 
 def _inputs(subject: SubjectFiles, raw_dir: Path) -> list[dict]:
@@ -238,6 +273,14 @@ def _remove_stale(out_dir: Path, skipped_csv: Path | None) -> None:
                 stale.unlink(missing_ok=True)
 
 
+def prepare_lock(out_dir: Path) -> FileLock:
+    """The lock one `prepare` holds on `out_dir` for its whole run: `.{name}.lock` beside it
+    (not inside: the folder is replaced), an flock the kernel drops if the process dies; the
+    file is removed when the run ends."""
+    folder = Path(out_dir).resolve()  # `.` and `..` have no name of their own
+    return FileLock(folder.with_name(f".{folder.name}.lock"), blocking=False)
+
+
 def prepare_dataset(
     dataset: str,
     raw_dir: Path,
@@ -252,10 +295,45 @@ def prepare_dataset(
 ) -> dict:
     """Build the slice store for `dataset` in `out_dir` atomically; returns its metadata.
 
-    `layout` describes a YAML-defined dataset's files (dfbk.data.datasets.paired_nifti); None for
-    the
-    built-in layouts.
+    `layout` describes a YAML-defined dataset's files (dfbk.data.datasets.paired_nifti); None
+    for the built-in layouts. A second prepare into the same folder while one runs is refused in one
+    line: the two would remove each other's temporaries and could leave a store whose arrays
+    come from one run and whose description from the other.
     """
+    out_dir = Path(out_dir)
+    lock = prepare_lock(out_dir)
+    try:
+        Path(lock.lock_file).parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except Timeout:
+        raise DataError(
+            f"{out_dir}: another dfbk prepare is writing this slice store; wait for it to end"
+        ) from None
+    except OSError as err:
+        raise DataError(f"{lock.lock_file}: cannot create lock ({err.strerror or err})") from None
+    try:
+        return _prepare_unlocked(
+            dataset, raw_dir, out_dir, modalities, size, min_foreground, on_bad_case,
+            skipped_csv, jobs, layout,
+        )  # fmt: skip
+    finally:  # unlinked while held: a prepare that opened it meanwhile sees a dead inode
+        Path(lock.lock_file).unlink(missing_ok=True)  # and retries on a fresh file (filelock)
+        lock.release()
+
+
+def _prepare_unlocked(
+    dataset: str,
+    raw_dir: Path,
+    out_dir: Path,
+    modalities: list[str],
+    size: tuple[int, int],
+    min_foreground: float,
+    on_bad_case: str,
+    skipped_csv: Path | None,
+    jobs: int,
+    layout: dict | None,
+) -> dict:
+    """`prepare_dataset`'s work, run while it holds `prepare_lock`."""
     adapter: DatasetAdapter = get_adapter(dataset, layout)
     adapter.check_modalities(modalities)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -306,6 +384,7 @@ def _write_store(
     jobs: int,
 ) -> tuple[dict, list[tuple[str, str]]]:
     """Stream every usable subject into the array files of `tmp_dir`; returns (meta, skipped)."""
+    _refuse_case_collisions(subjects)
     names = [f"{m}.f32" for m in modalities] + ["mask.u8", "label.u8"]
     rows, meta_subjects, skipped, inputs, index = [], {}, [], {}, 0
     args = [
@@ -313,6 +392,7 @@ def _write_store(
         for s in subjects
     ]
     files = _ArrayFiles(tmp_dir, names)
+    seen: dict[str, str] = {}  # digest of a prepared modality -> subject
     pool = get_context("spawn").Pool(jobs) if jobs > 1 else None
     try:
         results = pool.imap(_prepare_job, args) if pool else map(_prepare_job, args)
@@ -322,10 +402,13 @@ def _write_store(
             if problem is not None:
                 skipped.append(problem)
                 continue
-            for m in modalities:
-                files.write(f"{m}.f32", prepared.images[m].astype("<f4"))
-            files.write("mask.u8", prepared.mask.astype("u1"))
-            files.write("label.u8", prepared.label.astype("u1"))
+            digests = {
+                f"{m}.f32": files.write(f"{m}.f32", prepared.images[m].astype("<f4"))
+                for m in modalities
+            }
+            digests["mask.u8"] = files.write("mask.u8", prepared.mask.astype("u1"))
+            digests["label.u8"] = files.write("label.u8", prepared.label.astype("u1"))
+            _refuse_duplicate(prepared.name, digests, modalities, seen, by_name)
             n = len(prepared.slices)
             for k in range(n):
                 rows.append(
@@ -341,6 +424,7 @@ def _write_store(
                 "start": index,
                 "stop": index + n,
                 "affine": prepared.affine.tolist(),
+                "digests": digests,
             }
             inputs[prepared.name] = _inputs(by_name[prepared.name], raw_dir)
             index += n

@@ -8,12 +8,13 @@ list or the split settings changed, the user must delete it on purpose.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from dfbk.data.io import write_text
-from dfbk.errors import DataError
+from dfbk.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 
@@ -21,13 +22,23 @@ SPLITS = ("train", "val", "test")
 def compute_split(
     subjects: list[str], fractions: dict[str, float], seed: int
 ) -> dict[str, list[str]]:
-    """Shuffle sorted subject names with `seed`; val and test get at least one subject each."""
+    """Shuffle sorted subject names with `seed`; val and test get at least one subject each.
+
+    `fractions` are relative shares (normalised by their sum); negative, non-finite or all-zero
+    shares are a ConfigError.
+    """
     names = sorted(set(subjects))
     if len(names) < 3:
         raise DataError(f"need at least 3 subjects for a train/val/test split, got {len(names)}")
     order = np.random.default_rng(seed).permutation(len(names))
     shuffled = [names[i] for i in order]
-    total = sum(fractions.get(k, 0.0) for k in SPLITS)
+    shares = [fractions.get(k, 0.0) for k in SPLITS]
+    if not all(math.isfinite(v) and v >= 0 for v in shares) or sum(shares) <= 0:
+        raise ConfigError(
+            f"split fractions (train, val, test) {shares}: need numbers of at least 0 "
+            "with a sum above 0"
+        )
+    total = sum(shares)
     n_test = max(1, round(len(names) * fractions.get("test", 0.0) / total))
     n_val = max(1, round(len(names) * fractions.get("val", 0.0) / total))
     n_train = len(names) - n_test - n_val

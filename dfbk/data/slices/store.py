@@ -6,9 +6,16 @@ Layout of `results/prepare/{dataset}/`:
 - `manifest.csv`: one row per slice: index, subject, slice (axial index in the canonical
   volume), foreground_fraction, lesion_fraction;
 - `store.json`: the data contract (modalities, range, normalisation, size, dtype, N), per
-  subject its slice range and the affine of the prepared grid, the SHA-256 of each array file
-  (`digests`, computed while writing) and `provenance`: the raw files each subject was made
-  from (path, bytes, mtime), the prepare settings, the code version and the creation time.
+  subject its slice range, the affine of the prepared grid and the digest of its slab of each
+  array file (`subject_digest`), the SHA-256 of each whole array file (`digests`; both computed
+  while writing) and `provenance`: the raw files each subject was made from (path, bytes,
+  mtime), the prepare settings, the code version and the creation time.
+
+`SliceStore.verify` checks the bytes a command is about to read against those digests, subject
+by subject, so a number is never computed from content that changed after prepare (an edited
+array, a store mixed from two prepares, an edited `size`). A subject's digest covers its array
+name, dtype and (S, H, W) shape as well as its bytes, so it costs one pass over the slabs read
+and no more; stores written before per-subject digests fall back to the whole-file `digests`.
 
 `store_fingerprint` hashes store.json (less `provenance`) and manifest.csv: it changes when
 the prepared content or the contract changes, not when a store is rebuilt identically from
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
 
@@ -31,6 +39,25 @@ from dfbk.errors import DataError
 
 STORE_VERSION = 1
 FINGERPRINT_IGNORES = ("provenance",)  # where and when it was made, not what it holds
+VERIFY_CHUNK_BYTES = 16 << 20  # whole-file verification streams the file in pieces this big
+
+
+def subject_digest(name: str, slab: np.ndarray) -> str:
+    """'sha256:<hex>' of one subject's slab of array file `name`, bound to its dtype and shape.
+
+    Hashing "name|dtype|SxHxW" before the bytes makes an edited `size` or slice range, or two
+    array files swapped, a mismatch although the bytes are the same.
+    """
+    slab = np.ascontiguousarray(slab)
+    header = f"{name}|{slab.dtype.str}|{'x'.join(str(n) for n in slab.shape)}\n"
+    digest = hashlib.sha256(header.encode())
+    digest.update(memoryview(slab).cast("B"))  # no copy of a memmap slab
+    return f"sha256:{digest.hexdigest()}"
+
+
+def array_file(array: str) -> str:
+    """The store file holding `array`: a modality's `.f32`, or `mask.u8` / `label.u8`."""
+    return f"{array}.u8" if array in ("mask", "label") else f"{array}.f32"
 
 
 def store_fingerprint(store_dir: Path) -> str:
@@ -75,11 +102,68 @@ class SliceStore:
             self.modalities: list[str] = list(self.meta["modalities"])
         except (KeyError, TypeError, ValueError) as err:
             raise DataError(f"{meta_path}: incomplete slice store description ({err!r})") from None
+        self._verified: set[tuple[str, str]] = set()  # (array file, subject) checked by verify
 
     @cached_property
     def fingerprint(self) -> str:
         """`store_fingerprint` of this store (see there)."""
         return store_fingerprint(self.root)
+
+    def verify(self, subjects: Iterable[str], arrays: Iterable[str]) -> None:
+        """Refuse content that differs from what store.json records, before it is used.
+
+        `arrays`: modalities, "mask" and/or "label"; only their slabs of `subjects` are read
+        and hashed (`subject_digest`). A store without per-subject digests is checked whole
+        file by whole file against `digests`, streamed; one without either is refused.
+        DataError names the file and, where known, the subject.
+        """
+        subjects = list(subjects)
+        for array in arrays:
+            name = array_file(array)
+            memmap = self.images(array) if name.endswith(".f32") else self._array(name, "u1")
+            for subject in subjects:
+                if (name, subject) in self._verified:
+                    continue
+                recorded = self._subject_digests(subject).get(name)
+                if recorded is None:
+                    self._verify_file(name)
+                    break
+                start, stop = self.subject_range(subject)
+                if subject_digest(name, memmap[start:stop]) != recorded:
+                    raise DataError(
+                        f"{self.root / name}: slices {start}-{stop - 1} (subject '{subject}') "
+                        f"differ from the digest in {self.root / 'store.json'}; the store was "
+                        "changed after prepare (or mixes two prepares) - prepare it again"
+                    )
+                self._verified.add((name, subject))
+
+    def _subject_digests(self, subject: str) -> dict[str, str]:
+        self.subject_range(subject)  # a subject not in the store: one line naming it
+        digests = self.meta["subjects"][subject].get("digests")
+        return digests if isinstance(digests, dict) else {}
+
+    def _verify_file(self, name: str) -> None:
+        """Whole-file check of an older store's array against its recorded SHA-256."""
+        path = self.root / name
+        recorded = (self.meta.get("digests") or {}).get(name)
+        if recorded is None:
+            raise DataError(
+                f"{self.root / 'store.json'}: records no digest of {name}, so its content "
+                "cannot be verified (a store from an older dfbk); prepare it again"
+            )
+        digest = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(VERIFY_CHUNK_BYTES):
+                    digest.update(chunk)
+        except OSError as err:
+            raise DataError(f"{path}: cannot read the slice store ({err.strerror})") from None
+        if f"sha256:{digest.hexdigest()}" != recorded:
+            raise DataError(
+                f"{path}: content differs from the digest in {self.root / 'store.json'}; the "
+                "store was changed after prepare (or mixes two prepares) - prepare it again"
+            )
+        self._verified.update((name, s) for s in self.subjects)
 
     def _array(self, name: str, dtype: str) -> np.ndarray:
         path = self.root / name
@@ -208,6 +292,7 @@ def write_store(
             "start": start,
             "stop": start + count,
             "affine": np.asarray(affine).tolist(),
+            "digests": {f: subject_digest(f, a[start : start + count]) for f, a in arrays.items()},
         }
         start += count
     pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
