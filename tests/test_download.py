@@ -3,7 +3,6 @@ Zenodo API: resume with Range, checksums, pinning, safe extraction, and the BraT
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
@@ -18,9 +17,10 @@ from pathlib import Path
 import pytest
 from fabricate import BRATS_TOP, brats_tree, isles_tree, synthrad_tree, zip_tree
 
+from dfbk.cli import build_parser
 from dfbk.data.datasets import get_adapter
 from dfbk.data.sources.archives import extract_archive
-from dfbk.data.sources.download import RECORD_FILE, download_dataset, register, zenodo_record_id
+from dfbk.data.sources.download import RECORD_FILE, download_dataset, zenodo_record_id
 from dfbk.data.sources.fetch import DownloadError, fetch
 
 BRATS_ZIP = "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData.zip"
@@ -356,9 +356,7 @@ def test_brats_through_synapseclient_never_shows_the_token(archives, tmp_path, m
 
     monkeypatch.setitem(sys.modules, "synapseclient", types.SimpleNamespace(Synapse=Synapse))
     monkeypatch.setenv("SYNAPSE_AUTH_TOKEN", token)
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="verb"))
-    args = parser.parse_args(
+    args = build_parser().parse_args(
         ["download", "brats2023", str(tmp_path / "raw"), "--downloads", str(tmp_path / "dl")]
     )
     args.func(args)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from test_download import BRATS_ZIP, FakeServer, md5, server, zenodo_record  # noqa: F401
 
-import dfbk.data.slices.prepare as prepare_module
+import dfbk.data.slices.store as store_module
 import dfbk.data.sources.fetch as fetch_module
 from dfbk.cli import main
 from dfbk.data.io import MAX_VOXELS, read_volume
@@ -385,7 +385,7 @@ def full_disk_open(room: int):
 def test_full_disk_during_prepare_is_one_line_and_leaves_nothing(
     phantom_copy, tmp_path, monkeypatch, capsys
 ):
-    monkeypatch.setattr(prepare_module, "open", full_disk_open(20_000), raising=False)
+    monkeypatch.setattr(store_module, "open", full_disk_open(20_000), raising=False)
     out = tmp_path / "out" / "store"
     argv = ["prepare", "phantom", str(phantom_copy), str(out), "--modalities", "t1n,t2w"]
     status = main([*argv, "--size", "32", "32", "--skipped-csv", str(tmp_path / "out/s.csv")])

@@ -26,7 +26,7 @@ import yaml
 from conftest import DFBK, train_spec
 
 from dfbk.cli import main
-from dfbk.data.datasets.base import get_adapter
+from dfbk.data.datasets import get_adapter
 from dfbk.data.io import read_volume, write_nifti
 from dfbk.data.slices.prepare import prepare_dataset
 from dfbk.data.slices.splits import read_split, write_or_check_split

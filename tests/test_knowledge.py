@@ -1,6 +1,5 @@
 """Knowledge encoders and cache: offline MiniLM, visible BiomedCLIP fallback, cache hits."""
 
-import argparse
 import os
 import shutil
 
@@ -9,6 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network in tests
 import pytest
 import torch
 
+from dfbk.cli import build_parser
 from dfbk.errors import ConfigError, DataError, DfbkError
 from dfbk.knowledge import (
     DEFAULT_PROMPTS,
@@ -21,7 +21,6 @@ from dfbk.knowledge import (
     prompts_for,
     save_knowledge,
 )
-from dfbk.knowledge import cli as knowledge_cli
 
 torch.set_num_threads(1)
 
@@ -272,9 +271,7 @@ def test_truncated_or_edited_cache_is_refused(tmp_path, counting_encoder, capsys
 
 # ----- CLI ----------------------------------------------------------------------------------
 def _parser():
-    parser = argparse.ArgumentParser(prog="dfbk")
-    knowledge_cli.register(parser.add_subparsers(dest="verb"))
-    return parser
+    return build_parser()
 
 
 def test_cli_writes_and_reports(tmp_path, capsys, counting_encoder):

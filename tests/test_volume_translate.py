@@ -1,15 +1,13 @@
 """Whole-volume `dfbk translate`: any orientation in, the input's grid, affine and header out."""
 
-import argparse
-
 import nibabel as nib
 import numpy as np
 import pytest
 import torch
 
+from dfbk.cli import build_parser
 from dfbk.data.normalise import ct_to_hu, normalisation_name, normalise_ct, normalise_mr
 from dfbk.errors import DataError, DfbkError
-from dfbk.inference import volume as volume_translate
 from dfbk.inference.volume import translate_volume
 from dfbk.knowledge import KnowledgeEmbedding, prompt_hash, save_knowledge
 from dfbk.methods.registry import build_method
@@ -213,8 +211,7 @@ def test_knowledge_file_must_fit_the_checkpoint(tmp_path, mr_input):
 
 def test_cli_verb_runs_and_documents_itself(tmp_path, mr_input, capsys):
     source, _, _ = mr_input
-    parser = argparse.ArgumentParser(prog="dfbk")
-    volume_translate.register(parser.add_subparsers(dest="verb"))
+    parser = build_parser()
     out = tmp_path / "t2w.nii.gz"
     args = parser.parse_args(
         [

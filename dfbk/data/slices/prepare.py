@@ -9,9 +9,6 @@ read by a process pool), so memory does not grow with the dataset.
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,7 +26,7 @@ from dfbk.data.datasets.base import DatasetAdapter, SubjectFiles
 from dfbk.data.datasets.foreground import otsu_foreground
 from dfbk.data.io import read_volume, write_text
 from dfbk.data.normalise import normalisation_name, normalise
-from dfbk.data.slices.store import STORE_VERSION, subject_digest
+from dfbk.data.slices.store import StoreWriter
 from dfbk.errors import DataError
 
 
@@ -168,52 +165,6 @@ def _prepare_job(args):
         if on_bad_case == "skip":
             return None, (files.name, str(err))
         raise
-
-
-class _ArrayFiles:
-    """The store's raw array files, appended subject by subject, with running SHA-256s.
-
-    A failed write (disk full) becomes a DataError naming the file; the digests (whole files,
-    and each subject's slab) go into store.json, so the store's fingerprint follows its content,
-    not file dates, and `SliceStore.verify` can check what a command reads.
-    """
-
-    def __init__(self, folder: Path, names: list[str]) -> None:
-        self.paths = {name: folder / name for name in names}
-        self.hashes = {name: hashlib.sha256() for name in names}
-        self.handles: dict[str, object] = {}
-        for name, path in self.paths.items():
-            try:
-                self.handles[name] = open(path, "wb")  # noqa: SIM115 (closed in close())
-            except OSError as err:
-                self.close()
-                raise DataError(f"{path}: cannot create ({err.strerror or err})") from None
-
-    def write(self, name: str, array: np.ndarray) -> str:
-        """Append one subject's slab; returns its `subject_digest`."""
-        data = array.tobytes()
-        try:
-            self.handles[name].write(data)
-        except OSError as err:
-            raise DataError(
-                f"{self.paths[name]}: cannot write the slice store ({err.strerror or err})"
-            ) from None
-        self.hashes[name].update(data)
-        return subject_digest(name, array)
-
-    def close(self) -> None:
-        problems = []
-        for name, handle in self.handles.items():
-            try:
-                handle.close()
-            except OSError as err:
-                problems.append(f"{self.paths[name]}: cannot write ({err.strerror or err})")
-        self.handles = {}
-        if problems:
-            raise DataError(problems[0])
-
-    def digests(self) -> dict[str, str]:
-        return {name: f"sha256:{h.hexdigest()}" for name, h in self.hashes.items()}
 
 
 def _refuse_case_collisions(subjects: list[SubjectFiles]) -> None:
@@ -385,86 +336,56 @@ def _write_store(
 ) -> tuple[dict, list[tuple[str, str]]]:
     """Stream every usable subject into the array files of `tmp_dir`; returns (meta, skipped)."""
     _refuse_case_collisions(subjects)
-    names = [f"{m}.f32" for m in modalities] + ["mask.u8", "label.u8"]
-    rows, meta_subjects, skipped, inputs, index = [], {}, [], {}, 0
+    skipped, inputs = [], {}
     args = [
         (s, modalities, tuple(size), min_foreground, adapter.label_values, on_bad_case)
         for s in subjects
     ]
-    files = _ArrayFiles(tmp_dir, names)
+    writer = StoreWriter(tmp_dir, modalities, tuple(size))
     seen: dict[str, str] = {}  # digest of a prepared modality -> subject
     pool = get_context("spawn").Pool(jobs) if jobs > 1 else None
     try:
         results = pool.imap(_prepare_job, args) if pool else map(_prepare_job, args)
         by_name = {s.name: s for s in subjects}
-        area = float(size[0] * size[1])
         for prepared, problem in tqdm(results, total=len(args), desc=f"prepare {dataset}"):
             if problem is not None:
                 skipped.append(problem)
                 continue
-            digests = {
-                f"{m}.f32": files.write(f"{m}.f32", prepared.images[m].astype("<f4"))
-                for m in modalities
-            }
-            digests["mask.u8"] = files.write("mask.u8", prepared.mask.astype("u1"))
-            digests["label.u8"] = files.write("label.u8", prepared.label.astype("u1"))
+            digests = writer.add(
+                prepared.name,
+                prepared.images,
+                prepared.mask,
+                prepared.label,
+                prepared.affine,
+                prepared.slices,
+            )
             _refuse_duplicate(prepared.name, digests, modalities, seen, by_name)
-            n = len(prepared.slices)
-            for k in range(n):
-                rows.append(
-                    [
-                        index + k,
-                        prepared.name,
-                        int(prepared.slices[k]),
-                        prepared.mask[k].sum() / area,
-                        (prepared.label[k] > 0).sum() / area,
-                    ]
-                )
-            meta_subjects[prepared.name] = {
-                "start": index,
-                "stop": index + n,
-                "affine": prepared.affine.tolist(),
-                "digests": digests,
-            }
             inputs[prepared.name] = _inputs(by_name[prepared.name], raw_dir)
-            index += n
     finally:
         if pool:
             pool.terminate()
-        files.close()
-    if not meta_subjects:
+        writer.close()
+    if not writer.subjects:
         raise DataError(f"{raw_dir}: no usable subject (all {len(skipped)} skipped)")
-    manifest = tmp_dir / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "subject", "slice", "foreground_fraction", "lesion_fraction"])
-        writer.writerows(rows)
-    meta = {
-        "version": STORE_VERSION,
-        "dataset": dataset,
-        "modalities": list(modalities),
-        "size": list(size),
-        "n_slices": index,
-        "range": [0.0, 1.0],
-        "normalisation": {m: normalisation_name(m) for m in modalities},
-        "min_foreground": min_foreground,
-        "subjects": meta_subjects,
-        "skipped": [name for name, _ in skipped],
-        "digests": files.digests(),
-        "provenance": {
-            "raw_dir": str(raw_dir),
-            "inputs": inputs,
-            "config": {
-                "modalities": list(modalities),
-                "size": list(size),
-                "min_foreground": min_foreground,
-                "on_bad_case": on_bad_case,
-                "label_values": list(adapter.label_values),
-                "adapter": adapter.name,
-            },
-            "code_version": dfbk.__version__,
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    provenance = {
+        "raw_dir": str(raw_dir),
+        "inputs": inputs,
+        "config": {
+            "modalities": list(modalities),
+            "size": list(size),
+            "min_foreground": min_foreground,
+            "on_bad_case": on_bad_case,
+            "label_values": list(adapter.label_values),
+            "adapter": adapter.name,
         },
+        "code_version": dfbk.__version__,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_text(tmp_dir / "store.json", json.dumps(meta, indent=1) + "\n")
+    meta = writer.finish(
+        dataset,
+        {m: normalisation_name(m) for m in modalities},
+        min_foreground,
+        [name for name, _ in skipped],
+        provenance,
+    )
     return meta, skipped

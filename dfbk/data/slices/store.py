@@ -241,6 +241,129 @@ class SliceStore:
         return [round(float(v), 3) for v in np.median(np.stack(sizes), axis=0)]
 
 
+class StoreWriter:
+    """The one writer of the slice-store format: array files appended subject by subject, with
+    running SHA-256s (whole files, and each subject's slab), then manifest.csv and store.json.
+
+    A failed write (disk full) is a DataError naming the file. The digests go into store.json, so
+    the store's fingerprint follows its content, not file dates, and `SliceStore.verify` can
+    check what a command reads.
+    """
+
+    def __init__(self, folder: Path, modalities: list[str], size: tuple[int, int]) -> None:
+        self.folder, self.modalities, self.size = Path(folder), list(modalities), tuple(size)
+        names = [f"{m}.f32" for m in modalities] + ["mask.u8", "label.u8"]
+        self.paths = {name: self.folder / name for name in names}
+        self.hashes = {name: hashlib.sha256() for name in names}
+        self.rows: list[list] = []
+        self.subjects: dict[str, dict] = {}
+        self.index = 0
+        self.handles: dict[str, object] = {}
+        for name, path in self.paths.items():
+            try:
+                self.handles[name] = open(path, "wb")  # noqa: SIM115 (closed in close())
+            except OSError as err:
+                self.close()
+                raise DataError(f"{path}: cannot create ({err.strerror or err})") from None
+
+    def _write(self, name: str, array: np.ndarray) -> str:
+        data = np.ascontiguousarray(array).tobytes()
+        try:
+            self.handles[name].write(data)
+        except OSError as err:
+            raise DataError(
+                f"{self.paths[name]}: cannot write the slice store ({err.strerror or err})"
+            ) from None
+        self.hashes[name].update(data)
+        return subject_digest(name, array)
+
+    def add(
+        self,
+        subject: str,
+        images: dict[str, np.ndarray],
+        mask: np.ndarray,
+        label: np.ndarray,
+        affine: np.ndarray,
+        slices: Iterable[int] | None = None,
+    ) -> dict[str, str]:
+        """Append one subject's (S, H, W) slabs; returns their `subject_digest`s by file.
+
+        `slices` are the axial indices the slabs came from (default 0..S-1), for the manifest.
+        """
+        digests = {
+            f"{m}.f32": self._write(f"{m}.f32", np.asarray(images[m], dtype="<f4"))
+            for m in self.modalities
+        }
+        digests["mask.u8"] = self._write("mask.u8", np.asarray(mask, dtype="u1"))
+        digests["label.u8"] = self._write("label.u8", np.asarray(label, dtype="u1"))
+        n, area = len(mask), float(self.size[0] * self.size[1])
+        axial = list(range(n)) if slices is None else [int(k) for k in slices]
+        for k in range(n):
+            self.rows.append(
+                [
+                    self.index + k,
+                    subject,
+                    axial[k],
+                    (mask[k] > 0).sum() / area,
+                    (label[k] > 0).sum() / area,
+                ]
+            )
+        self.subjects[subject] = {
+            "start": self.index,
+            "stop": self.index + n,
+            "affine": np.asarray(affine).tolist(),
+            "digests": digests,
+        }
+        self.index += n
+        return digests
+
+    def close(self) -> None:
+        problems = []
+        for name, handle in self.handles.items():
+            try:
+                handle.close()
+            except OSError as err:
+                problems.append(f"{self.paths[name]}: cannot write ({err.strerror or err})")
+        self.handles = {}
+        if problems:
+            raise DataError(problems[0])
+
+    def finish(
+        self,
+        dataset: str,
+        normalisation: dict[str, str],
+        min_foreground: float,
+        skipped: list[str],
+        provenance: dict | None = None,
+    ) -> dict:
+        """Write manifest.csv and store.json (last: a store without it is unfinished)."""
+        import csv
+
+        from dfbk.data.io import write_text
+
+        with open(self.folder / "manifest.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "subject", "slice", "foreground_fraction", "lesion_fraction"])
+            writer.writerows(self.rows)
+        meta = {
+            "version": STORE_VERSION,
+            "dataset": dataset,
+            "modalities": list(self.modalities),
+            "size": list(self.size),
+            "n_slices": self.index,
+            "range": [0.0, 1.0],
+            "normalisation": normalisation,
+            "min_foreground": min_foreground,
+            "subjects": self.subjects,
+            "skipped": skipped,
+            "digests": {name: f"sha256:{h.hexdigest()}" for name, h in self.hashes.items()},
+        }
+        if provenance is not None:
+            meta["provenance"] = provenance
+        write_text(self.folder / "store.json", json.dumps(meta, indent=1) + "\n")
+        return meta
+
+
 def write_store(
     root: Path,
     images: dict[str, np.ndarray],
@@ -256,7 +379,6 @@ def write_store(
     images: modality -> (N, H, W) in [0, 1]; subject_slices: subject -> number of consecutive
     slices, in order, summing to N.
     """
-    from dfbk.data.io import write_text
     from dfbk.data.normalise import normalisation_name
 
     root = Path(root)
@@ -266,48 +388,16 @@ def write_store(
         raise ValueError(
             f"subject slice counts sum to {sum(subject_slices.values())}, arrays hold {n}"
         )
-    arrays = {f"{m}.f32": np.asarray(a, dtype="<f4") for m, a in images.items()}
-    arrays["mask.u8"] = np.asarray(mask, dtype="u1")
-    arrays["label.u8"] = np.asarray(label, dtype="u1")
-    digests = {}
-    for name, array in arrays.items():
-        data = np.ascontiguousarray(array).tobytes()
-        (root / name).write_bytes(data)
-        digests[name] = f"sha256:{hashlib.sha256(data).hexdigest()}"
-    rows, subjects, start = [], {}, 0
-    for name, count in subject_slices.items():
-        for k in range(count):
-            i = start + k
-            rows.append(
-                {
-                    "index": i,
-                    "subject": name,
-                    "slice": k,
-                    "foreground_fraction": float(np.mean(mask[i] > 0)),
-                    "lesion_fraction": float(np.mean(label[i] > 0)),
-                }
-            )
-        affine = (affines or {}).get(name, np.eye(4))
-        subjects[name] = {
-            "start": start,
-            "stop": start + count,
-            "affine": np.asarray(affine).tolist(),
-            "digests": {f: subject_digest(f, a[start : start + count]) for f, a in arrays.items()},
-        }
-        start += count
-    pd.DataFrame(rows).to_csv(root / "manifest.csv", index=False)
-    meta = {
-        "version": STORE_VERSION,
-        "dataset": dataset,
-        "modalities": list(images),
-        "size": [h, w],
-        "n_slices": n,
-        "range": [0.0, 1.0],
-        "normalisation": normalisation or {m: normalisation_name(m) for m in images},
-        "min_foreground": 0.0,
-        "subjects": subjects,
-        "skipped": [],
-        "digests": digests,
-    }
-    write_text(root / "store.json", json.dumps(meta, indent=1) + "\n")
+    writer = StoreWriter(root, list(images), (h, w))
+    start = 0
+    try:
+        for name, count in subject_slices.items():
+            part = slice(start, start + count)
+            slabs = {m: a[part] for m, a in images.items()}
+            affine = (affines or {}).get(name, np.eye(4))
+            writer.add(name, slabs, mask[part], label[part], affine)
+            start += count
+    finally:
+        writer.close()
+    writer.finish(dataset, normalisation or {m: normalisation_name(m) for m in images}, 0.0, [])
     return SliceStore(root)
