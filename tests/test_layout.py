@@ -13,7 +13,7 @@ from conftest import REPO
 PACKAGE = REPO / "dfbk"
 # Lowest first (docs/design.md, "Layout"); a module belongs to its longest matching prefix.
 LAYERS = [
-    ["dfbk", "dfbk.errors"],
+    ["dfbk", "dfbk.errors", "dfbk.plan.schema"],  # the schema: every default, read once
     ["dfbk.data", "dfbk.data.io", "dfbk.data.normalise"],
     ["dfbk.knowledge"],
     ["dfbk.data.sources", "dfbk.data.datasets", "dfbk.data.phantom"],

@@ -142,7 +142,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
         type=int,
         help="steps between validations (default: 5 per run; 0: only at the last step)",
     )
-    p.add_argument("--val-slices", type=int, default=8, help="validation slices scored (default 8)")
+    configured(p, "--val-slices", "train.val_slices", "validation slices scored", type=int)
     configured(
         p,
         "--evaluate",

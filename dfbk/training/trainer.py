@@ -36,6 +36,7 @@ from dfbk.errors import ConfigError, TrainingError
 from dfbk.knowledge.cache import load_knowledge
 from dfbk.methods.base import Batch, Knowledge, count_parameters
 from dfbk.methods.registry import build_method, get_method_class
+from dfbk.plan.schema import default
 from dfbk.training import checkpoint as ckpt
 from dfbk.training import distributed as ddp
 from dfbk.training.environment import run_environment
@@ -62,20 +63,21 @@ class TrainSpec:
     split_path: Path
     out_dir: Path  # rule outputs: model.pt, best.pt, run.json, train_log.jsonl
     checkpoint_dir: Path  # not a rule output: last.pt survives failed jobs
-    preset: str = "tiny"
+    preset: str = field(default_factory=lambda: default("methods.*.preset"))
     overrides: dict[str, Any] = field(default_factory=dict)
     module: str | None = None
     stage: str | None = None  # an extra stage (e.g. ResViT's CNN pretraining)
     init_from: Path | None = None  # model.pt of the previous stage
-    checkpoint_every: int = 500
-    device: str = "auto"
+    checkpoint_every: int = field(default_factory=lambda: default("train.checkpoint_every"))
+    device: str = field(default_factory=lambda: default("train.device"))
     amp: bool = True
     knowledge_path: Path | None = None  # cache written by `dfbk knowledge`
     knowledge: Knowledge | None = None
     knowledge_info: dict[str, Any] | None = None
     val_every: int | None = None  # None: about 5 validations per run; 0: only at the end
-    val_slices: int = 8
-    evaluate: str = "last"  # which checkpoint becomes model.pt: "last" or "best" (val SSIM)
+    val_slices: int = field(default_factory=lambda: default("train.val_slices"))
+    # which checkpoint becomes model.pt: "last" or "best" (validation SSIM)
+    evaluate: str = field(default_factory=lambda: default("train.evaluate_checkpoint"))
     speed: dict[str, Any] = field(default_factory=dict)  # speed switches (training.speed)
 
 

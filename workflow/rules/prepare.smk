@@ -19,9 +19,7 @@ rule prepare_slices:
         runtime=120,
     params:
         modalities=dataset_modalities,
-        size=lambda wc: " ".join(
-            map(str, config["datasets"][wc.dataset]["size"])
-        ),
+        size=lambda wc: " ".join(map(str, config["datasets"][wc.dataset]["size"])),
         min_foreground=lambda wc: config["datasets"][wc.dataset]["min_foreground"],
         on_bad_case=lambda wc: config["datasets"][wc.dataset]["on_bad_case"],
         skipped=f"{RESULTS}/prepare/{{dataset}}/skipped.csv",

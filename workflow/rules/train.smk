@@ -46,6 +46,7 @@ rule train_method:
             "" if (n := config.get("train", {}).get("val_every")) is None else f"--val-every {n}"
         ),
         evaluate=config["train"]["evaluate_checkpoint"],
+        val_slices=config["train"]["val_slices"],
         speed=json.dumps(config.get("train", {}).get("speed", {})),
     shell:
         "dfbk train {wildcards.dataset} {wildcards.direction} {wildcards.method} "
@@ -55,7 +56,8 @@ rule train_method:
         "--checkpoint-dir {params.checkpoint_dir:q} --checkpoint-every {params.every} "
         "--knowledge {input.knowledge:q} --device {params.device:q} --threads {threads} "
         "--gpus {resources.gpu} --speed {params.speed:q} "
-        "{params.val_every} --evaluate {params.evaluate} > {log:q} 2>&1"
+        "{params.val_every} --val-slices {params.val_slices} --evaluate {params.evaluate} "
+        "> {log:q} 2>&1"
 
 
 # A method's extra training stage (e.g. ResViT's pretraining): the same job in its own folder.

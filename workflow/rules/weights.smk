@@ -17,10 +17,7 @@ localrules:
 # Receipts of the sets listed in weights.fetch: targets for rule all. A rule reading one set
 # takes its receipt as an input: WEIGHTS_RECEIPT.format(weights="biomedclip").
 WEIGHTS_RECEIPT = f"{RESULTS}/weights/{{weights}}.json"
-CONFIGURED_WEIGHTS = [
-    WEIGHTS_RECEIPT.format(weights=name)
-    for name in config["weights"]["fetch"]
-]
+CONFIGURED_WEIGHTS = [WEIGHTS_RECEIPT.format(weights=name) for name in config["weights"]["fetch"]]
 
 
 rule fetch_weights:
