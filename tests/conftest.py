@@ -207,3 +207,12 @@ def fake_biomedclip(tmp_path_factory) -> Path:
         model = open_clip.model.CustomTextCLIP(**{**model_cfg, "text_cfg": text_cfg})
     torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
     return folder
+
+
+@pytest.fixture
+def server():
+    """A local Zenodo-like HTTP server (fakes.FakeServer) on 127.0.0.1."""
+    from fakes import serve
+
+    with serve() as state:
+        yield state

@@ -8,129 +8,19 @@ import io
 import json
 import sys
 import tarfile
-import threading
 import types
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 from fabricate import BRATS_TOP, brats_tree, isles_tree, synthrad_tree, zip_tree
+from fakes import BRATS_ZIP, FakeServer, Redirect, md5, zenodo_record
 
 from dfbk.cli import build_parser
 from dfbk.data.datasets import get_adapter
 from dfbk.data.sources.archives import extract_archive
 from dfbk.data.sources.download import RECORD_FILE, download_dataset, zenodo_record_id
 from dfbk.data.sources.fetch import DownloadError, fetch
-
-BRATS_ZIP = "ASNR-MICCAI-BraTS2023-GLI-Challenge-TrainingData.zip"
-
-
-class Redirect(str):
-    """A route answered with 302 to this location."""
-
-
-class FakeServer:
-    """State of the test HTTP server: routes, a request log, connections to drop once."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, object] = {}
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
-        self.drop_once: set[str] = set()
-        self.ranges = True
-        self.base = ""
-
-    def paths(self) -> list[str]:
-        return [p for p, _ in self.requests]
-
-
-class Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args) -> None:  # keep pytest output clean
-        pass
-
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for key, value in {"Content-Length": str(len(body)), **headers}.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-        state: FakeServer = self.server.state  # type: ignore[attr-defined]
-        state.requests.append((self.path, self.headers.get("Range")))
-        route = state.routes.get(self.path)
-        if route is None:
-            return self._send(404, b"not found", {})
-        if isinstance(route, Redirect):
-            return self._send(302, b"", {"Location": state.base + route})
-        if isinstance(route, dict):
-            return self._send(200, json.dumps(route).encode(), {"Content-Type": "application/json"})
-        self._send_file(state, route)
-
-    def _send_file(self, state: FakeServer, data: bytes) -> None:
-        start, status, headers = 0, 200, {"Accept-Ranges": "bytes"}
-        wanted = self.headers.get("Range")
-        if wanted and state.ranges:
-            start = int(wanted.removeprefix("bytes=").split("-")[0])
-            if start >= len(data):
-                return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
-        self.send_response(status)
-        for key, value in {"Content-Length": str(len(body)), **headers}.items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.path in state.drop_once:  # die mid-file: send half, then close the socket
-            state.drop_once.discard(self.path)
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-
-@pytest.fixture
-def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state = FakeServer()
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.state = state  # type: ignore[attr-defined]
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
-
-
-def md5(data: bytes) -> str:
-    return hashlib.md5(data).hexdigest()
-
-
-def zenodo_record(state: FakeServer, record: int, files: dict[str, bytes], latest: int) -> dict:
-    """A Zenodo API record JSON (legacy serialisation) whose files the server also serves."""
-    api = f"{state.base}/api/records/{record}"
-    entries = []
-    for key, data in files.items():
-        path = f"/api/records/{record}/files/{key}/content"
-        state.routes[path] = data
-        entries.append(
-            {
-                "id": f"file-{key}",
-                "key": key,
-                "size": len(data),
-                "checksum": f"md5:{md5(data)}",
-                "links": {"self": state.base + path},
-            }
-        )
-    return {
-        "id": record,
-        "doi": f"10.5281/zenodo.{record}",
-        "conceptdoi": "10.5281/zenodo.17736411",
-        "metadata": {"title": "ISLES 2015 (SISS, SPES)", "version": str(record)},
-        "links": {"self": api, "latest": f"{api}/versions/latest", "versions": f"{api}/versions"},
-        "files": entries,
-    }
 
 
 @pytest.fixture(scope="module")

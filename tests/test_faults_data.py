@@ -17,13 +17,23 @@ import os
 import subprocess
 import sys
 import tarfile
-import zipfile
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
-from test_download import BRATS_ZIP, FakeServer, md5, server, zenodo_record  # noqa: F401
+from fakes import (
+    BRATS_ZIP,
+    CHAIN,
+    FAKE_CLIENT,
+    RUNNER,
+    TOKEN,
+    FakeServer,
+    md5,
+    token_forms,
+    zenodo_record,
+    zip_bytes,
+)
 
 import dfbk.data.slices.store as store_module
 import dfbk.data.sources.fetch as fetch_module
@@ -40,20 +50,6 @@ from dfbk.data.sources.synapse import TokenScrubber
 from dfbk.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]
-SYMLINK = (0o120777 << 16) | 0x20  # zip external_attr of a symbolic link
-
-
-def zip_bytes(entries: list[tuple[str, str, bytes | str]]) -> bytes:
-    """A zip of (name, kind 'file'|'link', content-or-target) entries, in that order."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, kind, data in entries:
-            info = zipfile.ZipInfo(name)
-            if kind == "link":
-                info.external_attr = SYMLINK
-            info.compress_type = zipfile.ZIP_DEFLATED
-            archive.writestr(info, data)
-    return buffer.getvalue()
 
 
 def tar_bytes(entries: list[tuple[str, bytes, str]]) -> bytes:
@@ -71,9 +67,6 @@ def tar_bytes(entries: list[tuple[str, bytes, str]]) -> bytes:
                 info.linkname = data
             archive.addfile(info, io.BytesIO(body))
     return buffer.getvalue()
-
-
-CHAIN = [("a", "link", "."), ("a/b", "link", ".."), ("a/b/pwned.txt", "file", "owned")]
 
 
 def serve_siss(state: FakeServer, files: dict[str, bytes]) -> dict:
@@ -95,7 +88,7 @@ def run_download(tmp_path: Path, settings: dict, capsys) -> tuple[int, str]:
 # --- item 6: link chains ------------------------------------------------------------------
 
 
-def test_zip_symlink_chain_is_refused_through_dfbk_download(server, tmp_path, capsys):  # noqa: F811
+def test_zip_symlink_chain_is_refused_through_dfbk_download(server, tmp_path, capsys):
     settings = serve_siss(server, {"evil_SISS.zip": zip_bytes(CHAIN)})
     status, err = run_download(tmp_path, settings, capsys)
     assert status == 2
@@ -169,7 +162,7 @@ def test_tar_entries_refused_by_tarfile_are_one_line_errors(tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("key", ["../../../x_SISS.zip", "ABSOLUTE", "sub/x_SISS.zip", ".."])
-def test_zenodo_file_keys_are_never_paths(server, tmp_path, key):  # noqa: F811
+def test_zenodo_file_keys_are_never_paths(server, tmp_path, key):
     absolute = tmp_path / "elsewhere" / "x_SISS.zip"
     key = str(absolute) if key == "ABSOLUTE" else key
     settings = serve_siss(server, {key: zip_bytes([("data/ok.txt", "file", "fine")])})
@@ -182,7 +175,7 @@ def test_zenodo_file_keys_are_never_paths(server, tmp_path, key):  # noqa: F811
     assert not any("/files/" in p for p in server.paths())  # nothing was downloaded
 
 
-def test_a_tampered_pinned_record_is_checked_again(server, tmp_path):  # noqa: F811
+def test_a_tampered_pinned_record_is_checked_again(server, tmp_path):
     settings = serve_siss(server, {"ok_SISS.zip": zip_bytes([("data/ok.txt", "file", "fine")])})
     work = tmp_path / "work"
     download_dataset("isles2015", work / "raw", work / "dl", settings)
@@ -198,7 +191,7 @@ def test_a_tampered_pinned_record_is_checked_again(server, tmp_path):  # noqa: F
 # --- item 9: bombs -------------------------------------------------------------------------
 
 
-def test_zip_bomb_is_refused_by_its_expansion_ratio(server, tmp_path, capsys):  # noqa: F811
+def test_zip_bomb_is_refused_by_its_expansion_ratio(server, tmp_path, capsys):
     bomb = zip_bytes([("data/zeros.bin", "file", bytes(8 << 20))])  # 8 MiB of zeros
     assert len(bomb) < 16 << 10  # deflate: about 1000 to 1
     settings = serve_siss(server, {"bomb_SISS.zip": bomb})
@@ -209,7 +202,7 @@ def test_zip_bomb_is_refused_by_its_expansion_ratio(server, tmp_path, capsys):  
     assert not (tmp_path / "work" / ".raw.staging").exists()
 
 
-def test_total_extracted_size_is_capped(server, tmp_path, capsys):  # noqa: F811
+def test_total_extracted_size_is_capped(server, tmp_path, capsys):
     payload = np.random.default_rng(0).bytes(64 << 10)  # incompressible: ratio about 1
     settings = serve_siss(server, {"big_SISS.zip": zip_bytes([("data/r.bin", "file", payload)])})
     settings["max_extract_gb"] = 32 / 2**20  # 32 KiB
@@ -233,66 +226,6 @@ def test_tar_bomb_is_refused(tmp_path):
 
 
 # --- item 10: the Synapse token ------------------------------------------------------------
-
-TOKEN = "eyJ0eXAiOiJKV1QiLCJraWQiOiJXN05OOldMSlQ6SjVSSzpMN1RMOlQ3TDc6M1ZYNjpKRU9VOjY0NFI.s3cr3t"
-
-FAKE_CLIENT = '''
-"""A stand-in synapseclient that logs the token the ways real libraries do."""
-import base64, logging, os, shutil, sys
-from pathlib import Path
-from types import SimpleNamespace
-
-log = logging.getLogger("synapseclient")
-log.addHandler(logging.StreamHandler(sys.__stderr__))  # bypasses any sys.stderr wrapper
-log.setLevel(logging.DEBUG)
-
-
-class Synapse:
-    def __init__(self, **kwargs):
-        self.token = None
-
-    def login(self, authToken=None, silent=False):
-        t = self.token = authToken
-        log.warning("GET /auth/v1/session Authorization: Bearer %s", t)
-        log.info("TOKEN=" + t.upper())
-        log.debug("Basic %s", base64.b64encode(("user:" + t).encode()).decode())
-        log.error("cached credential %s", base64.b64encode(t.encode()).decode())
-        print("stdout notice", t)
-        print("stderr notice", t.upper(), file=sys.stderr)
-        try:
-            raise RuntimeError("401 for token " + t)
-        except RuntimeError:
-            logging.getLogger().exception("retrying login")
-
-    def getChildren(self, parent, includeTypes):
-        return iter([{"name": os.environ["FAKE_NAME"], "id": "syn2"}])
-
-    def get(self, entity, downloadLocation, ifcollision):
-        if os.environ.get("FAKE_FAIL"):
-            raise ConnectionError("403 Forbidden, token=" + self.token.lower())
-        path = Path(downloadLocation) / os.environ["FAKE_NAME"]
-        shutil.copyfile(os.environ["FAKE_ZIP"], path)
-        return SimpleNamespace(path=str(path), md5=None)
-'''
-
-RUNNER = """
-import logging, sys
-logging.basicConfig(filename=sys.argv[1], level=logging.DEBUG)  # a pre-existing file handler
-from dfbk.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def token_forms(token: str) -> list[str]:
-    raw = token.encode()
-    return [
-        token,
-        token.upper(),
-        token.lower(),
-        base64.b64encode(raw).decode().rstrip("="),
-        base64.urlsafe_b64encode(raw).decode().rstrip("="),
-        base64.b64encode(b"user:" + raw).decode()[8:-4],  # the token's part of a Basic header
-    ]
 
 
 @pytest.mark.parametrize("fail", [False, True])
@@ -424,7 +357,7 @@ def test_stale_temporaries_are_removed_at_the_next_start(phantom_copy, tmp_path)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["skipped.csv", "store"]
 
 
-def test_full_disk_during_download_keeps_the_part_and_says_so(server, tmp_path, monkeypatch):  # noqa: F811
+def test_full_disk_during_download_keeps_the_part_and_says_so(server, tmp_path, monkeypatch):
     data = bytes(range(256)) * 2000
     server.routes["/f.bin"] = data
     monkeypatch.setattr(fetch_module, "open", full_disk_open(100_000), raising=False)
@@ -591,7 +524,7 @@ def test_corrupt_store_description_is_one_line(tmp_path, text):
 
 
 def test_full_disk_during_extraction_is_one_line_and_removes_the_staging(
-    server,  # noqa: F811
+    server,
     tmp_path,
     monkeypatch,
     capsys,
