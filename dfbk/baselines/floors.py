@@ -36,7 +36,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from dfbk.errors import DataError
 from dfbk.methods.base import Batch, Knowledge, Method
