@@ -1,7 +1,8 @@
 """The demo grid (config/config.yaml) and the full phantom grid (config/demo-full.yaml) are the
 benchmark's shape: each phantom dataset with one of the paper's directions and the floors
-(identity, mean, linear), pix2pix, resshift and dfbk on it, the other baselines on one direction, the DFBK ablation on one; the
-full config runs all six of the paper's directions with every method. Read through the same
+(identity, mean, linear), pix2pix, resshift and dfbk on it, the other baselines on one
+direction, the DFBK ablation on one; the full config runs all six of the paper's directions with
+every method. Read through the same
 run listing the workflow uses (dfbk.plan.grid, which common.smk binds), so a cut that
 silently drops a row fails here without a Snakemake run."""
 

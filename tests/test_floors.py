@@ -202,3 +202,19 @@ def test_a_floor_is_never_the_reference(tmp_path):
     with pytest.raises(ConfigError, match="significance_vs: 'identity' is a floor"):
         write_comparison_table(df, tmp_path / "t", ("ssim_fg",), significance_vs="identity")
     assert not (tmp_path / "t.md").exists()
+
+
+def test_the_budget_caption_names_the_floors_apart(tmp_path):
+    """A floor's batch size is only its read chunk: the caption does not call it '0 × 64'."""
+    from dfbk.reporting.captions import caption_notes
+
+    runs = []
+    for method, steps, batch in (("dfbk", 600, 8), ("identity", 0, 1), ("mean", 0, 64)):
+        path = tmp_path / method / "run.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps({"dataset": "d", "direction": "a-to-b", "method": method,
+                                    "seed": 0, "steps": steps, "batch_size": batch}))  # fmt: skip
+        runs.append(path)
+    caption = caption_notes(runs)
+    assert "Training budget (steps × batch size): dfbk 600 × 8." in caption
+    assert "Floors (identity, mean): no training steps" in caption and "0 × 64" not in caption
