@@ -495,7 +495,10 @@ def write_comparison_table(
     what was resolved and what the run could have detected. `training` (from
     `dfbk.reporting.captions.training_frame`) adds each row's steps, batch size, parameters,
     training FLOPs and evaluated checkpoint to the csv; with `capacity` the parameter count
-    and FLOPs are also table columns (the ablation table).
+    and FLOPs are also table columns (the ablation table). The floors (`FLOOR_METHODS`) are
+    never bold nor the reference, though a row must beat them to be bold; a trained row whose
+    headline mean (`headline_metric`) is not better than every floor's is marked `FLOOR_MARK`
+    and kept (csv: `beats_floors`).
     """
     metrics = table_metrics(df) if metrics is None else list(metrics)
     _require_columns(df, metrics)
