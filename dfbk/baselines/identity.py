@@ -1,4 +1,5 @@
-"""identity: the source slice as the prediction — the floor every method must beat."""
+"""identity: the source slice as the prediction — one of the floors every method must beat
+(dfbk.methods.registry.FLOOR_METHODS; the others: dfbk.baselines.floors)."""
 
 from __future__ import annotations
 

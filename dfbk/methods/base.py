@@ -9,7 +9,7 @@ seeding, EMA, checkpoints, logging, AMP policy, data — belongs to the shared t
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -68,6 +68,9 @@ class Method(nn.Module):
     # False: the trainer feeds targets from independently drawn slices (unpaired methods such
     # as MaskGAN and SynDiff train this way by design); override per instance via hparams.
     PAIRED: ClassVar[bool] = True
+    # True: fitted from statistics, not by steps: the trainer calls `fit_split` once, before
+    # step 0, with every training slice (the floors: dfbk.baselines.floors).
+    FITS_SPLIT: ClassVar[bool] = False
 
     @property
     def paired(self) -> bool:
@@ -116,6 +119,14 @@ class Method(nn.Module):
 
     def training_step(self, batch: Batch, step: int) -> dict[str, float]:
         """One optimisation step on `batch`; returns named scalar losses for the log."""
+        raise NotImplementedError
+
+    def fit_split(self, batches: Iterable[Batch]) -> None:
+        """Fit from one pass over the whole training split (`FITS_SPLIT` methods only).
+
+        `batches`: every training slice once, whole slices in store order, no augmentation,
+        paired targets (`SliceBatcher.split_batches`), on the method's device.
+        """
         raise NotImplementedError
 
     @torch.no_grad()

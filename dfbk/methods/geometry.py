@@ -33,6 +33,7 @@ def _ncsnpp_rule(h: dict[str, Any]) -> int:
 # classmethod `size_multiple(hparams) -> int`, which takes precedence.
 SIZE_RULES: dict[str, Callable[[dict[str, Any]], int]] = {
     "dfbk.baselines.identity": lambda h: 1,
+    "dfbk.baselines.floors": lambda h: 1,  # per voxel (mean: centred on the slice grid)
     "dfbk.baselines.pix2pix": _unet_rule,
     "dfbk.baselines.ea_gan": _unet_rule,
     "dfbk.methods.resshift": _swin_unet_rule,

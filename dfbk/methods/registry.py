@@ -15,6 +15,8 @@ from dfbk.errors import ConfigError
 # name -> module that defines it (its class carries @register_method(name)).
 BUILTIN_METHODS: dict[str, str] = {
     "identity": "dfbk.baselines.identity",
+    "mean": "dfbk.baselines.floors",
+    "linear": "dfbk.baselines.floors",
     "pix2pix": "dfbk.baselines.pix2pix",
     "resshift": "dfbk.methods.resshift",
     "dfbk": "dfbk.methods.dfbk",
@@ -38,7 +40,12 @@ BUILTIN_METHODS: dict[str, str] = {
 BUILTIN_STAGES: dict[str, tuple[str, ...]] = {"resvit": ("pretrain",)}
 
 # Methods with no network to run: their jobs never ask the cluster for a GPU.
-CPU_ONLY_METHODS: frozenset[str] = frozenset({"identity"})
+CPU_ONLY_METHODS: frozenset[str] = frozenset({"identity", "mean", "linear"})
+
+# The floors: predictions any method must beat (the source itself; the training split's mean
+# target image; its least-squares intensity map of the source). Comparison tables never bold
+# them nor test against them as the reference, and mark a trained row that does not beat them.
+FLOOR_METHODS: tuple[str, ...] = ("identity", "mean", "linear")
 
 _REGISTRY: dict[str, type] = {}
 _EXTRA_MODULES: dict[str, str] = {}

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from dfbk.methods.registry import FLOOR_METHODS
+
 TRAINING_KEYS = ("dataset", "direction", "method")
 
 
@@ -104,14 +106,28 @@ def training_frame(run_files: list[Path]) -> pd.DataFrame | None:
 
 
 def _budget_note(training: pd.DataFrame) -> str:
-    """'Training budget (steps × batch size): dfbk 600 × 8; pix2pix 200 × 16.'"""
+    """'Training budget (steps × batch size): dfbk 600 × 8; pix2pix 200 × 16.'
+
+    The floors have no steps (their batch size is only how many slices the one fitting pass
+    reads at a time), so they are named apart instead of as '0 × 64'.
+    """
     per_method: dict[str, dict[str, None]] = {}
+    floors: dict[str, None] = {}
     for row in training.to_dict("records"):  # iterrows turns None into NaN
+        if row["method"] in FLOOR_METHODS:
+            floors[row["method"]] = None
+            continue
         steps = "n/a" if row["steps"] is None else row["steps"]
         batch = "n/a" if row["batch_size"] is None else row["batch_size"]
         per_method.setdefault(row["method"], {})[f"{steps} × {batch}"] = None
     items = [f"{m} {', '.join(b)}" for m, b in per_method.items()]
-    return "Training budget (steps × batch size): " + "; ".join(items) + "."
+    text = "Training budget (steps × batch size): " + "; ".join(items) + "." if items else ""
+    if floors:
+        text += (
+            f" Floors ({', '.join(floors)}): no training steps; mean and linear are fitted in "
+            "one pass over every training slice."
+        )
+    return text.strip()
 
 
 def _recipe_note(runs: list[dict]) -> str | None:

@@ -102,6 +102,7 @@ def table_tests(
     reference: str | None = None,
     test_metrics: Sequence[str] = (),
     contenders_exclude: Sequence[str] = (),
+    never_best: Sequence[str] = (),
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every comparison a table claims, Holm-adjusted together, and the bold cells.
 
@@ -109,7 +110,9 @@ def table_tests(
     method, versus (diff = method - versus), the `compare` keys, p_holm, and `role`
     ("reference" when it is a test against `reference` on a `test_metrics` column, else
     "bold"). bold: one row per dataset × direction × method, a boolean column per metric.
-    Rows in `contenders_exclude` (the real-target ceiling) take part in neither.
+    Rows in `contenders_exclude` (the real-target ceiling) take part in neither. Rows in
+    `never_best` (the floors) are never the best row of a column, so never bold, but the best
+    row must still beat them to be bold.
     """
     records: dict[tuple, dict] = {}
     best_of: dict[tuple, tuple[str, list[str]]] = {}
@@ -124,9 +127,10 @@ def table_tests(
             pairs = []
             if reference in methods and metric in test_metrics:
                 pairs += [(m, reference, "reference") for m in methods if m != reference]
-            if len(methods) > 1:
+            contenders = [m for m in methods if m not in never_best]
+            if len(methods) > 1 and contenders:
                 sign = 1.0 if higher_is_better[metric] else -1.0
-                best = max(methods, key=lambda m: sign * means[(*group, m)])
+                best = max(contenders, key=lambda m: sign * means[(*group, m)])
                 others = [m for m in methods if m != best]
                 best_of[(*group, metric)] = (best, others)
                 pairs += [(best, m, "bold") for m in others]

@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from dfbk.data.io import write_text
-from dfbk.errors import DataError
+from dfbk.errors import ConfigError, DataError
 from dfbk.evaluation import statistics as st
+from dfbk.methods.registry import FLOOR_METHODS
 from dfbk.reporting import significance as sig
 
 RUN_KEYS = ("dataset", "direction", "method", "seed")
@@ -54,6 +55,11 @@ TABLE_METRICS = (
     "official_ssim_lesion", "official_ssim_nonlesion",
 )  # fmt: skip
 SIGNIFICANCE_METRICS = (("SSIM", "ssim_fg"), ("PSNR", "psnr_fg"))
+# A trained row that does not beat every floor row of its dataset × direction on the headline
+# metric (the first of these the table has, else its first column) carries this mark.
+HEADLINE_METRICS = ("ssim_fg", "official_ssim_fg", "psnr_fg")
+FLOOR_MARK = "†"
+BEATS_FLOORS = "beats_floors"
 DEFAULT_CAPTION = (
     "Intensities in [0, 1]; PSNR with data range 1 (MSE over the region); SSIM with a Gaussian "
     "window (sigma 1.5, K1 0.01, K2 0.03, data range 1); MAE in [0, 1] units."
@@ -207,13 +213,15 @@ def _metric_cell(row: pd.Series, metric: str) -> str:
     return f"{text} ({seed_std:.{d}f})" if np.isfinite(seed_std) else text
 
 
-def _cells(summary, group_cols, metrics, extra_cols, shown) -> tuple[list, list]:
-    """Header and rows of (text, bold) cells shared by the Markdown and LaTeX writers."""
+def _cells(summary, group_cols, metrics, extra_cols, shown, marks) -> tuple[list, list]:
+    """Header and rows of (text, bold) cells shared by the Markdown and LaTeX writers;
+    `marks` (group column -> row -> suffix) appends e.g. the floor mark to a method's name."""
     header = [*group_cols, *(metric_header(m) for m in metrics), *extra_cols, *shown]
     formats = {c: _formatter(c) for c in extra_cols}
     rows = []
     for _, row in summary.iterrows():
-        cells = [(str(row[c]), False) for c in group_cols]
+        cells = [(str(row[c]) + marks[c](row) if c in marks else str(row[c]), False)
+                 for c in group_cols]  # fmt: skip
         cells += [(_metric_cell(row, m), bool(row.get(f"{m}_bold", False))) for m in metrics]
         cells.extend((formats[c](row[c]), False) for c in extra_cols)
         cells.extend((text(row), False) for text in shown.values())
@@ -269,13 +277,15 @@ def write_table(
     bold: pd.DataFrame | None = None,
     shown: dict[str, Callable[[pd.Series], str]] | None = None,
     notes: Sequence[str] = (),
+    marks: dict[str, Callable[[pd.Series], str]] | None = None,
 ) -> dict[str, Path]:
     """Write `{out_stem}.md`, `.csv`, `.tex`: one row per group, mean ± std over subjects.
 
     `extra` holds further columns keyed by `group_cols` (test results, FID, training budget);
     those named in `csv_only` go to the csv alone. `bold` (keyed by `group_cols`, a boolean
     column per metric) marks the bold cells, also kept in the csv as `{metric}_bold`; `shown`
-    adds Markdown/LaTeX columns by header, each cell made from the csv row. The caption given
+    adds Markdown/LaTeX columns by header, each cell made from the csv row, and `marks` a
+    suffix to a group column's Markdown/LaTeX cell (the csv keeps the plain key). The caption given
     (the protocol) is followed by how the numbers aggregate, then by `notes` (the tests).
     `best_within` separates the LaTeX row groups.
     """
@@ -300,7 +310,9 @@ def write_table(
         f"mean over subjects (none with one seed); {seed_text} per method."
     )
     caption = " ".join(filter(None, [caption, *notes]))
-    header, rows = _cells(summary, list(group_cols), list(metrics), extra_cols, shown or {})
+    header, rows = _cells(
+        summary, list(group_cols), list(metrics), extra_cols, shown or {}, marks or {}
+    )
     md_rows = [[f"**{t}**" if b else t for t, b in cells] for cells in rows]
     md_table = pd.DataFrame(md_rows, columns=header).to_markdown(index=False, disable_numparse=True)
     keys = [tuple(summary.loc[i, c] for c in best_within) for i in summary.index]
@@ -418,6 +430,53 @@ def _tests_caption(tests: pd.DataFrame, bold: pd.DataFrame, metrics, reference) 
     )
 
 
+def headline_metric(metrics: Sequence[str]) -> str:
+    """The column a row must beat the floors on: SSIM fg where the table has it."""
+    return next((m for m in HEADLINE_METRICS if m in metrics), metrics[0])
+
+
+def floor_verdicts(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per dataset × direction × method: whether a trained row's mean `metric` (over subjects
+    of each subject's seed-averaged value, the table's cell) is better than every floor row's
+    of its dataset × direction. NA for the floors, the real-target ceiling, rows without a
+    value and dataset × directions without a floor row."""
+    keys = list(COMPARISON_GROUPS)
+    means = subject_means(df, keys, [metric]).groupby(keys, sort=False)[metric].mean()
+    sign = 1.0 if split_metric(metric)[0] in HIGHER_IS_BETTER else -1.0
+    rows = []
+    for (dataset, direction), part in means.groupby(level=[0, 1], sort=False):
+        by_method = part.droplevel([0, 1])
+        floors = by_method[by_method.index.isin(FLOOR_METHODS)].dropna()
+        for method, value in by_method.items():
+            verdict = pd.NA
+            if method not in FLOOR_METHODS and method != CEILING_METHOD and not floors.empty:
+                if pd.notna(value):
+                    verdict = bool((sign * (value - floors) > 0).all())
+            rows.append({"dataset": dataset, "direction": direction, "method": method,
+                         BEATS_FLOORS: verdict})  # fmt: skip
+    frame = pd.DataFrame(rows, columns=[*keys, BEATS_FLOORS])
+    frame[BEATS_FLOORS] = frame[BEATS_FLOORS].astype("boolean")
+    return frame
+
+
+def _floor_mark(row: pd.Series) -> str:
+    value = row.get(BEATS_FLOORS)
+    return FLOOR_MARK if value is not None and pd.notna(value) and not bool(value) else ""
+
+
+def _floors_caption(verdicts: pd.DataFrame, metric: str) -> str:
+    present = [m for m in FLOOR_METHODS if m in set(verdicts["method"])]
+    if not present:
+        return ""
+    text = (
+        f"Floors ({', '.join(present)}): predictions that need no training beyond the "
+        "training split's statistics; never bold, never the reference."
+    )
+    if (verdicts[BEATS_FLOORS] == False).any():  # noqa: E712 (nullable boolean column)
+        text += f" {FLOOR_MARK} does not beat every floor on the mean {metric_header(metric)}."
+    return text
+
+
 def write_comparison_table(
     df: pd.DataFrame,
     out_stem: Path,
@@ -436,7 +495,10 @@ def write_comparison_table(
     what was resolved and what the run could have detected. `training` (from
     `dfbk.reporting.captions.training_frame`) adds each row's steps, batch size, parameters,
     training FLOPs and evaluated checkpoint to the csv; with `capacity` the parameter count
-    and FLOPs are also table columns (the ablation table).
+    and FLOPs are also table columns (the ablation table). The floors (`FLOOR_METHODS`) are
+    never bold nor the reference, though a row must beat them to be bold; a trained row whose
+    headline mean (`headline_metric`) is not better than every floor's is marked `FLOOR_MARK`
+    and kept (csv: `beats_floors`).
     """
     metrics = table_metrics(df) if metrics is None else list(metrics)
     _require_columns(df, metrics)
@@ -445,26 +507,36 @@ def write_comparison_table(
         caption = f"{caption or DEFAULT_CAPTION} {DICE_NOTE}"
     table = with_ceiling_rows(df)
     higher = {m: split_metric(m)[0] in HIGHER_IS_BETTER for m in metrics}
+    if significance_vs in FLOOR_METHODS:
+        raise ConfigError(
+            f"significance_vs: '{significance_vs}' is a floor ({', '.join(FLOOR_METHODS)}); "
+            "the reference must be a trained method"
+        )
     if significance_vs is not None and significance_vs not in set(df["method"]):
         significance_vs = None
     test_metrics = [m for _, m in SIGNIFICANCE_METRICS if m in metrics]
     tests, bold = sig.table_tests(
-        table, metrics, higher, significance_vs, test_metrics, (CEILING_METHOD,)
+        table, metrics, higher, significance_vs, test_metrics, (CEILING_METHOD,), FLOOR_METHODS
     )
     notes = [_tests_caption(tests, bold, metrics, significance_vs)]
+    headline = headline_metric(metrics)
+    verdicts = floor_verdicts(df, headline)
+    notes.append(_floors_caption(verdicts, headline))
     extra, csv_only, shown = None, [], {}
     if significance_vs is not None:
         extra, shown = _test_columns(tests, significance_vs)
         csv_only += [c for c in extra.columns if c not in keys]
         notes.append(_power_sentence(tests, significance_vs))
-    for frame in (extra_columns, training):  # e.g. FID; training budget
+    for frame in (extra_columns, training, verdicts):  # e.g. FID; training budget; floors
         if frame is not None:  # outer: the reference method has no test row
             extra = frame if extra is None else extra.merge(frame, on=keys, how="outer")
+    csv_only.append(BEATS_FLOORS)
     if training is not None:
         visible = ["Params", "Train FLOPs/step"] if capacity else []
         csv_only += [c for c in training.columns if c not in keys and c not in visible]
     return write_table(table, out_stem, COMPARISON_GROUPS, metrics, caption, extra=extra,
-                       csv_only=csv_only, bold=bold, shown=shown, notes=notes)  # fmt: skip
+                       csv_only=csv_only, bold=bold, shown=shown, notes=notes,
+                       marks={"method": _floor_mark})  # fmt: skip
 
 
 def power_report(results_dir: Path, reference: str = "dfbk") -> str:

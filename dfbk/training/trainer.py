@@ -336,6 +336,9 @@ class Trainer:
         if not resumed and self.init_payload is not None:
             with ckpt.fitting_weights(self.spec.init_from):
                 self.method.init_from_stage(self.init_payload["state"])
+        if self.step == 0 and type(self.method).FITS_SPLIT:  # fitted from the split itself
+            with torch.no_grad():
+                self.method.fit_split(b.to(self.device) for b in self.batcher.split_batches())
         self.fused_skipped = self.speed.apply_fused(self.method)  # after the optimisers' state
         self.stop.install()
         total = int(self.hparams["steps"])

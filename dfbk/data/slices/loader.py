@@ -199,6 +199,20 @@ class SliceBatcher:
                 state[key] = np.memmap(filename, dtype=dtype, mode="r", shape=shape, offset=offset)
         self.__dict__.update(state)
 
+    def split_batches(self) -> Iterator[Batch]:
+        """Every slice of the subjects once, in store order, whole, unflipped and paired, in
+        batches of `batch_size` (the last one shorter): a pass for methods fitted from the
+        split's statistics rather than by steps. Not sharded: every rank sees the whole split."""
+        ordered = np.sort(self.indices)
+        for start in range(0, ordered.size, self.batch_size):
+            idx = ordered[start : start + self.batch_size]
+            flips = np.zeros(len(idx), dtype=bool)
+            yield Batch(
+                source=self._read(self.source, idx, flips, None),
+                target=self._read(self.target, idx, flips, None),
+                mask=self._read(self.mask, idx, flips, None),
+            )
+
     def batch(self, step: int) -> Batch:
         """This rank's share of the batch at `step`; with paired=False targets are partners."""
         idx = self.batch_indices(step)
