@@ -288,16 +288,15 @@ def _entry(item: WeightFile, path: Path, record: dict[str, Any]) -> dict[str, An
 
 
 # ----- after the files: what each library needs besides them --------------------------------
-def _check_biomedclip(config_path: Path) -> None:
-    """The open_clip config must name the text model whose files this set fetches."""
+def _check_biomedclip(config_path: Path, shown: Path) -> None:
+    """The open_clip config must name the text model whose files this set fetches; `shown` is
+    the file messages name (the user's, not the staged copy)."""
     try:
         text_repo = json.loads(config_path.read_text())["model_cfg"]["text_cfg"]["hf_model_name"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise WeightsError(f"{config_path}: not BiomedCLIP's open_clip config ({err})") from err
+        raise WeightsError(f"{shown}: not BiomedCLIP's open_clip config ({err})") from err
     if text_repo != TEXT_REPO:
-        raise WeightsError(
-            f"{config_path}: names text model {text_repo}, but {TEXT_REPO} was fetched"
-        )
+        raise WeightsError(f"{shown}: names text model {text_repo}, but {TEXT_REPO} was fetched")
 
 
 def _finish_biomedclip(root: Path) -> list[str]:
@@ -338,11 +337,11 @@ def convert_vit_npz(npz: Path, out: Path) -> Path:
 
 
 def _convert_resvit(
-    root: Path, npz: Path, source: Path | None, digest: str, previous: dict[str, Any] | None
+    root: Path, npz: Path, source: Path, digest: str, previous: dict[str, Any] | None
 ) -> Path | None:
     """Convert the staged (or placed) .npz, whose sha256 is `digest`, to a staged
     .safetensors; None when the one in place was converted by this command from the same
-    content (the lock's `converted_from`). `source`: the file the user gave, for messages.
+    content (the lock's `converted_from`). `source`: the file messages name (the user's).
 
     A .safetensors in place that the lock does not record as converted here is not replaced.
     """
@@ -358,7 +357,7 @@ def _convert_resvit(
     try:
         convert_vit_npz(npz, staged)
     except WeightsError as err:  # name the file the user gave, not the staged copy
-        raise WeightsError(str(err).replace(str(npz), str(source or npz), 1)) from None
+        raise WeightsError(str(err).replace(str(npz), str(source))) from None
     return staged
 
 
@@ -395,20 +394,23 @@ def fetch_weights(
             item.target: _entry(item, placed[item.target], previous.get(item.target, {}))
             for item in weight_set.files
         }
+        given = weight_set.files[0]  # named in messages: the user's file, or the download
+        shown = _source(weight_set, given, from_file) if from_file else root / given.target
         if name == "biomedclip":
-            _check_biomedclip(placed[weight_set.files[0].target])
+            _check_biomedclip(placed[given.target], shown)
         elif name == "resvit-vit":
-            source = _source(weight_set, weight_set.files[0], from_file) if from_file else None
             npz = records[VIT_NPZ]["sha256"]
-            converted = _convert_resvit(root, placed[VIT_NPZ], source, npz, previous.get(VIT_NPZ))
+            converted = _convert_resvit(root, placed[VIT_NPZ], shown, npz, previous.get(VIT_NPZ))
             if converted is not None:
                 staged[VIT_SAFETENSORS] = converted
             records[VIT_NPZ]["converted_from"] = records[VIT_NPZ]["sha256"]
         for target, path in staged.items():  # every check passed: install, then record
             os.replace(path, root / target)
         staged = {}
-    finally:  # refused: drop what no hash vouches for; a verified download waits for a rerun
+    finally:  # refused: drop every copy, and downloads no hash vouches for; a verified
+        # download (a published or recorded hash) waits for the rerun instead of a new transfer
         known = {f.target for f in weight_set.files if _known_sha(f, previous)}
+        known = set() if from_file is not None else known
         for target, path in staged.items():
             if target not in known:
                 path.unlink(missing_ok=True)

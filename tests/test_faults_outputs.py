@@ -25,7 +25,7 @@ from conftest import DFBK
 from test_translate_whole_fov import store_checkpoint
 from test_volume_translate import head_volume, make_checkpoint, write_volume
 
-from dfbk import volume_translate
+from dfbk import volume_translate, weights
 from dfbk.cli import main
 from dfbk.data.outputs import MARKER, claim_folder, made_by
 from dfbk.data.phantom import generate_phantom_dataset
@@ -225,6 +225,37 @@ def test_refused_vit_weights_pin_nothing_and_leave_nothing(tmp_path, monkeypatch
     assert (dest / VIT_NPZ).read_bytes() == good.read_bytes() and (dest / VIT_SAFETENSORS).exists()
     assert json.loads((dest / LOCK_NAME).read_text())["resvit-vit"][VIT_NPZ]["sha256"] == digest
     assert sorted(p.name for p in dest.iterdir()) == sorted([LOCK_NAME, VIT_NPZ, VIT_SAFETENSORS])
+
+
+def test_biomedclip_files_with_a_foreign_config_pin_nothing(tmp_path, monkeypatch):
+    """A folder whose open_clip config names another text model is refused before any file
+    of the set takes its place or its hash enters the lock."""
+    import dataclasses
+    import hashlib
+
+    from test_weights import biomedclip_files
+
+    monkeypatch.setattr(weights, "fetch", None)  # air-gapped: no download may be tried
+    files = biomedclip_files()
+    published = list(weights.WEIGHT_SETS["biomedclip"].files)  # the stand-in .bin is published
+    digest = hashlib.sha256(files[published[1].name]).hexdigest()
+    published[1] = dataclasses.replace(published[1], sha256=digest)
+    patched = dataclasses.replace(weights.WEIGHT_SETS["biomedclip"], files=tuple(published))
+    monkeypatch.setitem(weights.WEIGHT_SETS, "biomedclip", patched)
+    config = {"model_cfg": {"text_cfg": {"hf_model_name": "someone/else"}}}
+    files["open_clip_config.json"] = json.dumps(config).encode()
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    for name, data in files.items():
+        (usb / name).write_bytes(data)
+    hub = tmp_path / "hub"
+    with pytest.raises(WeightsError, match=f"{usb / 'open_clip_config.json'}: names text model"):
+        fetch_weights("biomedclip", hub, usb)
+    assert [p for p in hub.rglob("*") if p.is_file()] == []  # no file, no lock
+    files["open_clip_config.json"] = biomedclip_files()["open_clip_config.json"]
+    (usb / "open_clip_config.json").write_bytes(files["open_clip_config.json"])
+    fetch_weights("biomedclip", hub, usb)  # the right config afterwards: accepted
+    assert len(json.loads((hub / LOCK_NAME).read_text())["biomedclip"]) == len(files)
 
 
 def test_weights_never_overwrite_a_file_they_did_not_record(tmp_path, monkeypatch):
