@@ -356,6 +356,8 @@ def _staging(staging: Path, request: dict[str, Any]) -> dict[str, Any]:
     folder of another request is cleared, one that dfbk did not make is refused."""
     from dfbk.data.outputs import made_by
 
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()  # killed before its marker was written
     if staging.exists():
         marker = made_by(staging)
         if marker is None or marker["verb"] != "translate":
@@ -418,18 +420,17 @@ def translate_folder(
     try:
         staging.mkdir(parents=True, exist_ok=True)
         mark(staging, "translate", complete=False, request=request, volumes=done)
-        infos = []
         for src, mask in zip(sources, masks, strict=True):
             if src.name not in done:
-                done[src.name] = translate_with(members, src, staging / src.name, batch_size, mask)
+                info = translate_with(members, src, staging / src.name, batch_size, mask)
+                done[src.name] = {**info, "output": str(out_dir / src.name)}
                 mark(staging, "translate", complete=False, request=request, volumes=done)
-            infos.append({**done[src.name], "output": str(out_dir / src.name)})
         mark(staging, "translate", complete=True, request=request, volumes=done)
         publish(staging, out_dir, "translate", legacy=_older_translation)
     except OSError as err:  # disk full, read-only: one line; finished volumes stay staged
         where = err.filename or staging
         raise DataError(f"{where}: cannot write ({err.strerror or err})") from None
-    return infos
+    return [done[src.name] for src in sources]
 
 
 def _subject_name(source: Path) -> str:

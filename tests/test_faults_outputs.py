@@ -87,8 +87,12 @@ def test_prepare_replaces_only_its_own_store(phantom_copy, tmp_path, capsys):
     prepare_dataset("phantom", phantom_copy, empty, ["t1n", "t2w"], (32, 32))  # its own: rerun
     assert SliceStore(empty).modalities == ["t1n", "t2w"]
     (empty / MARKER).unlink()  # a store written before markers: its store.json + manifest.csv
+    aside = tmp_path / ".empty.999.old"  # an old store a killed run had moved aside
+    shutil.copytree(empty, aside)
+    (tmp_path / ".empty.998.old").mkdir()  # not a store: not ours to remove
     prepare_dataset("phantom", phantom_copy, empty, ["t1n"], (32, 32))
-    assert SliceStore(empty).modalities == ["t1n"] and not list(tmp_path.glob(".*"))
+    assert SliceStore(empty).modalities == ["t1n"]
+    assert [p.name for p in tmp_path.glob(".*")] == [".empty.998.old"]
 
 
 # ----- predict -------------------------------------------------------------------------------
@@ -386,7 +390,9 @@ def test_killed_folder_translate_is_never_taken_as_finished(tmp_path, four_volum
     monkeypatch.setattr(volume_translate, "translate_with", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         translate_folder(ckpt, four_volumes, out, device="cpu")
-    assert not out.exists() or list(out.iterdir()) == []
+    assert not out.exists()
+    staged = made_by(tmp_path / ".out.partial")  # says what it is: incomplete, 1 of 4 done
+    assert staged["complete"] is False and list(staged["volumes"]) == ["s0_t1n.nii.gz"]
     calls.clear()
     infos = translate_folder(ckpt, four_volumes, out, device="cpu")
     assert calls == ["s1_t1n.nii.gz", "s2_t1n.nii.gz", "s3_t1n.nii.gz"]  # s0 kept

@@ -11,12 +11,13 @@ did not make. Verbs that write files into a folder (evaluate, figure) ask `check
 never an input, never inside an input folder.
 
 `publish` moves a finished staging folder into place: the previous product is renamed aside,
-the staging folder renamed onto the final name, and the old one removed, so the final name
-never holds a half-written folder.
+the staging folder renamed onto the final name, and the old one removed (as is one a killed
+run left aside), so the final name never holds a half-written folder.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -152,15 +153,15 @@ def publish(
             shutil.rmtree(old, ignore_errors=True)
             os.replace(out, old)
         else:
-            raise DataError(
-                f"{out}: was filled by something else during this run; not replaced (the "
-                f"result is in {staging})"
-            )
+            raise DataError(f"{out}: was filled by something else during this run; not replaced")
     elif out.exists() or out.is_symlink():
-        raise DataError(f"{out}: exists and is not a folder; not replaced (result in {staging})")
+        raise DataError(f"{out}: became something other than a folder during this run")
     os.replace(staging, out)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*.old"):  # a killed publish's
+        if stale.is_dir() and not stale.is_symlink() and is_product(stale, verb, legacy):
+            shutil.rmtree(stale, ignore_errors=True)
     return out
 
 
