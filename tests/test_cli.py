@@ -158,7 +158,8 @@ def test_folder_in_folder_out_with_same_names(tmp_path, volumes, capsys):
     ckpt = make_checkpoint(tmp_path / "identity.pt")
     argv = ["translate", "--checkpoint", str(ckpt), "-i", str(volumes), "-o", str(out)]
     assert cli.main([*argv, "--device", "cpu"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a_t1n.nii.gz", "b_t1n.nii"]
+    names = sorted(p.name for p in out.iterdir())  # and the marker naming its maker
+    assert names == [".dfbk-output.json", "a_t1n.nii.gz", "b_t1n.nii"]
     assert len(capsys.readouterr().out.splitlines()) == 2
     for name in ("a_t1n.nii.gz", "b_t1n.nii"):  # each is what the single-file path writes
         translate_volume(ckpt, volumes / name, tmp_path / name, device="cpu")

@@ -218,7 +218,8 @@ def test_generate_dataset_cycles_lesions_and_resumes(tmp_path):
     ]
     seg = np.asarray(nib.load(tmp_path / "phantom-002" / "phantom-002-seg.nii.gz").dataobj)
     assert 4 in seg
-    assert sorted(p.name for p in tmp_path.iterdir()) == [*names, "subjects.json"]
+    listed = sorted(p.name for p in tmp_path.iterdir())  # the marker: made by dfbk phantom
+    assert listed == [".dfbk-output.json", *names, "subjects.json"]
 
     kept = tmp_path / "phantom-000" / "phantom-000-t1n.nii.gz"
     before = kept.stat().st_mtime_ns

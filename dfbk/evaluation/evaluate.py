@@ -204,8 +204,12 @@ def evaluate_predictions(
     says why it is absent. Returns the metrics.json content:
     {**run_info, "protocol", "summary", "n_subjects", "fid"}.
     """
+    from dfbk.data.outputs import check_file_outputs
     from dfbk.evaluation.fid import FidAccumulator, fid_unavailable_reason
 
+    outputs = [Path(out_dir) / name for name in ("slices.csv", "subjects.csv", "metrics.json")]
+    inputs = {"slice store": store_dir, "predictions folder": pred_dir, "split": split_path}
+    check_file_outputs(outputs, "evaluate", inputs)  # never into the store or the predictions
     store = SliceStore(store_dir)
     _, target = parse_direction(direction)
     reference = store.images(target)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shlex
 import shutil
@@ -276,18 +275,21 @@ def collect_predictions(
     the file, and `out_dir` is written whole (temporary folder, then rename) or not at all.
     """
     from dfbk.data.io import write_text
+    from dfbk.data.outputs import claim_folder, mark, publish, staging_folder
     from dfbk.data.slices.splits import read_split
     from dfbk.data.slices.store import SliceStore
     from dfbk.evaluation.evaluate import load_prediction
 
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    raw_dir = Path(raw_dir)
+    inputs = {"external predictions": raw_dir, "slice store": store_dir, "split": split_path}
+    out_dir = claim_folder(out_dir, "predict", inputs)
     if not raw_dir.is_dir():
         raise DataError(f"{raw_dir}: the external translate command wrote no predictions folder")
     store = SliceStore(store_dir)
     subjects = read_split(split_path)["test"]
     for subject in subjects:
         load_prediction(store, raw_dir, subject)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    tmp = staging_folder(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -301,12 +303,11 @@ def collect_predictions(
             "external": str(raw_dir),
         }
         write_text(tmp / "predictions.json", json.dumps(index, indent=2) + "\n")
+        mark(tmp, "predict")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    publish(tmp, out_dir, "predict")
     return index
 
 

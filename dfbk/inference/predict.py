@@ -15,7 +15,6 @@ naming the checkpoint, and nothing is written.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from dfbk.data.io import write_nifti, write_text
+from dfbk.data.outputs import claim_folder, mark, publish, staging_folder
 from dfbk.data.slices.splits import read_split
 from dfbk.data.slices.store import SliceStore
 from dfbk.diffusion.noise import slice_seeds
@@ -226,6 +226,8 @@ def predict_test_set(
     amp: bf16 autocast of the networks on CUDA, as in training (ignored on CPU).
     tiling: patch (sliding training-size tiles) or slice (whole slices); `inference_tile`.
     """
+    inputs = {"checkpoint": checkpoint, "slice store": store_dir, "split": split_path}
+    out_dir = claim_folder(out_dir, "predict", inputs)
     payload = load_checkpoint(checkpoint)
     store = SliceStore(store_dir)
     source, _ = check_contract(payload, store, Path(checkpoint))
@@ -239,8 +241,7 @@ def predict_test_set(
     tile = inference_tile(payload, method, tuple(store.size), tiling)
     images = store.images(source)
     axial = store.manifest["slice"].to_numpy()
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    tmp = staging_folder(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     subjects = read_split(split_path)["test"]
@@ -278,7 +279,6 @@ def predict_test_set(
         "noise_seeds": "blake2b(run seed, subject, axial slice index) per slice",
     }
     write_text(tmp / "predictions.json", json.dumps(index, indent=2) + "\n")
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
+    mark(tmp, "predict")
+    publish(tmp, out_dir, "predict")
     return index

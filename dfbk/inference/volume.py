@@ -22,6 +22,7 @@ mapping, which is linear, so the mean is the same in HU.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from dfbk.data.io import write_nifti
 from dfbk.data.normalise import ct_to_hu, is_ct, normalisation_name, normalise
 from dfbk.errors import ConfigError, DataError
-from dfbk.inference.volume_grid import TrainingGrid, ras_affine, read_3d, to_ras
+from dfbk.inference.volume_grid import TrainingGrid, planned_spacing, ras_affine, read_3d, to_ras
 
 if TYPE_CHECKING:  # torch is imported when a volume is translated, not to build the CLI
     import torch
@@ -118,15 +119,51 @@ def _output_header(image: nib.Nifti1Image, payload: dict[str, Any]):
     return header
 
 
-def _check_paths(source: Path, output: Path, mask: Path | None) -> None:
+def _check_paths(
+    source: Path, output: Path, mask: Path | None, checkpoints: list[Path] = ()
+) -> None:
     """Refuse an output that is not a NIfTI file name, is a folder, or would overwrite an input."""
     if output.is_dir():
         raise DataError(f"{output}: is a folder; give the output volume's file name (.nii.gz)")
     if not output.name.endswith(NIFTI_OUT):
         raise DataError(f"{output}: output must end in .nii or .nii.gz")
-    for role, given in (("source", source), ("mask", mask)):
-        if given is not None and output.resolve() == given.resolve():
-            raise DataError(f"{output}: is the {role} volume; refusing to overwrite an input")
+    inputs = [("source volume", source), ("mask", mask)]
+    for role, given in inputs + [("checkpoint", c) for c in checkpoints]:
+        if given is not None and output.resolve() == Path(given).resolve():
+            raise DataError(f"{output}: is the {role}; refusing to overwrite an input")
+
+
+# An input plane may span at most this many training slices per side once resampled to the
+# training spacing. A whole-body scan is a few head-sized slices across; a header whose voxel
+# size is off by a unit (metres for millimetres) or garbage is thousands, and resampling it
+# would allocate gigabytes before failing.
+MAX_EXTENT = 8
+
+
+def input_spacing(image: nib.Nifti1Image, shape: tuple[int, ...]) -> tuple[float, float]:
+    """The in-plane (RAS x, y) voxel size of `image` in mm."""
+    return tuple(float(v) for v in voxel_sizes(ras_affine(image.affine, shape))[:2])
+
+
+def check_extent(
+    source: Path, shape: tuple[int, ...], input_mm: tuple[float, float], contract: dict
+) -> None:
+    """Refuse, before any allocation, an input whose planes resampled to the training spacing
+    would exceed `MAX_EXTENT` training slices per side (a lying voxel size in its header)."""
+    trained_mm, size = contract.get("spacing"), contract.get("size")
+    target = planned_spacing(input_mm, trained_mm)
+    if target is None or not size:
+        return  # the model runs on the input's own grid: no larger than the input itself
+    fov = [n * mm for n, mm in zip(shape, input_mm, strict=True)]
+    limit = [MAX_EXTENT * s * t for s, t in zip(size, target, strict=True)]
+    if any(f > lim for f, lim in zip(fov, limit, strict=True)):
+        mm = "x".join(f"{v:g}" for v in input_mm)
+        raise DataError(
+            f"{source}: header voxel size {mm} mm makes a field of view of "
+            f"{fov[0]:g}x{fov[1]:g} mm, over {MAX_EXTENT} times the training slices' "
+            f"{size[0] * target[0]:g}x{size[1] * target[1]:g} mm; check the voxel size "
+            "(pixdim, sform) in its header"
+        )
 
 
 @dataclass
@@ -237,7 +274,7 @@ def translate_with(
     """Translate one volume with loaded members (the mean of their predictions when several)."""
     payload = members[0].payload
     mask = None if mask is None else Path(mask)
-    _check_paths(source, output, mask)
+    _check_paths(source, output, mask, [m.checkpoint for m in members])
     src_contract, tgt_contract = _contracts(payload, members[0].checkpoint)
     image, data = read_3d(source, "source")
     foreground = _foreground(data, image, mask)
@@ -249,14 +286,19 @@ def translate_with(
         raise DataError(f"{source}: cannot normalise as {src_contract['modality']}: {err}") from err
     unit_ras, back = to_ras(unit, image.affine)
     fg_ras, _ = to_ras(foreground, image.affine)
-    input_mm = tuple(float(v) for v in voxel_sizes(ras_affine(image.affine, data.shape))[:2])
+    input_mm = input_spacing(image, data.shape)
+    check_extent(source, unit_ras.shape[:2], input_mm, src_contract)  # before resampling
     grid = TrainingGrid.plan(unit_ras, fg_ras, input_mm, src_contract.get("spacing"))
     pred, tiles = _predict(members, grid, source, batch_size)
     volume = apply_orientation(np.moveaxis(grid.back_to_input(pred), 0, 2), back)
     if is_ct(tgt_contract["modality"]):
         volume = ct_to_hu(volume)
     header = _output_header(image, payload)
-    write_nifti(np.ascontiguousarray(volume, dtype=np.float32), image.affine, output, header=header)
+    try:
+        volume = np.ascontiguousarray(volume, dtype=np.float32)
+        write_nifti(volume, image.affine, output, header=header)
+    except OSError as err:  # disk full, read-only folder: nothing half-written is left
+        raise DataError(f"{output}: cannot write ({err.strerror or err})") from None
     return {
         "output": str(output),
         "method": payload["method"],
@@ -278,6 +320,54 @@ def nifti_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.name.endswith(NIFTI_OUT))
 
 
+def _older_translation(folder: Path) -> bool:
+    """A folder written by `dfbk translate -o` before output markers: NIfTI files only, each
+    marked a dfbk prediction in its header (`_output_header`)."""
+    entries = list(folder.iterdir())
+    if not entries or any(not p.is_file() or not p.name.endswith(NIFTI_OUT) for p in entries):
+        return False
+    try:
+        descriptions = [nib.load(str(p)).header["descrip"].tobytes() for p in entries]
+    except (OSError, ValueError, nib.filebasedimages.ImageFileError):  # not ours, then
+        return False
+    return all(d.startswith(b"dfbk ") for d in descriptions)
+
+
+def _request(
+    members: list[Member], sources: list[Path], masks: list, knowledge: Path | None
+) -> dict[str, Any]:
+    """What a folder translation is made from: a resumed one must have been asked the same."""
+
+    def stamp(path: Path) -> list:
+        info = path.stat()
+        return [str(path.resolve()), info.st_size, info.st_mtime_ns]
+
+    return {
+        "checkpoints": [stamp(m.checkpoint) for m in members],
+        "sources": [stamp(s) for s in sources],
+        "masks": [None if m is None else stamp(m) for m in masks],
+        "knowledge": None if knowledge is None else stamp(Path(knowledge)),
+    }
+
+
+def _staging(staging: Path, request: dict[str, Any]) -> dict[str, Any]:
+    """The volumes an interrupted run of the same request finished in `staging`; a staging
+    folder of another request is cleared, one that dfbk did not make is refused."""
+    from dfbk.data.outputs import made_by
+
+    if staging.is_dir() and not any(staging.iterdir()):
+        staging.rmdir()  # killed before its marker was written
+    if staging.exists():
+        marker = made_by(staging)
+        if marker is None or marker["verb"] != "translate":
+            raise DataError(f"{staging}: exists and was not made by `dfbk translate`; move it")
+        if marker.get("request") == request:
+            done = marker.get("volumes") or {}
+            return {n: i for n, i in done.items() if (staging / n).is_file()}
+        shutil.rmtree(staging)
+    return {}
+
+
 def translate_folder(
     checkpoints: Path | list[Path],
     in_dir: Path,
@@ -290,20 +380,26 @@ def translate_folder(
 ) -> list[dict[str, Any]]:
     """nnU-Net style: every NIfTI in `in_dir` -> the same file name in `out_dir`.
 
-    The models are loaded once for all volumes; each output is written atomically, so an
-    error on one volume leaves the finished ones and no partial file. `mask_dir`, when given,
-    holds a mask of the same file name per volume.
+    The models are loaded once for all volumes. Outputs are written into the hidden sibling
+    `.{out_dir name}.partial`, whose marker lists each finished volume; the folder is renamed to
+    `out_dir` only when every volume is in, so `out_dir` never holds an incomplete set. A rerun
+    of the same request (checkpoints, volumes, masks, knowledge unchanged) keeps the volumes
+    an interrupted run finished. `out_dir` follows `dfbk.data.outputs.claim_folder`: absent,
+    empty or an earlier `dfbk translate` output, never an input's folder. `mask_dir`, when
+    given, holds a mask of the same file name per volume.
     """
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    from dfbk.data.outputs import claim_folder, mark, publish, staging_folder
+
+    in_dir = Path(in_dir)
     if not in_dir.is_dir():
         raise DataError(f"{in_dir}: not a folder of NIfTI volumes")
     sources = nifti_files(in_dir)
     if not sources:
         raise DataError(f"{in_dir}: no .nii or .nii.gz volume in this folder")
-    if out_dir.exists() and out_dir.resolve() == in_dir.resolve():
-        raise DataError(f"{out_dir}: is the input folder; outputs would overwrite the inputs")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"{out_dir}: exists and is not a folder")
+    single = isinstance(checkpoints, str | Path)
+    inputs = [("input folder", in_dir), ("mask folder", mask_dir), ("knowledge", knowledge)]
+    inputs += [("checkpoint", Path(c)) for c in ([checkpoints] if single else checkpoints)]
+    out_dir = claim_folder(out_dir, "translate", inputs, legacy=_older_translation)
     masks = [None] * len(sources)
     if mask_dir is not None:
         masks = [Path(mask_dir) / s.name for s in sources]
@@ -311,11 +407,29 @@ def translate_folder(
         if missing:
             raise DataError(f"{missing[0]}: no mask of this name for {in_dir / missing[0].name}")
     members = load_members(checkpoints, device, knowledge, ensemble)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [
-        translate_with(members, src, out_dir / src.name, batch_size, mask)
-        for src, mask in zip(sources, masks, strict=True)
-    ]
+    staging = staging_folder(out_dir, "partial")
+    request = _request(members, sources, masks, knowledge)
+    done = _staging(staging, request)
+    if done:
+        print(
+            f"dfbk translate: {len(done)} of {len(sources)} volumes already in {staging} "
+            "(an interrupted run); translating the rest",
+            file=sys.stderr,
+        )
+    try:
+        staging.mkdir(parents=True, exist_ok=True)
+        mark(staging, "translate", complete=False, request=request, volumes=done)
+        for src, mask in zip(sources, masks, strict=True):
+            if src.name not in done:
+                info = translate_with(members, src, staging / src.name, batch_size, mask)
+                done[src.name] = {**info, "output": str(out_dir / src.name)}
+                mark(staging, "translate", complete=False, request=request, volumes=done)
+        mark(staging, "translate", complete=True, request=request, volumes=done)
+        publish(staging, out_dir, "translate", legacy=_older_translation)
+    except OSError as err:  # disk full, read-only: one line; finished volumes stay staged
+        where = err.filename or staging
+        raise DataError(f"{where}: cannot write ({err.strerror or err})") from None
+    return [done[src.name] for src in sources]
 
 
 def _subject_name(source: Path) -> str:

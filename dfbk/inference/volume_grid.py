@@ -21,9 +21,27 @@ from dfbk.errors import DataError
 RAS = axcodes2ornt("RAS")
 
 
+def check_affine(path: Path, affine: np.ndarray | None) -> None:
+    """Refuse a voxel-to-world affine that maps no 3-D grid: not finite, or singular (a zero
+    or collinear axis in the sform/qform), which has no orientation to slice along."""
+    matrix = None if affine is None else np.asarray(affine, dtype=np.float64)[:3, :3]
+    if matrix is not None and np.isfinite(matrix).all():
+        lengths = np.linalg.norm(matrix, axis=0)
+        # |det| over the product of the axis lengths is the sine-volume of the axes: 1 for
+        # orthogonal ones, 0 for a degenerate grid; 1e-6 leaves any real scanner's shear alone.
+        if lengths.all() and abs(np.linalg.det(matrix)) > 1e-6 * lengths.prod():
+            return
+    raise DataError(
+        f"{path}: its voxel-to-world affine (sform/qform) is singular or not finite, so the "
+        "volume has no orientation; fix the header"
+    )
+
+
 def read_3d(path: Path, role: str = "volume") -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Load an image as float32 3-D data in its stored orientation; refuse 4-D and NaN/Inf."""
+    """Load an image as float32 3-D data in its stored orientation; refuse 4-D, NaN/Inf and
+    an affine with no orientation."""
     image = load_image(Path(path))
+    check_affine(path, image.affine)
     data = np.asarray(image.get_fdata(dtype=np.float32))
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]

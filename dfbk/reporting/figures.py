@@ -21,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dfbk.data.io import atomic_path
+from dfbk.data.outputs import check_file_outputs
 from dfbk.data.slices.splits import read_split
 from dfbk.data.slices.store import SliceStore
 from dfbk.errors import DataError
@@ -178,6 +179,11 @@ def make_comparison_figure(
     """
     if not pred_dirs:
         raise DataError("no prediction folders given: nothing to compare")
+    formats = tuple(dict.fromkeys((Path(out_png).suffix.lstrip(".") or "png", *formats)))
+    folders = [f for runs in _by_seed(pred_dirs).values() for f in runs.values()]
+    inputs = [("slice store", store_dir), ("split", split_path)]
+    inputs += [("predictions folder", folder) for folder in folders]
+    check_file_outputs([Path(out_png).with_suffix(f".{f}") for f in formats], "figure", inputs)
     store = SliceStore(store_dir)
     source_mod, target_mod = parse_direction(direction)
     subject = subject or pick_subject(store, read_split(split_path)["test"])
@@ -211,5 +217,4 @@ def make_comparison_figure(
         "(PSNR/SSIM over the foreground)"
     )
     fig = _draw(panels, methods, title)
-    formats = tuple(dict.fromkeys((Path(out_png).suffix.lstrip(".") or "png", *formats)))
     return save_figure(fig, Path(out_png), formats)[0]

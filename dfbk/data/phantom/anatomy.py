@@ -26,6 +26,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from dfbk.data.outputs import claim_folder, mark
 from dfbk.data.phantom.tissues import (
     LESION_LABELS,
     TISSUE_NAMES,
@@ -476,9 +477,11 @@ def generate_phantom_dataset(
         _check_lesion(lesion)
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
-    out_dir = Path(out_dir)
+    out_dir = claim_folder(out_dir, "phantom")
     manifest_path = out_dir / "subjects.json"
     previous = _previous_lesions(manifest_path, seed, float(voxel_mm))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mark(out_dir, "phantom", layout="phantom")
     entries = []
     for index in range(n_subjects):
         name, lesion = f"phantom-{index:03d}", lesions[index % len(lesions)]

@@ -37,6 +37,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from dfbk.data.outputs import claim_folder, mark
 from dfbk.data.phantom.anatomy import PhantomSubject, make_phantom_subject
 
 LAYOUTS: tuple[str, ...] = ("brats2023", "isles2015", "synthrad2023")
@@ -277,7 +278,7 @@ def generate_layout_dataset(
             raise ValueError(f"{layout} phantom: lesion {lesion!r} not one of {spec.lesions}")
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
-    out_dir = Path(out_dir)
+    out_dir = claim_folder(out_dir, "phantom", legacy=lambda f: (f / MANIFEST).is_file())
     settings = {
         "layout": layout,
         "seed": seed,
@@ -292,6 +293,8 @@ def generate_layout_dataset(
                 f"{manifest}: made with {', '.join(f'{k}={old.get(k)}' for k in settings)}; "
                 "refusing to mix settings (remove the folder to regenerate)"
             )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mark(out_dir, "phantom", layout=layout)
     names = []
     for index in range(n_subjects):
         name = spec.subject_name(index)

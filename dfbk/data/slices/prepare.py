@@ -9,7 +9,6 @@ read by a process pool), so memory does not grow with the dataset.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +25,7 @@ from dfbk.data.datasets.base import DatasetAdapter, SubjectFiles
 from dfbk.data.datasets.foreground import otsu_foreground
 from dfbk.data.io import read_volume, write_text
 from dfbk.data.normalise import normalisation_name, normalise
+from dfbk.data.outputs import claim_folder, mark, publish, staging_folder
 from dfbk.data.slices.store import StoreWriter
 from dfbk.errors import DataError
 
@@ -217,7 +217,7 @@ def _inputs(subject: SubjectFiles, raw_dir: Path) -> list[dict]:
 
 def _remove_stale(out_dir: Path, skipped_csv: Path | None) -> None:
     """Temporaries left by a killed or failed earlier run (atomic writes, the staging folder)."""
-    shutil.rmtree(out_dir.with_name(f".{out_dir.name}.tmp"), ignore_errors=True)
+    shutil.rmtree(staging_folder(out_dir), ignore_errors=True)
     for path in [out_dir, skipped_csv]:
         if path is not None:
             for stale in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
@@ -287,9 +287,10 @@ def _prepare_unlocked(
     """`prepare_dataset`'s work, run while it holds `prepare_lock`."""
     adapter: DatasetAdapter = get_adapter(dataset, layout)
     adapter.check_modalities(modalities)
-    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    raw_dir = Path(raw_dir)
+    out_dir = claim_folder(out_dir, "prepare", {"raw folder": raw_dir})  # never the raw data
     subjects = adapter.find_subjects(raw_dir)
-    tmp_dir = out_dir.with_name(f".{out_dir.name}.tmp")
+    tmp_dir = staging_folder(out_dir)
     _remove_stale(out_dir, skipped_csv)
     try:
         try:
@@ -309,9 +310,8 @@ def _prepare_unlocked(
             if skipped_csv is not None:
                 rows = [f'{n},"{r.replace(chr(34), chr(39))}"' for n, r in skipped]
                 write_text(Path(skipped_csv), "\n".join(["subject,reason", *rows]) + "\n")
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp_dir, out_dir)
+            mark(tmp_dir, "prepare")
+            publish(tmp_dir, out_dir, "prepare")
         except OSError as err:  # disk full, permissions: one line naming the path
             where = err.filename or tmp_dir
             raise DataError(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from dfbk.data.io import write_text
+from dfbk.data.outputs import claim_folder, mark, publish, staging_folder
 from dfbk.data.sources.archives import MAX_EXTRACT_BYTES, MAX_RATIO, extract_archive
 from dfbk.data.sources.fetch import USER_AGENT, DownloadError, fetch, parse_checksum
 from dfbk.data.sources.synapse import fetch_synapse_file
@@ -218,11 +219,11 @@ def zenodo_archives(settings: dict[str, Any], work: Path) -> list[Path]:
 def download_dataset(
     dataset: str, out_dir: Path, downloads_dir: Path, overrides: dict[str, Any] | None = None
 ) -> Path:
-    """Fetch, verify and extract `dataset` into `out_dir` (which must not exist yet)."""
+    """Fetch, verify and extract `dataset` into `out_dir`: absent, empty, or an earlier
+    download (`dfbk.data.outputs.claim_folder`)."""
     settings = source_settings(dataset, overrides)
-    out_dir, work = Path(out_dir), Path(downloads_dir) / dataset
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise DownloadError(f"{out_dir}: already exists and is not empty; delete it to redo")
+    work = Path(downloads_dir) / dataset
+    out_dir = claim_folder(out_dir, "download", {"downloads folder": work})
     work.mkdir(parents=True, exist_ok=True)
     if settings["source"] == "zenodo":
         archives = zenodo_archives(settings, work)
@@ -231,7 +232,7 @@ def download_dataset(
         archives = [
             fetch_synapse_file(settings["synapse_id"], name, work, settings["md5"], out_dir)
         ]
-    staging = out_dir.with_name(f".{out_dir.name}.staging")
+    staging = staging_folder(out_dir, "staging")
     shutil.rmtree(staging, ignore_errors=True)
     try:
         for archive in archives:
@@ -252,9 +253,8 @@ def download_dataset(
             "extracted_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
         write_text(staging / PROVENANCE_FILE, json.dumps(provenance, indent=2) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()
-        staging.replace(out_dir)
+        mark(staging, "download", dataset=dataset)
+        publish(staging, out_dir, "download")
     except OSError as err:  # disk full, permissions: one line naming the path, staging removed
         where = err.filename or staging
         raise DownloadError(

@@ -210,50 +210,84 @@ def _source(weight_set: WeightSet, item: WeightFile, from_file: Path) -> Path:
     return path
 
 
-def _copy_verified(source: Path, dest: Path, sha256: str | None, size: int | None) -> None:
-    """Copy to `<dest>.part`, verify, then rename: a file with the final name is whole."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
+def _copy_verified(source: Path, staged: Path, sha256: str | None, size: int | None) -> None:
+    """Copy `source` to `staged` and verify it; on a mismatch nothing is left behind."""
+    staged.parent.mkdir(parents=True, exist_ok=True)
     try:
-        shutil.copyfile(source, part)
+        shutil.copyfile(source, staged)
     except OSError as err:
-        part.unlink(missing_ok=True)
-        raise WeightsError(f"{dest}: cannot copy {source} ({err.strerror or err})") from None
-    problem = verify(part, {"sha256": sha256} if sha256 else None, size)
+        staged.unlink(missing_ok=True)
+        raise WeightsError(f"{staged}: cannot copy {source} ({err.strerror or err})") from None
+    problem = verify(staged, {"sha256": sha256} if sha256 else None, size)
     if problem is not None:
-        part.unlink()
+        staged.unlink()
         raise WeightsError(
             f"{source}: {problem}; not the published file (or not the one recorded in "
             f"{LOCK_NAME} at the first download)"
         )
-    os.replace(part, dest)
 
 
-def _place(
+def _known_sha(item: WeightFile, previous: dict[str, Any]) -> str | None:
+    """The published SHA-256 of a file, else the one the lock recorded, else None."""
+    return item.sha256 or previous.get(item.target, {}).get("sha256")
+
+
+def _staged_name(dest: Path) -> Path:
+    """Where a file waits, verified, until the whole set has passed its checks."""
+    return dest.with_name(dest.name + ".new")
+
+
+def _stage(
     weight_set: WeightSet,
     item: WeightFile,
     root: Path,
     record: dict[str, Any],
     from_file: Path | None,
     retries: int,
-) -> dict[str, Any]:
-    """Put one file in place and return its lock entry (sha256, size, how it is verified)."""
+) -> Path | None:
+    """Fetch or copy one file to its staged name and verify it; None when the file in place
+    already verifies against a known hash (or, downloading with no hash known, is kept).
+
+    A file in place that no hash vouches for is never overwritten by a different copy: it
+    was not recorded by this command (`dfbk.data.outputs`: a command replaces only what it
+    made).
+    """
     dest = root / item.target
     sha256 = item.sha256 or record.get("sha256")
     size = item.size or record.get("size")
+    checksums = {"sha256": sha256} if sha256 else None
+    staged = _staged_name(dest)
+    if staged.exists() and sha256 is not None and verify(staged, checksums, size) is None:
+        return staged  # verified by an earlier run that failed on another file of the set
+    staged.unlink(missing_ok=True)
     try:
         if from_file is not None:
             source = _source(weight_set, item, from_file)
-            if not dest.exists() or verify(dest, {"sha256": sha256} if sha256 else None, size):
-                _copy_verified(source, dest, sha256, size)
+            if dest.exists() and sha256 is not None and verify(dest, checksums, size) is None:
+                return None
+            if dest.exists() and sha256 is None:
+                theirs, ours = (file_digests(p, ["sha256"])["sha256"] for p in (source, dest))
+                if theirs == ours:
+                    return None
+                raise WeightsError(
+                    f"{dest}: already there, differs from {source} and is not recorded in "
+                    f"{root / LOCK_NAME}; move it away to install this copy"
+                )
+            _copy_verified(source, staged, sha256, size)
+        elif dest.exists() and (sha256 is None or verify(dest, checksums, size) is None):
+            return None  # a download kept in place; the set's own check (fetch_weights) reads it
         else:
-            fetch(item.url, dest, {"sha256": sha256} if sha256 else None, size, retries)
+            fetch(item.url, staged, checksums, size, retries)
     except DownloadError as err:
         raise WeightsError(f"{err}; " + howto(weight_set.name)) from err
-    digest = file_digests(dest, ["sha256"])["sha256"]
+    return staged
+
+
+def _entry(item: WeightFile, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The lock entry of a verified file: its sha256, size and how it is verified."""
     return {
-        "sha256": digest,
-        "size": dest.stat().st_size,
+        "sha256": file_digests(path, ["sha256"])["sha256"],
+        "size": path.stat().st_size,
         "url": item.url,
         "verified": "published sha256" if item.sha256 else record.get("verified", UNKNOWN),
         "recorded_at": record.get("recorded_at") or datetime.now(UTC).isoformat(timespec="seconds"),
@@ -261,6 +295,17 @@ def _place(
 
 
 # ----- after the files: what each library needs besides them --------------------------------
+def _check_biomedclip(config_path: Path, shown: Path) -> None:
+    """The open_clip config must name the text model whose files this set fetches; `shown` is
+    the file messages name (the user's, not the staged copy)."""
+    try:
+        text_repo = json.loads(config_path.read_text())["model_cfg"]["text_cfg"]["hf_model_name"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise WeightsError(f"{shown}: not BiomedCLIP's open_clip config ({err})") from err
+    if text_repo != TEXT_REPO:
+        raise WeightsError(f"{shown}: names text model {text_repo}, but {TEXT_REPO} was fetched")
+
+
 def _finish_biomedclip(root: Path) -> list[str]:
     """refs/main of both repositories -> the pinned commits (the offline loader follows refs)."""
     notes = []
@@ -272,15 +317,6 @@ def _finish_biomedclip(root: Path) -> list[str]:
             write_text(ref, revision)  # no newline: huggingface_hub reads the file verbatim
             if old:
                 notes.append(f"{repo}: refs/main moved from {old} to the pinned {revision}")
-    config_path = root / WEIGHT_SETS["biomedclip"].files[0].target
-    try:
-        text_repo = json.loads(config_path.read_text())["model_cfg"]["text_cfg"]["hf_model_name"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise WeightsError(f"{config_path}: not BiomedCLIP's open_clip config ({err})") from err
-    if text_repo != TEXT_REPO:
-        raise WeightsError(
-            f"{config_path}: names text model {text_repo}, but {TEXT_REPO} was fetched"
-        )
     return notes
 
 
@@ -307,14 +343,29 @@ def convert_vit_npz(npz: Path, out: Path) -> Path:
     return out
 
 
-def _finish_resvit(root: Path, entry: dict[str, Any]) -> list[str]:
-    """Convert the .npz once per content (the lock records which .npz the file came from)."""
-    out = root / VIT_SAFETENSORS
-    if out.exists() and entry.get("converted_from") == entry["sha256"]:
-        return []
-    convert_vit_npz(root / VIT_NPZ, out)
-    entry["converted_from"] = entry["sha256"]
-    return [f"converted to {out} (timm vit_base_r50_s16_224 state dict)"]
+def _convert_resvit(
+    root: Path, npz: Path, source: Path, digest: str, previous: dict[str, Any] | None
+) -> Path | None:
+    """Convert the staged (or placed) .npz, whose sha256 is `digest`, to a staged
+    .safetensors; None when the one in place was converted by this command from the same
+    content (the lock's `converted_from`). `source`: the file messages name (the user's).
+
+    A .safetensors in place that the lock does not record as converted here is not replaced.
+    """
+    out, previous = root / VIT_SAFETENSORS, previous or {}
+    if out.exists() and previous.get("converted_from") == digest:
+        return None
+    if out.exists() and "converted_from" not in previous:
+        raise WeightsError(
+            f"{out}: already there and not recorded in {root / LOCK_NAME} as converted by "
+            "`dfbk weights`; move it away to convert again"
+        )
+    staged = _staged_name(out)
+    try:
+        convert_vit_npz(npz, staged)
+    except WeightsError as err:  # name the file the user gave, not the staged copy
+        raise WeightsError(str(err).replace(str(npz), str(source))) from None
+    return staged
 
 
 # ----- the command --------------------------------------------------------------------------
@@ -326,27 +377,57 @@ def fetch_weights(
 ) -> dict[str, Any]:
     """Fetch (or copy with `from_file`) and verify weight set `name` under `dest`.
 
-    `dest` defaults to where the consuming library looks (see the module docstring). Returns a
-    receipt: the root, each file's path and SHA-256, and how to point the library at the root.
+    `dest` defaults to where the consuming library looks (see the module docstring). Every
+    file is first staged beside its final name (`<name>.new`) and verified; the set's own check
+    (BiomedCLIP's config names its text model; the ViT `.npz` converts) runs on the staged
+    files; only then are they renamed into place and their hashes recorded in the lock, so a
+    refused file leaves nothing behind and pins nothing. Returns a receipt: the root, each
+    file's path and SHA-256, and how to point the library at the root.
     """
     weight_set = get_weight_set(name)
     root = Path(dest) if dest is not None else weight_set.default_root()
     root.mkdir(parents=True, exist_ok=True)
     lock = _read_lock(root)
-    records = lock.setdefault(name, {})
-    notes: list[str] = []
-    for item in weight_set.files:
-        previous = records.get(item.target, {})
-        entry = _place(weight_set, item, root, previous, from_file, retries)
-        if "converted_from" in previous:
-            entry["converted_from"] = previous["converted_from"]
-        records[item.target] = entry
-        _write_lock(root, lock)  # a hash recorded now survives a failure on the next file
-    if name == "biomedclip":
-        notes += _finish_biomedclip(root)
-    elif name == "resvit-vit":
-        notes += _finish_resvit(root, records[VIT_NPZ])
-        _write_lock(root, lock)
+    previous = lock.get(name, {})
+    staged: dict[str, Path] = {}  # target -> verified file waiting for its final name
+    converted = None
+    try:
+        for item in weight_set.files:
+            path = _stage(weight_set, item, root, previous.get(item.target, {}), from_file, retries)
+            if path is not None:
+                staged[item.target] = path
+        placed = {f.target: staged.get(f.target, root / f.target) for f in weight_set.files}
+        records = {
+            item.target: _entry(item, placed[item.target], previous.get(item.target, {}))
+            for item in weight_set.files
+        }
+        given = weight_set.files[0]  # named in messages: the user's file, or the download
+        shown = _source(weight_set, given, from_file) if from_file else root / given.target
+        if name == "biomedclip":
+            _check_biomedclip(placed[given.target], shown)
+        elif name == "resvit-vit":
+            npz = records[VIT_NPZ]["sha256"]
+            converted = _convert_resvit(root, placed[VIT_NPZ], shown, npz, previous.get(VIT_NPZ))
+            if converted is not None:
+                staged[VIT_SAFETENSORS] = converted
+            records[VIT_NPZ]["converted_from"] = records[VIT_NPZ]["sha256"]
+        for target, path in staged.items():  # every check passed: install, then record
+            os.replace(path, root / target)
+        staged = {}
+    finally:  # refused: drop every copy, and downloads no hash vouches for; a verified
+        # download (a published or recorded hash) waits for the rerun instead of a new transfer
+        known = {f.target for f in weight_set.files if _known_sha(f, previous)}
+        known = set() if from_file is not None else known
+        for target, path in staged.items():
+            if target not in known:
+                path.unlink(missing_ok=True)
+    lock[name] = records
+    _write_lock(root, lock)
+    notes = _finish_biomedclip(root) if name == "biomedclip" else []
+    if converted is not None:
+        notes.append(
+            f"converted to {root / VIT_SAFETENSORS} (timm vit_base_r50_s16_224 state dict)"
+        )
     default = weight_set.default_root()
     use = weight_set.root_hint.replace("<dest>", str(root))
     if name != "resvit-vit" and root.resolve() == default.resolve():
