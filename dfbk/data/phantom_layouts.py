@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 
 from dfbk.data.phantom import PhantomSubject, make_phantom_subject
+from dfbk.data.phantom_tissues import Sequence, draw_protocol
 
 LAYOUTS: tuple[str, ...] = ("brats2023", "isles2015", "synthrad2023")
 MANIFEST = "phantom.json"
@@ -82,6 +83,17 @@ def isles_resolution(rng: np.random.Generator) -> Resolution:
     }
 
 
+def brats_protocol(rng: np.random.Generator, resolution: Resolution) -> dict[str, Sequence]:
+    """One BraTS site's sequences (`draw_protocol`): the native T1 is the 3-D gradient echo when
+    it was acquired at about 1 mm, a 2-D spin echo when in thicker slices."""
+    return draw_protocol(rng, t1n_3d=max(resolution["t1n"]) <= 1.5)
+
+
+def isles_protocol(rng: np.random.Generator, resolution: Resolution) -> dict[str, Sequence]:
+    """A stroke protocol's sequences: the 3-D T1 is an inversion-prepared gradient echo."""
+    return draw_protocol(rng, t1n_3d=True)
+
+
 @dataclass(frozen=True)
 class Layout:
     """How one dataset's phantom is made and written."""
@@ -93,6 +105,7 @@ class Layout:
     resolution: Callable[[np.random.Generator], Resolution] | None
     subject_name: Callable[[int], str]
     field_strengths: tuple[str, ...] = ("3T",)  # drawn per subject: "1.5T" or "3T"
+    protocol: Callable[[np.random.Generator, Resolution], dict[str, Sequence]] | None = None
 
 
 def _synthrad_name(index: int) -> str:
@@ -108,6 +121,7 @@ LAYOUT_SPECS: dict[str, Layout] = {
         brats_resolution,
         lambda i: f"BraTS-GLI-{i:05d}-000",
         ("1.5T", "3T"),
+        brats_protocol,
     ),
     "isles2015": Layout(
         "isles2015",
@@ -116,6 +130,7 @@ LAYOUT_SPECS: dict[str, Layout] = {
         (230.0, 230.0, 154.0),
         isles_resolution,
         lambda i: str(i + 1),
+        protocol=isles_protocol,
     ),
     "synthrad2023": Layout("synthrad2023", ("none", "tumour"), True, None, None, _synthrad_name),
 }
@@ -134,8 +149,8 @@ def make_layout_subject(
     """Subject `index` of the `layout` phantom, in RAS arrays (written LPS where the data are).
 
     Skull-stripped layouts have every image set to 0 outside the brain, as the real data are;
-    the acquisition geometry and field strength are drawn from their own stream
-    (`default_rng([seed, index, 1])`).
+    the acquisition geometry, field strength and sequence parameters are drawn from their own
+    stream (`default_rng([seed, index, 1])`).
     """
     spec = layout_spec(layout)
     lesion = spec.lesions[0] if lesion is None else lesion
@@ -144,6 +159,7 @@ def make_layout_subject(
     geometry = np.random.default_rng([seed, index, 1])
     resolution = spec.resolution(geometry) if spec.resolution else None
     field = str(geometry.choice(spec.field_strengths))
+    protocol = spec.protocol(geometry, resolution) if spec.protocol else None
     subject = make_phantom_subject(
         index,
         seed,
@@ -154,6 +170,8 @@ def make_layout_subject(
         extent_mm=spec.extent_mm,
         resolution=resolution,
         snr=SNR_15T if field == "1.5T" else SNR_3T,
+        protocol=protocol,
+        field_t=1.5 if field == "1.5T" else 3.0,
     )
     subject.name = spec.subject_name(index)
     if not spec.head:
