@@ -49,7 +49,8 @@ class PhantomSubject:
     `images`: modality -> float32 volume (MR in arbitrary units ~0-1000, CT in HU);
     `label`: uint8, 0 background, 1 necrosis, 2 oedema, 3 enhancing rim, 4 stroke;
     `head_mask`: uint8, 1 inside the head (brain + skull + scalp);
-    `tissues`: tissue -> float32 partial-volume fraction in [0, 1] (ground truth for tests).
+    `tissues`: tissue -> float32 partial-volume fraction in [0, 1] (ground truth for tests);
+    `protocol`: modality -> the sequence it was rendered with; `field_t`: field strength (T).
     """
 
     name: str
@@ -58,6 +59,8 @@ class PhantomSubject:
     head_mask: np.ndarray
     affine: np.ndarray
     tissues: dict[str, np.ndarray] = field(default_factory=dict)
+    protocol: dict[str, phantom_tissues.Sequence] = field(default_factory=dict)
+    field_t: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -104,9 +107,9 @@ def _sharpen(gm: np.ndarray, wm: np.ndarray, brain: np.ndarray):
     csf = np.clip(brain - gm - wm, 0.0, 1.0)
     powered = [np.power(p, TISSUE_SHARPENING) for p in (gm, wm, csf)]
     total = np.maximum(sum(powered), 1e-12)
-    return (brain * powered[0] / total).astype(np.float32), (
-        brain * powered[1] / total
-    ).astype(np.float32)
+    return (brain * powered[0] / total).astype(np.float32), (brain * powered[1] / total).astype(
+        np.float32
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -344,7 +347,7 @@ def _lesion_radius(
     return box, (np.sqrt(squared) / bumps).astype(np.float32)
 
 
-OEDEMA_EXTENT_MM = (3.0, 20.0)  # beyond the enhancing rim: "minor" (< 1 cm) to "major" (> 1 cm)
+OEDEMA_EXTENT_MM = (2.0, 16.0)  # beyond the enhancing rim: "minor" (< 1 cm) to "major" (> 1 cm)
 OEDEMA_MARGIN_GRADE = (0.2, 0.4)  # share of full oedema left at its outer margin
 
 
@@ -449,6 +452,35 @@ def _check_lesion(lesion: str) -> None:
         raise ValueError(f"unknown lesion type {lesion!r}; known: {', '.join(LESION_TYPES)}")
 
 
+def _checked(lesion: str, voxel_mm: float) -> float:
+    _check_lesion(lesion)
+    if not (np.isfinite(voxel_mm) and 0.5 <= voxel_mm <= 10.0):
+        raise ValueError(f"voxel_mm must be in [0.5, 10] mm, got {voxel_mm!r}")
+    return float(voxel_mm)
+
+
+def make_phantom_anatomy(
+    index: int,
+    seed: int,
+    voxel_mm: float = 2.0,
+    lesion: str = "none",
+    *,
+    structure: bool = False,
+    head: bool = True,
+    extent_mm: tuple[float, float, float] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The tissue fractions and labels of `make_phantom_subject` (same arguments), not rendered.
+
+    A third of the cost of a whole subject: enough to study lesion sizes over many subjects.
+    """
+    voxel_mm = _checked(lesion, voxel_mm)
+    anatomy_rng, lesion_rng, _, _ = np.random.default_rng([seed, index]).spawn(4)
+    extent = None if extent_mm is None else tuple(float(e) for e in extent_mm)
+    template = _template(voxel_mm, extent, structure)
+    tissues, _ = _anatomy(template, anatomy_rng, lesion_rng, voxel_mm, lesion, structure, head)
+    return tissues, _labels(tissues)
+
+
 def make_phantom_subject(
     index: int,
     seed: int,
@@ -468,32 +500,29 @@ def make_phantom_subject(
     Deterministic: uses `np.random.default_rng([seed, index])`, split into independent streams for
     anatomy, lesion and acquisition, so the same subject with or without a lesion shares its
     anatomy and noise. `lesion` is "none", "tumour" (labels 1-3) or "stroke" (label 4).
-    `structure` adds what real scans have and the smooth template lacks: sulci, per-tissue
-    texture and lobulated, heterogeneous lesions (the dataset-shaped phantoms of
-    `dfbk.data.phantom_layouts` use it). `head=False` leaves out skull and scalp; `extent_mm`
-    sets the field of view (default: the head plus a margin of air); `resolution` gives
-    modalities acquired coarser than the grid (modality -> FWHM per axis in mm); `snr` the range
-    of each sequence's white-matter signal-to-noise ratio; `protocol` replaces sequences of
+    `structure` adds what real scans have and the smooth template lacks: one brain's sharp
+    tissue boundaries, sulci, blood vessels, per-tissue texture and lobulated, heterogeneous
+    lesions with graded oedema (the dataset-shaped phantoms of `dfbk.data.phantom_layouts` use
+    it). `head=False` leaves out skull and scalp; `extent_mm` sets the field of view (default:
+    the head plus a margin of air); `resolution` gives modalities acquired coarser than the grid
+    (modality -> FWHM per axis in mm); `snr` the range of each sequence's white-matter
+    signal-to-noise ratio (per 1 mm^3 voxel); `protocol` replaces sequences of
     `dfbk.data.phantom_tissues.SEQUENCES` (e.g. one drawn by `draw_protocol`); `field_t` is the
     field strength in tesla (3 or 1.5), which sets the tissues' relaxation times.
     """
-    _check_lesion(lesion)
-    if not (np.isfinite(voxel_mm) and 0.5 <= voxel_mm <= 10.0):
-        raise ValueError(f"voxel_mm must be in [0.5, 10] mm, got {voxel_mm!r}")
+    voxel_mm = _checked(lesion, voxel_mm)
     streams = np.random.default_rng([seed, index]).spawn(4)
     anatomy_rng, lesion_rng, acquisition_rng, texture_rng = streams
     extent = None if extent_mm is None else tuple(float(e) for e in extent_mm)
-    template = _template(float(voxel_mm), extent, structure)
-    tissues, grade = _anatomy(
-        template, anatomy_rng, lesion_rng, float(voxel_mm), lesion, structure, head
-    )
-    texture = texture_fields(texture_rng, template.gm.shape, float(voxel_mm)) if structure else None
+    template = _template(voxel_mm, extent, structure)
+    tissues, grade = _anatomy(template, anatomy_rng, lesion_rng, voxel_mm, lesion, structure, head)
+    texture = texture_fields(texture_rng, template.gm.shape, voxel_mm) if structure else None
     images = render_images(
         tissues,
         acquisition_rng,
         texture,
         resolution,
-        float(voxel_mm),
+        voxel_mm,
         tuple(snr),
         protocol=protocol,
         field_t=field_t,
@@ -506,6 +535,8 @@ def make_phantom_subject(
         head_mask=(tissues["air"] < 0.5).astype(np.uint8),
         affine=template.affine.copy(),
         tissues=tissues,
+        protocol={**phantom_tissues.SEQUENCES, **(protocol or {})},
+        field_t=float(field_t),
     )
 
 

@@ -242,12 +242,16 @@ def subject_table(rng: np.random.Generator, field_t: float = 3.0) -> np.ndarray:
     """One subject's properties (`tissue_table` layout) at `field_t` tesla (3 or 1.5).
 
     Grey and white matter T1 and T2 are drawn between the sources of `RELAXATION_3T` (one
-    fraction for T1, one for T2, shared by both), the CSF's T2 within `CSF_T2_RANGE_MS`; every
-    other T1, T2, PD and ADC varies by `SUBJECT_JITTER`, HU by 3 (air stays). At 1.5 T, T1 and T2
+    fraction for T1, one for T2, shared by both), the CSF's T2 within `CSF_T2_RANGE_MS`, and
+    their PD is `WATER_CONTENT`'s; every other T1, T2, PD, and every ADC, varies by
+    `SUBJECT_JITTER`, HU by 3 (air stays). At 1.5 T, T1 and T2
     of the field-dependent tissues are scaled by `FIELD_1P5T_SCALE`.
     """
     table = tissue_table()
-    table[:, :4] *= np.clip(1.0 + SUBJECT_JITTER * rng.standard_normal((len(table), 4)), 0.9, 1.1)
+    jitter = np.clip(1.0 + SUBJECT_JITTER * rng.standard_normal((len(table), 4)), 0.9, 1.1)
+    for tissue in ("gm", "wm", "csf"):  # T1, T2 drawn below; PD from `WATER_CONTENT`
+        jitter[TISSUE_NAMES.index(tissue), :3] = 1.0
+    table[:, :4] *= jitter
     table[:, 4] += np.where(table[:, 2] > 0, rng.normal(0.0, 3.0, len(table)), 0.0)
     u_t1, u_t2 = rng.uniform(0.0, 1.0, 2)
     (low, high) = RELAXATION_3T.values()
@@ -388,6 +392,59 @@ def literature_ratio_range(
     return min(ratios), max(ratios)
 
 
+# Lesion relaxation relative to white matter (T1 ratio, T2 ratio), de Blank et al. 2019:
+# peritumoral white matter 1261 / 933 ms and 65 / 38 ms; high-grade tumour 1863 / 938 ms and
+# 90 / 38 ms (taken for the BraTS necrotic and non-enhancing core).
+LESION_RELAXATION_RATIO: dict[str, tuple[float, float]] = {
+    "oedema": (1261.0 / 933.0, 65.0 / 38.0),
+    "necrosis": (1863.0 / 938.0, 90.0 / 38.0),
+}
+LESION_PD_RANGE: tuple[float, float] = (_PD["wm"], 0.9)  # wetter than white matter; assumed
+
+
+def lesion_literature_ratio_range(
+    modality: str, lesion: str, field_t: float = 3.0, t1n_3d: bool = False
+) -> tuple[float, float]:
+    """Range of the lesion / white-matter signal ratio that `LESION_RELAXATION_RATIO` gives.
+
+    White matter from each source of `RELAXATION_3T`, the lesion's T1 and T2 that multiple of
+    it, its PD anywhere in `LESION_PD_RANGE` and its incidental MT between none and white
+    matter's, over the protocol grid of `literature_ratio_range`; before contrast.
+    """
+    import itertools
+
+    family = "t1c" if modality == "t1n" and t1n_3d else modality
+    ranges = PROTOCOL_RANGES[family]
+    names = list(ranges)
+    grids = [np.linspace(*ranges[n], 3) for n in names]
+    t1_scale, t2_scale = FIELD_1P5T_SCALE if field_t < 2.0 else (1.0, 1.0)
+    t1_ratio, t2_ratio = LESION_RELAXATION_RATIO[lesion]
+    mt_wm = TISSUES["wm"].mt
+    ratios = []
+    for source in RELAXATION_3T.values():
+        t1, t2 = source["wm"][0] * t1_scale, source["wm"][1] * t2_scale
+        for point in itertools.product(*grids):
+            params = dict(zip(names, point, strict=True))
+            if family == "t2f":
+                sequence = flair(params["tr_ms"], params["te_ms"])
+            elif family == "t1c":
+                sequence = ir_gradient_echo(params["ti_ms"], params["flip_deg"])
+            elif family == "t2w":
+                sequence = turbo_spin_echo(params["tr_ms"], params["te_ms"])
+            else:
+                sequence = Sequence(params["tr_ms"], params["te_ms"])
+            wm = signal_equation(t1, t2, _PD["wm"], 0.0, 0.0, BRAIN_T2STAR_MS, sequence)
+            for pd in LESION_PD_RANGE:
+                lesion_signal = signal_equation(
+                    t1 * t1_ratio, t2 * t2_ratio, pd, 0.0, 0.0, BRAIN_T2STAR_MS, sequence
+                )
+                ratio = float(lesion_signal / wm)
+                ratios.append(ratio)
+                if sequence.multislice_mt:
+                    ratios.append(ratio / (1.0 - mt_wm))
+    return min(ratios), max(ratios)
+
+
 def smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], spacing: float) -> np.ndarray:
     """Zero-mean, unit-SD random field varying over ~`spacing` voxels (float32).
 
@@ -476,6 +533,7 @@ def _textured(
     texture: dict[str, tuple[np.ndarray, np.ndarray]],
     value,
     grade: dict[str, tuple[str, np.ndarray]] | None = None,
+    scale: np.ndarray | None = None,
 ) -> np.ndarray:
     """Partial-volume sum over tissues of `value(k, t1, t2, pd, adc, hu, gd, t2s)` for tissue k.
 
@@ -483,7 +541,8 @@ def _textured(
     the tissue is present. `grade` maps a tissue to (partner tissue, per-voxel weight w in
     [0, 1]): its row is then w of its own and 1 - w of the partner's, mixed as relaxation rates
     (1/T1, 1/T2) and linearly otherwise (graded oedema: full oedema near the tumour, nearly
-    white matter at its margin).
+    white matter at its margin); `scale` (per tissue, the `tissue_scale` that `value` applies)
+    is mixed the same way.
     """
     grade = grade or {}
     constant = np.array([value(k, *row) for k, row in enumerate(table)], dtype=np.float32)
@@ -494,9 +553,12 @@ def _textured(
         if where.size == 0:
             continue
         t1, t2, pdv, adc, hu, gd, t2s = (np.full(where.size, v) for v in table[k])
+        factor = 1.0
         if name in grade:
             partner, weight = grade[name]
             w, other = weight[where], table[TISSUE_NAMES.index(partner)]
+            if scale is not None and scale[k] > 0:
+                factor = w + (1 - w) * scale[TISSUE_NAMES.index(partner)] / scale[k]
             t1, t2, t2s = (
                 1.0 / (w / v + (1 - w) / o)
                 for v, o in ((t1, other[0]), (t2, other[1]), (t2s, other[6]))
@@ -520,7 +582,7 @@ def _textured(
             gd,
             t2s * (1 + r),
         )
-        out[where] += fractions[k, where] * (varied - constant[k]).astype(np.float32)
+        out[where] += fractions[k, where] * (factor * varied - constant[k]).astype(np.float32)
     return out
 
 
@@ -579,9 +641,8 @@ def render_images(
             def value(k, t1, t2, pd, adc, hu, gd, t2s, sequence=sequence, scale=scale):
                 return scale[k] * signal_equation(t1, t2, pd, adc, gd, t2s, sequence)
 
-            clean = (gain * _textured(fractions, table, texture or {}, value, grade)).astype(
-                np.float32
-            )
+            clean = gain * _textured(fractions, table, texture or {}, value, grade, scale)
+            clean = clean.astype(np.float32)
         else:
             clean = (gain * mr_signal(table, sequence).astype(np.float32)) @ fractions
         if resolution and modality in resolution:
