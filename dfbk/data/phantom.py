@@ -347,6 +347,8 @@ def _lesion_radius(
     return box, (np.sqrt(squared) / bumps).astype(np.float32)
 
 
+TUMOUR_RADIUS_MM = (10.0, 26.0)  # outer radius of the enhancing rim
+RIM_THICKNESS_MM = (3.0, 9.0)
 OEDEMA_EXTENT_MM = (2.0, 16.0)  # beyond the enhancing rim: "minor" (< 1 cm) to "major" (> 1 cm)
 OEDEMA_MARGIN_GRADE = (0.2, 0.4)  # share of full oedema left at its outer margin
 
@@ -354,19 +356,19 @@ OEDEMA_MARGIN_GRADE = (0.2, 0.4)  # share of full oedema left at its outer margi
 def _add_tumour(
     tissues: dict, rng: np.random.Generator, voxel_mm: float, irregular: bool = False
 ) -> None:
-    """Glioblastoma-like lesion: necrotic core, enhancing rim 3-7 mm, white-matter oedema.
+    """Glioblastoma-like lesion: necrotic core, enhancing rim 3-9 mm, white-matter oedema.
 
     The core and rim displace all brain tissue; oedema replaces white matter only (vasogenic
-    oedema spreads along fibre tracts and spares the cortex). Sizes: outer radius of the
-    enhancing rim 12-22 mm, i.e. 7-45 ml before lobulation (preoperative enhancing volumes:
-    median 18.2 ml, interquartile range 8.2-41.7 ml, World Neurosurg 115:e448, 2018); the
+    oedema spreads along fibre tracts and spares the cortex). Sizes: `TUMOUR_RADIUS_MM` and
+    `RIM_THICKNESS_MM` give enhancing volumes around the preoperative glioblastomas' median of
+    18.2 ml, interquartile range 8.2-41.7 ml (World Neurosurg 115:e448, 2018); the
     oedema reaches `OEDEMA_EXTENT_MM` beyond the rim (Schoenegger et al., Eur J Neurol 16:874,
     2009, class oedema as minor, < 1 cm, or major, > 1 cm). With `irregular` (the dataset-shaped
     phantoms) the oedema is graded: `tissues["_oedema_grade"]` falls from 1 at the rim to
     `OEDEMA_MARGIN_GRADE` at the margin, where it fades into white matter.
     """
-    outer = rng.uniform(12.0, 22.0)  # mm, outer radius of the enhancing rim
-    core = outer - max(rng.uniform(3.0, 7.0), 1.5 * voxel_mm)
+    outer = rng.uniform(*TUMOUR_RADIUS_MM)  # outer radius of the enhancing rim
+    core = outer - max(rng.uniform(*RIM_THICKNESS_MM), 1.5 * voxel_mm)
     oedema_reach = outer + rng.uniform(*OEDEMA_EXTENT_MM)
     margin_grade = rng.uniform(*OEDEMA_MARGIN_GRADE)
     centre = _lesion_site(tissues, rng, voxel_mm, outer + 4.0)

@@ -47,7 +47,7 @@ import numpy as np
 from scipy import ndimage
 
 MR_FULL_SCALE = 1000.0  # arbitrary units: the brightest tissue lands at 750-950
-BIAS_AMPLITUDE: tuple[float, float] = (0.05, 0.15)  # peak relative change of the coil bias field
+BIAS_AMPLITUDE: tuple[float, float] = (0.03, 0.08)  # peak relative change of the coil bias field
 SUBJECT_JITTER = 0.03  # subject-level relative SD of the properties not drawn from `RELAXATION_3T`
 
 # (T1, T2) in ms at 3 T of white and grey matter, per source (module docstring). A subject's
