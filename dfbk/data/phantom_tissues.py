@@ -41,6 +41,7 @@ al., BMC Neurology 14:254, 2014: T2 TSE TR 2000-4000 / TE 80-120 ms; FLAIR TR 80
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -244,8 +245,8 @@ def subject_table(rng: np.random.Generator, field_t: float = 3.0) -> np.ndarray:
     Grey and white matter T1 and T2 are drawn between the sources of `RELAXATION_3T` (one
     fraction for T1, one for T2, shared by both), the CSF's T2 within `CSF_T2_RANGE_MS`, and
     their PD is `WATER_CONTENT`'s; every other T1, T2, PD, and every ADC, varies by
-    `SUBJECT_JITTER`, HU by 3 (air stays). At 1.5 T, T1 and T2
-    of the field-dependent tissues are scaled by `FIELD_1P5T_SCALE`.
+    `SUBJECT_JITTER`, HU by 3 (air stays). At 1.5 T, T1 and T2 of the field-dependent tissues
+    are scaled by `FIELD_1P5T_SCALE`.
     """
     table = tissue_table()
     jitter = np.clip(1.0 + SUBJECT_JITTER * rng.standard_normal((len(table), 4)), 0.9, 1.1)
@@ -276,7 +277,7 @@ def mr_signal(properties: np.ndarray, sequence: Sequence) -> np.ndarray:
     S = PD |1 - 2 e^(-TI/T1) + e^(-TR/T1)| e^(-TE/T2). Inversion-prepared gradient echo: the
     steady state of `_ir_gradient_echo`. Gadolinium shortens T1 as 1/T1' = 1/T1 + r1 [Gd].
     Diffusion weighting multiplies by e^(-b ADC), with fat suppressed; spin echoes lose flowing
-    blood (`tissue_scale`).
+    blood and multi-slice fast spin echo the incidental MT (`tissue_scale`).
     """
     t1, t2, pd, adc, _, gd, t2s = properties.T
     return signal_equation(t1, t2, pd, adc, gd, t2s, sequence) * tissue_scale(sequence)
@@ -306,8 +307,8 @@ def _ir_gradient_echo(t1, sequence: Sequence):
 
     One cycle: inversion; recovery for TA = TI - n/2 spacing; n pulses of flip a, each followed
     by recovery over one echo spacing; recovery for TD to the next inversion. Every step is an
-    affine map of Mz, so the periodic steady state is the fixed point of their composition
-    (Deichmann et al. and the MP2RAGE literature derive the same closed form).
+    affine map of Mz, so the periodic steady state is the fixed point of their composition (a
+    closed form written here; the tests check it against a pulse-by-pulse simulation).
     """
     n, spacing = sequence.n_readout, sequence.echo_spacing_ms
     ta = sequence.ti_ms - 0.5 * n * spacing
@@ -358,8 +359,6 @@ def literature_ratio_range(
     Multi-slice sequences count both with and without the incidental MT of `TISSUES` (its size
     is the phantom's model, not one of the cited measurements). No noise, blur or partial volume.
     """
-    import itertools
-
     family = "t1c" if modality == "t1n" and t1n_3d else modality
     ranges = PROTOCOL_RANGES[family]
     names = list(ranges)
@@ -411,8 +410,6 @@ def lesion_literature_ratio_range(
     it, its PD anywhere in `LESION_PD_RANGE` and its incidental MT between none and white
     matter's, over the protocol grid of `literature_ratio_range`; before contrast.
     """
-    import itertools
-
     family = "t1c" if modality == "t1n" and t1n_3d else modality
     ranges = PROTOCOL_RANGES[family]
     names = list(ranges)
