@@ -143,6 +143,12 @@ def t1n_is_3d(subject):
     return subject.protocol["t1n"].kind == "irgre"
 
 
+def test_fractions_sum_to_one_with_vessels_and_graded_oedema(brats_subjects):
+    for s in brats_subjects:
+        np.testing.assert_allclose(sum(s.tissues.values()), 1.0, atol=1e-5)
+        assert s.tissues["vessel"].max() > 0.5 and s.tissues["oedema"].max() > 0.5
+
+
 def test_demo_subjects_cover_both_fields_and_both_native_t1s(brats_subjects):
     assert [s.field_t for s in brats_subjects] == [3.0, 3.0, 1.5, 3.0]
     assert [t1n_is_3d(s) for s in brats_subjects] == [False, False, False, True]

@@ -313,10 +313,10 @@ def _add_vessels(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> No
     clumps = smooth_noise(rng, shape, 3.0 / voxel_mm) > 1.0
     vessel = np.maximum(vessel, (ventricles & clumps).astype(np.float32) * 0.8)
     lesion = sum(tissues[t] for t in LESION_LABELS)
-    vessel *= brain * np.clip(1.0 - 4.0 * lesion, 0.0, 1.0)
+    share = vessel * np.clip(1.0 - 4.0 * lesion, 0.0, 1.0)  # of the voxel's brain part
     for name in ("gm", "wm", "csf", *LESION_LABELS):
-        tissues[name] *= 1.0 - vessel
-    tissues["vessel"] = vessel.astype(np.float32)
+        tissues[name] *= 1.0 - share
+    tissues["vessel"] = (share * brain).astype(np.float32)
 
 
 def _lesion_radius(
