@@ -11,7 +11,7 @@ body mask) and the real evaluation protocols. Each layout also takes the real da
   view (240 x 240 x 155 mm; 1 mm gives its 240 x 240 x 155 grid) stored LPS like the released
   volumes, and each sequence blurred through-plane as acquired (Bakas et al., Sci Data 2017:
   T1 sagittal or axial 2-D, 1-6 mm; T1Gd 3-D 1 mm; T2 axial 2-D, 2-6 mm; FLAIR axial, coronal
-  or sagittal 2-D, 2-6 mm).
+  or sagittal 2-D, 2-6 mm), at 1.5 or 3 T with a protocol drawn per subject (`brats_protocol`).
 - `isles2015`: skull-stripped, FLAIR/T1/T2/DWI and an acute stroke label (`OT`, 0/1) in SISS
   folders `N/VSD.Brain.XX.O.MR_<Seq>.<id>/VSD.Brain.XX.O.MR_<Seq>.<id>.mha` (every second
   subject as `.nii`, so both readers are used), 230 x 230 x 154 mm, DWI as 5 mm EPI slices.
@@ -56,9 +56,9 @@ def _slab(rng: np.random.Generator, orientations: tuple[str, ...], lo: float, hi
     return tuple(fwhm)
 
 
-# White-matter SNR of one sequence at 3 T; a 1.5 T scan has about half (signal scales with the
-# field). BraTS pools 1.5 T and 3 T scanners of many institutions (Bakas et al. 2017), so each
-# BraTS-like subject is drawn at one of the two.
+# White-matter SNR of one sequence at 3 T, per 1 mm^3 voxel; a 1.5 T scan has about half (signal
+# scales with the field). BraTS pools 1.5 T and 3 T scanners of many institutions (Bakas et al.
+# 2017), so each BraTS-like subject is drawn at one of the two.
 SNR_3T: tuple[float, float] = (20.0, 40.0)
 SNR_15T: tuple[float, float] = (10.0, 20.0)
 
