@@ -18,7 +18,19 @@ from dfbk.data.phantom.anatomy import (
     make_phantom_subject,
     write_phantom_subject,
 )
-from dfbk.data.phantom.tissues import SEQUENCES, TISSUE_NAMES, mr_signal, tissue_table
+from dfbk.data.phantom.tissues import (
+    FIELD_1P5T_SCALE,
+    PROTOCOL_RANGES,
+    RELAXATION_3T,
+    SEQUENCES,
+    TISSUE_NAMES,
+    draw_protocol,
+    ir_gradient_echo,
+    mr_signal,
+    signal_equation,
+    subject_table,
+    tissue_table,
+)
 
 VOXEL_MM = 3.5
 PURE = 0.8  # a voxel counts as one tissue when that tissue fills >= 80% of it
@@ -143,6 +155,59 @@ def test_flair_inversion_time_nulls_csf():
     signal = mr_signal(tissue_table(), SEQUENCES["t2f"])
     csf, wm = TISSUE_NAMES.index("csf"), TISSUE_NAMES.index("wm")
     assert abs(signal[csf]) < 1e-3 * signal[wm]
+
+
+def test_ir_gradient_echo_matches_a_pulse_by_pulse_simulation():
+    """The closed-form MPRAGE steady state against Mz followed pulse by pulse over many cycles."""
+    sequence = ir_gradient_echo(ti_ms=1000.0, flip_deg=10.0)
+    t1 = np.array([300.0, 958.0, 1576.0, 3817.0])
+    n, spacing = sequence.n_readout, sequence.echo_spacing_ms
+    ta = sequence.ti_ms - n / 2 * spacing
+    td = sequence.tr_ms - ta - n * spacing
+    cos_a = np.cos(np.deg2rad(sequence.flip_deg))
+
+    def relax(mz, t):
+        return mz * np.exp(-t / t1) + 1.0 - np.exp(-t / t1)
+
+    mz = np.ones_like(t1)
+    for _ in range(30):  # the steady state is reached within a few cycles
+        mz = relax(-mz, ta)
+        for k in range(n):
+            if k == n // 2:
+                centre = mz.copy()
+            mz = relax(mz * cos_a, spacing)
+        mz = relax(mz, td)
+    expected = np.abs(centre) * np.sin(np.deg2rad(sequence.flip_deg)) * np.exp(-3.0 / 45.0)
+    got = signal_equation(t1, 1.0, 1.0, 0.0, 0.0, 45.0, sequence)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+
+
+def test_drawn_flair_nulls_csf_with_an_inversion_time_of_the_clinical_range():
+    """FLAIR TI follows from TR (8-12 s) and the CSF T1; Aalten et al. 2014 use TI 2200-2800 ms."""
+    rng = np.random.default_rng(0)
+    csf = TISSUE_NAMES.index("csf")
+    for _ in range(20):
+        flair = draw_protocol(rng)["t2f"]
+        assert (
+            PROTOCOL_RANGES["t2f"]["tr_ms"][0] <= flair.tr_ms <= PROTOCOL_RANGES["t2f"]["tr_ms"][1]
+        )
+        assert 2200.0 <= flair.ti_ms <= 2800.0
+        assert abs(mr_signal(tissue_table(), flair)[csf]) < 1e-6
+
+
+def test_subject_relaxation_lies_between_the_sources_and_scales_at_one_and_a_half_tesla():
+    low, high = RELAXATION_3T.values()
+    for seed in range(10):
+        at_3t = subject_table(np.random.default_rng(seed), 3.0)
+        at_15t = subject_table(np.random.default_rng(seed), 1.5)
+        for tissue in ("gm", "wm"):
+            k = TISSUE_NAMES.index(tissue)
+            for column in (0, 1):
+                bounds = sorted((low[tissue][column], high[tissue][column]))
+                assert bounds[0] <= at_3t[k, column] <= bounds[1]
+            np.testing.assert_allclose(at_15t[k, :2], at_3t[k, :2] * FIELD_1P5T_SCALE, rtol=1e-12)
+        csf = TISSUE_NAMES.index("csf")
+        assert at_15t[csf, 0] == at_3t[csf, 0]  # nearly free water: no field dependence here
 
 
 def test_same_seed_same_arrays_other_seed_differs(subjects):

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from dfbk.data.outputs import claim_folder, mark
+from dfbk.data.phantom import tissues as phantom_tissues
 from dfbk.data.phantom.tissues import (
     LESION_LABELS,
     TISSUE_NAMES,
@@ -49,7 +50,8 @@ class PhantomSubject:
     `images`: modality -> float32 volume (MR in arbitrary units ~0-1000, CT in HU);
     `label`: uint8, 0 background, 1 necrosis, 2 oedema, 3 enhancing rim, 4 stroke;
     `head_mask`: uint8, 1 inside the head (brain + skull + scalp);
-    `tissues`: tissue -> float32 partial-volume fraction in [0, 1] (ground truth for tests).
+    `tissues`: tissue -> float32 partial-volume fraction in [0, 1] (ground truth for tests);
+    `protocol`: modality -> the sequence it was rendered with; `field_t`: field strength (T).
     """
 
     name: str
@@ -58,6 +60,8 @@ class PhantomSubject:
     head_mask: np.ndarray
     affine: np.ndarray
     tissues: dict[str, np.ndarray] = field(default_factory=dict)
+    protocol: dict[str, phantom_tissues.Sequence] = field(default_factory=dict)
+    field_t: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -89,18 +93,43 @@ def _mni_1mm() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return gm, wm, mask, images[0].affine
 
 
+TISSUE_SHARPENING = 3.0  # exponent that turns the template's probabilities into tissue fractions
+
+
+def _sharpen(gm: np.ndarray, wm: np.ndarray, brain: np.ndarray):
+    """Grey and white matter fractions of one brain from the population's probability maps.
+
+    MNI152's maps average 152 registered brains, so over several millimetres around every
+    boundary a voxel is "half grey, half white": rendered as fractions, its tissues blend into
+    a continuum and the image histogram loses the separate grey- and white-matter peaks of a
+    real scan. Raising the three probabilities (grey, white, CSF) to `TISSUE_SHARPENING` and
+    renormalising keeps each voxel's most likely tissue and confines mixing to the boundary.
+    """
+    csf = np.clip(brain - gm - wm, 0.0, 1.0)
+    powered = [np.power(p, TISSUE_SHARPENING) for p in (gm, wm, csf)]
+    total = np.maximum(sum(powered), 1e-12)
+    return (brain * powered[0] / total).astype(np.float32), (brain * powered[1] / total).astype(
+        np.float32
+    )
+
+
 @functools.lru_cache(maxsize=8)
-def _template(voxel_mm: float, extent_mm: tuple[float, float, float] | None = None) -> _Template:
+def _template(
+    voxel_mm: float, extent_mm: tuple[float, float, float] | None = None, sharp: bool = False
+) -> _Template:
     """The MNI152 maps resampled to an isotropic `voxel_mm` grid (cached per grid).
 
     By default the grid is the brain's bounding box plus `_MARGIN_MM` of air (not extended below
     the template, where the brainstem is cut); with `extent_mm` it is a field of view of that
     size (e.g. BraTS's 240 x 240 x 155 mm) centred on the brain. Maps are Gaussian-smoothed
     before linear resampling so coarse voxels hold partial-volume fractions rather than aliased
-    samples.
+    samples. `sharp`: one brain's tissue fractions rather than the population's probabilities
+    (`_sharpen`, at 1 mm before resampling).
     """
     gm, wm, mask, affine_1mm = _mni_1mm()
     brain = np.clip(np.maximum(mask, gm + wm), 0, 1)
+    if sharp:
+        gm, wm = _sharpen(gm, wm, brain)
 
     inside = np.argwhere(mask > 0.5)
     lo_mm = affine_1mm[:3, :3] @ inside.min(0) + affine_1mm[:3, 3] - _MARGIN_MM
@@ -236,6 +265,59 @@ def _add_sulci(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> None
     moved = (tissues["gm"] * gap).astype(np.float32)
     tissues["gm"] -= moved
     tissues["csf"] += moved
+    tissues["_sulcus_distance"] = distance.astype(np.float32)  # mm to the nearest sulcal sheet
+
+
+VESSEL_RADIUS_MM = (0.8, 1.5)  # pial arteries and cortical veins
+SINUS_RADIUS_MM = (2.0, 3.0)  # superior sagittal sinus
+VESSEL_DEPTH_MM = 1.5  # pial vessels run in the sulci at the brain surface
+VESSEL_SHARE = 0.25  # share of the sulcal network at the surface that carries a visible vessel
+
+
+def _tube(distance_mm: np.ndarray, radius_mm: float, voxel_mm: float) -> np.ndarray:
+    """Partial-volume fraction of a tube of `radius_mm` at `distance_mm` from its axis."""
+    return np.clip((radius_mm - distance_mm) / voxel_mm + 0.5, 0.0, 1.0).astype(np.float32)
+
+
+def _add_vessels(tissues: dict, rng: np.random.Generator, voxel_mm: float) -> None:
+    """Blood vessels where a skull-stripped brain keeps them: pial vessels, sinus, choroid plexus.
+
+    Pial arteries and cortical veins run in the sulci over the brain surface: tubes along the
+    curves where the sulcal sheets (`tissues["_sulcus_distance"]`) meet the surface-parallel
+    shell at `VESSEL_DEPTH_MM`, kept where a smooth selector field picks `VESSEL_SHARE` of them.
+    The superior sagittal sinus follows the midline over the top of the brain; choroid plexus
+    clumps lie in the deep CSF of the ventricles. All take blood's properties (`vessel`): dark
+    on spin echoes (flow void), bright on the gradient-echo T1c. Vessels displace the tissue
+    they lie in and avoid the lesion.
+    """
+    depth = _brain_depth(tissues, voxel_mm)
+    shape = depth.shape
+    brain = tissues["brain"]
+    shell = np.abs(depth - VESSEL_DEPTH_MM)
+    selector = smooth_noise(rng, shape, 20.0 / voxel_mm)
+    keep = selector > np.quantile(selector, 1.0 - VESSEL_SHARE)
+    sulcus = tissues.get("_sulcus_distance")
+    vessel = np.zeros(shape, np.float32)
+    if sulcus is not None:
+        radius = rng.uniform(*VESSEL_RADIUS_MM)
+        vessel = np.where(keep, _tube(np.hypot(sulcus, shell), radius, voxel_mm), 0.0)
+    # Superior sagittal sinus: the midline (x) over the upper half of the brain.
+    inside = np.argwhere(brain >= 0.5)
+    centre = inside.mean(0)
+    x = (np.arange(shape[0]) - centre[0])[:, None, None] * voxel_mm
+    upper = (np.arange(shape[2]) > centre[2])[None, None, :]
+    sinus_r = rng.uniform(*SINUS_RADIUS_MM)
+    sinus = _tube(np.hypot(x, np.abs(depth - sinus_r)), sinus_r, voxel_mm) * upper
+    vessel = np.maximum(vessel, sinus)
+    # Choroid plexus: clumps in the ventricles' deep CSF.
+    ventricles = (tissues["csf"] >= 0.5) & (depth >= 20.0)
+    clumps = smooth_noise(rng, shape, 3.0 / voxel_mm) > 1.0
+    vessel = np.maximum(vessel, (ventricles & clumps).astype(np.float32) * 0.8)
+    lesion = sum(tissues[t] for t in LESION_LABELS)
+    share = vessel * np.clip(1.0 - 4.0 * lesion, 0.0, 1.0)  # of the voxel's brain part
+    for name in ("gm", "wm", "csf", *LESION_LABELS):
+        tissues[name] *= 1.0 - share
+    tissues["vessel"] = (share * brain).astype(np.float32)
 
 
 def _lesion_radius(
@@ -266,17 +348,30 @@ def _lesion_radius(
     return box, (np.sqrt(squared) / bumps).astype(np.float32)
 
 
+TUMOUR_RADIUS_MM = (10.0, 26.0)  # outer radius of the enhancing rim
+RIM_THICKNESS_MM = (3.0, 9.0)
+OEDEMA_EXTENT_MM = (2.0, 16.0)  # beyond the enhancing rim: "minor" (< 1 cm) to "major" (> 1 cm)
+OEDEMA_MARGIN_GRADE = (0.2, 0.4)  # share of full oedema left at its outer margin
+
+
 def _add_tumour(
     tissues: dict, rng: np.random.Generator, voxel_mm: float, irregular: bool = False
 ) -> None:
-    """Glioblastoma-like lesion: necrotic core, enhancing rim 3-7 mm, white-matter oedema.
+    """Glioblastoma-like lesion: necrotic core, enhancing rim 3-9 mm, white-matter oedema.
 
     The core and rim displace all brain tissue; oedema replaces white matter only (vasogenic
-    oedema spreads along fibre tracts and spares the cortex).
+    oedema spreads along fibre tracts and spares the cortex). Sizes: `TUMOUR_RADIUS_MM` and
+    `RIM_THICKNESS_MM` give enhancing volumes around the preoperative glioblastomas' median of
+    18.2 ml, interquartile range 8.2-41.7 ml (World Neurosurg 115:e448, 2018); the
+    oedema reaches `OEDEMA_EXTENT_MM` beyond the rim (Schoenegger et al., Eur J Neurol 16:874,
+    2009, class oedema as minor, < 1 cm, or major, > 1 cm). With `irregular` (the dataset-shaped
+    phantoms) the oedema is graded: `tissues["_oedema_grade"]` falls from 1 at the rim to
+    `OEDEMA_MARGIN_GRADE` at the margin, where it fades into white matter.
     """
-    outer = rng.uniform(12.0, 22.0)  # mm, outer radius of the enhancing rim
-    core = outer - max(rng.uniform(3.0, 7.0), 1.5 * voxel_mm)
-    oedema_reach = outer * rng.uniform(1.5, 2.2)
+    outer = rng.uniform(*TUMOUR_RADIUS_MM)  # outer radius of the enhancing rim
+    core = outer - max(rng.uniform(*RIM_THICKNESS_MM), 1.5 * voxel_mm)
+    oedema_reach = outer + rng.uniform(*OEDEMA_EXTENT_MM)
+    margin_grade = rng.uniform(*OEDEMA_MARGIN_GRADE)
     centre = _lesion_site(tissues, rng, voxel_mm, outer + 4.0)
     box, radius = _lesion_radius(tissues, rng, voxel_mm, centre, 1.3 * oedema_reach, irregular)
     brain = tissues["brain"][box]
@@ -288,6 +383,11 @@ def _add_tumour(
     tissues["wm"][box] *= 1.0 - swelling
     tissues["gm"][box] *= 1.0 - mass
     tissues["csf"][box] *= 1.0 - mass
+    if irregular:
+        depth = np.clip((radius - outer) / max(oedema_reach - outer, 1e-6), 0.0, 1.0)
+        grade = np.zeros_like(tissues["wm"])
+        grade[box] = 1.0 - (1.0 - margin_grade) * depth
+        tissues["_oedema_grade"] = grade
 
 
 def _add_stroke(
@@ -312,10 +412,12 @@ def _anatomy(
     structure: bool = False,
     head: bool = True,
 ):
-    """Tissue fractions (sum to 1 per voxel) of one subject, including the lesion.
+    """Tissue fractions (sum to 1 per voxel) of one subject, including the lesion, and the
+    oedema grade (None unless `structure` and a tumour).
 
-    `structure`: cut sulci into the cortex and give lesions lobulated outlines. `head`: wrap
-    the brain in skull, scalp fat and skin (without it, everything outside the brain is air).
+    `structure`: cut sulci into the cortex, add blood vessels and give lesions lobulated
+    outlines and graded oedema. `head`: wrap the brain in skull, scalp fat and skin (without it,
+    everything outside the brain is air).
     """
     gm, wm, brain = _deform_brain(template, rng, voxel_mm)
     scale = np.minimum(1.0, brain / np.maximum(gm + wm, 1e-6))  # GM + WM never exceed the brain
@@ -328,14 +430,16 @@ def _anatomy(
     else:
         zero = np.zeros_like(brain)
         tissues.update(bone=zero, fat=zero.copy(), skin=zero.copy(), air=1.0 - brain)
-    for name in LESION_LABELS:
+    for name in (*LESION_LABELS, "vessel"):
         tissues[name] = np.zeros_like(brain)
     if lesion == "tumour":
         _add_tumour(tissues, lesion_rng, voxel_mm, structure)
     elif lesion == "stroke":
         _add_stroke(tissues, lesion_rng, voxel_mm, structure)
-    del tissues["brain"]
-    return {name: tissues[name].astype(np.float32) for name in TISSUE_NAMES}
+    if structure:
+        _add_vessels(tissues, rng, voxel_mm)
+    grade = tissues.get("_oedema_grade")
+    return {name: tissues[name].astype(np.float32) for name in TISSUE_NAMES}, grade
 
 
 def _labels(tissues: dict[str, np.ndarray]) -> np.ndarray:
@@ -351,6 +455,35 @@ def _check_lesion(lesion: str) -> None:
         raise ValueError(f"unknown lesion type {lesion!r}; known: {', '.join(LESION_TYPES)}")
 
 
+def _checked(lesion: str, voxel_mm: float) -> float:
+    _check_lesion(lesion)
+    if not (np.isfinite(voxel_mm) and 0.5 <= voxel_mm <= 10.0):
+        raise ValueError(f"voxel_mm must be in [0.5, 10] mm, got {voxel_mm!r}")
+    return float(voxel_mm)
+
+
+def make_phantom_anatomy(
+    index: int,
+    seed: int,
+    voxel_mm: float = 2.0,
+    lesion: str = "none",
+    *,
+    structure: bool = False,
+    head: bool = True,
+    extent_mm: tuple[float, float, float] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The tissue fractions and labels of `make_phantom_subject` (same arguments), not rendered.
+
+    A third of the cost of a whole subject: enough to study lesion sizes over many subjects.
+    """
+    voxel_mm = _checked(lesion, voxel_mm)
+    anatomy_rng, lesion_rng, _, _ = np.random.default_rng([seed, index]).spawn(4)
+    extent = None if extent_mm is None else tuple(float(e) for e in extent_mm)
+    template = _template(voxel_mm, extent, structure)
+    tissues, _ = _anatomy(template, anatomy_rng, lesion_rng, voxel_mm, lesion, structure, head)
+    return tissues, _labels(tissues)
+
+
 def make_phantom_subject(
     index: int,
     seed: int,
@@ -362,30 +495,41 @@ def make_phantom_subject(
     extent_mm: tuple[float, float, float] | None = None,
     resolution: dict[str, tuple[float, float, float]] | None = None,
     snr: tuple[float, float] = (20.0, 40.0),
+    protocol: dict[str, phantom_tissues.Sequence] | None = None,
+    field_t: float = 3.0,
 ) -> PhantomSubject:
     """Synthesise subject `index` of the phantom for `seed` at isotropic `voxel_mm` (mm).
 
     Deterministic: uses `np.random.default_rng([seed, index])`, split into independent streams for
     anatomy, lesion and acquisition, so the same subject with or without a lesion shares its
     anatomy and noise. `lesion` is "none", "tumour" (labels 1-3) or "stroke" (label 4).
-    `structure` adds what real scans have and the smooth template lacks: sulci, per-tissue
-    texture and lobulated, heterogeneous lesions (the dataset-shaped phantoms of
-    `dfbk.data.phantom.layouts` use it). `head=False` leaves out skull and scalp; `extent_mm`
-    sets the field of view (default: the head plus a margin of air); `resolution` gives
-    modalities acquired coarser than the grid (modality -> FWHM per axis in mm); `snr` the range
-    of each sequence's white-matter signal-to-noise ratio.
+    `structure` adds what real scans have and the smooth template lacks: one brain's sharp
+    tissue boundaries, sulci, blood vessels, per-tissue texture and lobulated, heterogeneous
+    lesions with graded oedema (the dataset-shaped phantoms of `dfbk.data.phantom.layouts` use
+    it). `head=False` leaves out skull and scalp; `extent_mm` sets the field of view (default:
+    the head plus a margin of air); `resolution` gives modalities acquired coarser than the grid
+    (modality -> FWHM per axis in mm); `snr` the range of each sequence's white-matter
+    signal-to-noise ratio (per 1 mm^3 voxel); `protocol` replaces sequences of
+    `dfbk.data.phantom.tissues.SEQUENCES` (e.g. one drawn by `draw_protocol`); `field_t` is the
+    field strength in tesla (3 or 1.5), which sets the tissues' relaxation times.
     """
-    _check_lesion(lesion)
-    if not (np.isfinite(voxel_mm) and 0.5 <= voxel_mm <= 10.0):
-        raise ValueError(f"voxel_mm must be in [0.5, 10] mm, got {voxel_mm!r}")
+    voxel_mm = _checked(lesion, voxel_mm)
     streams = np.random.default_rng([seed, index]).spawn(4)
     anatomy_rng, lesion_rng, acquisition_rng, texture_rng = streams
     extent = None if extent_mm is None else tuple(float(e) for e in extent_mm)
-    template = _template(float(voxel_mm), extent)
-    tissues = _anatomy(template, anatomy_rng, lesion_rng, float(voxel_mm), lesion, structure, head)
-    texture = texture_fields(texture_rng, template.gm.shape, float(voxel_mm)) if structure else None
+    template = _template(voxel_mm, extent, structure)
+    tissues, grade = _anatomy(template, anatomy_rng, lesion_rng, voxel_mm, lesion, structure, head)
+    texture = texture_fields(texture_rng, template.gm.shape, voxel_mm) if structure else None
     images = render_images(
-        tissues, acquisition_rng, texture, resolution, float(voxel_mm), tuple(snr)
+        tissues,
+        acquisition_rng,
+        texture,
+        resolution,
+        voxel_mm,
+        tuple(snr),
+        protocol=protocol,
+        field_t=field_t,
+        oedema_grade=grade,
     )
     return PhantomSubject(
         name=f"phantom-{index:03d}",
@@ -394,6 +538,8 @@ def make_phantom_subject(
         head_mask=(tissues["air"] < 0.5).astype(np.uint8),
         affine=template.affine.copy(),
         tissues=tissues,
+        protocol={**phantom_tissues.SEQUENCES, **(protocol or {})},
+        field_t=float(field_t),
     )
 
 

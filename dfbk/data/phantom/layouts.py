@@ -12,7 +12,7 @@ body mask) and the real evaluation protocols. Each layout also takes the real da
   view (240 x 240 x 155 mm; 1 mm gives its 240 x 240 x 155 grid) stored LPS like the released
   volumes, and each sequence blurred through-plane as acquired (Bakas et al., Sci Data 2017:
   T1 sagittal or axial 2-D, 1-6 mm; T1Gd 3-D 1 mm; T2 axial 2-D, 2-6 mm; FLAIR axial, coronal
-  or sagittal 2-D, 2-6 mm).
+  or sagittal 2-D, 2-6 mm), at 1.5 or 3 T with a protocol drawn per subject (`brats_protocol`).
 - `isles2015`: skull-stripped, FLAIR/T1/T2/DWI and an acute stroke label (`OT`, 0/1) in SISS
   folders `N/VSD.Brain.XX.O.MR_<Seq>.<id>/VSD.Brain.XX.O.MR_<Seq>.<id>.mha` (every second
   subject as `.nii`, so both readers are used), 230 x 230 x 154 mm, DWI as 5 mm EPI slices.
@@ -39,6 +39,7 @@ from scipy import ndimage
 
 from dfbk.data.outputs import claim_folder, mark
 from dfbk.data.phantom.anatomy import PhantomSubject, make_phantom_subject
+from dfbk.data.phantom.tissues import Sequence, draw_protocol
 
 LAYOUTS: tuple[str, ...] = ("brats2023", "isles2015", "synthrad2023")
 MANIFEST = "phantom.json"
@@ -57,9 +58,9 @@ def _slab(rng: np.random.Generator, orientations: tuple[str, ...], lo: float, hi
     return tuple(fwhm)
 
 
-# White-matter SNR of one sequence at 3 T; a 1.5 T scan has about half (signal scales with the
-# field). BraTS pools 1.5 T and 3 T scanners of many institutions (Bakas et al. 2017), so each
-# BraTS-like subject is drawn at one of the two.
+# White-matter SNR of one sequence at 3 T, per 1 mm^3 voxel; a 1.5 T scan has about half (signal
+# scales with the field). BraTS pools 1.5 T and 3 T scanners of many institutions (Bakas et al.
+# 2017), so each BraTS-like subject is drawn at one of the two.
 SNR_3T: tuple[float, float] = (20.0, 40.0)
 SNR_15T: tuple[float, float] = (10.0, 20.0)
 
@@ -84,6 +85,17 @@ def isles_resolution(rng: np.random.Generator) -> Resolution:
     }
 
 
+def brats_protocol(rng: np.random.Generator, resolution: Resolution) -> dict[str, Sequence]:
+    """One BraTS site's sequences (`draw_protocol`): the native T1 is the 3-D gradient echo when
+    it was acquired at about 1 mm, a 2-D spin echo when in thicker slices."""
+    return draw_protocol(rng, t1n_3d=max(resolution["t1n"]) <= 1.5)
+
+
+def isles_protocol(rng: np.random.Generator, resolution: Resolution) -> dict[str, Sequence]:
+    """A stroke protocol's sequences: the 3-D T1 is an inversion-prepared gradient echo."""
+    return draw_protocol(rng, t1n_3d=True)
+
+
 @dataclass(frozen=True)
 class Layout:
     """How one dataset's phantom is made and written."""
@@ -95,6 +107,7 @@ class Layout:
     resolution: Callable[[np.random.Generator], Resolution] | None
     subject_name: Callable[[int], str]
     field_strengths: tuple[str, ...] = ("3T",)  # drawn per subject: "1.5T" or "3T"
+    protocol: Callable[[np.random.Generator, Resolution], dict[str, Sequence]] | None = None
 
 
 def _synthrad_name(index: int) -> str:
@@ -110,6 +123,7 @@ LAYOUT_SPECS: dict[str, Layout] = {
         brats_resolution,
         lambda i: f"BraTS-GLI-{i:05d}-000",
         ("1.5T", "3T"),
+        brats_protocol,
     ),
     "isles2015": Layout(
         "isles2015",
@@ -118,6 +132,7 @@ LAYOUT_SPECS: dict[str, Layout] = {
         (230.0, 230.0, 154.0),
         isles_resolution,
         lambda i: str(i + 1),
+        protocol=isles_protocol,
     ),
     "synthrad2023": Layout("synthrad2023", ("none", "tumour"), True, None, None, _synthrad_name),
 }
@@ -136,8 +151,8 @@ def make_layout_subject(
     """Subject `index` of the `layout` phantom, in RAS arrays (written LPS where the data are).
 
     Skull-stripped layouts have every image set to 0 outside the brain, as the real data are;
-    the acquisition geometry and field strength are drawn from their own stream
-    (`default_rng([seed, index, 1])`).
+    the acquisition geometry, field strength and sequence parameters are drawn from their own
+    stream (`default_rng([seed, index, 1])`).
     """
     spec = layout_spec(layout)
     lesion = spec.lesions[0] if lesion is None else lesion
@@ -146,6 +161,7 @@ def make_layout_subject(
     geometry = np.random.default_rng([seed, index, 1])
     resolution = spec.resolution(geometry) if spec.resolution else None
     field = str(geometry.choice(spec.field_strengths))
+    protocol = spec.protocol(geometry, resolution) if spec.protocol else None
     subject = make_phantom_subject(
         index,
         seed,
@@ -156,6 +172,8 @@ def make_layout_subject(
         extent_mm=spec.extent_mm,
         resolution=resolution,
         snr=SNR_15T if field == "1.5T" else SNR_3T,
+        protocol=protocol,
+        field_t=1.5 if field == "1.5T" else 3.0,
     )
     subject.name = spec.subject_name(index)
     if not spec.head:
