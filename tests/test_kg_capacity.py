@@ -5,6 +5,7 @@ import sys
 
 import pytest
 from capacity import count_parameters, network_hparams, training_flops
+from conftest import REPO
 
 from dfbk.methods.dfbk import ABLATIONS
 
@@ -37,4 +38,4 @@ def test_training_flops_count_the_knowledge_and_frequency_modules():
 
 def test_capacity_helper_imports_without_torch():
     code = "import sys, capacity; assert 'torch' not in sys.modules"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO / "bench")

@@ -125,9 +125,9 @@ def test_runs_follow_the_workflow_order_with_ablation_once(tmp_path):
     runs = configured_runs(config)
     keys = [tuple(r.values()) for r in runs]
     assert len(keys) == len(set(keys))
-    # demo: 4 methods on each of 3 directions less pix2pix on FLAIR->DWI, 4 more on T1->FLAIR
-    # (SynDiff left the demo: config/config.yaml says why), 2 ablation-only methods
-    assert len(runs) == (3 * 4 - 1 + 4 + 2) * len(config["seeds"])
+    # demo: 3 floors and 3 trained methods on each of 3 directions less pix2pix on FLAIR->DWI,
+    # 4 more on T1->FLAIR (SynDiff left the demo: docs/demo.md says why), 2 ablation-only methods
+    assert len(runs) == (3 * 6 - 1 + 4 + 2) * len(config["seeds"])
     assert keys[-1][2] == "dfbk-no-dfb" and keys[0][:3] == ("brats2023", "t1n-to-t2f", "identity")
 
 

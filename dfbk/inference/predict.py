@@ -32,6 +32,7 @@ from dfbk.diffusion.noise import slice_seeds
 from dfbk.errors import DataError, TrainingError
 from dfbk.inference.sliding_window import NonFiniteOutput, trained_tile, translate_tiled
 from dfbk.methods.base import Knowledge
+from dfbk.plan.schema import node
 from dfbk.training.checkpoint import check_fingerprint, load_checkpoint, rebuild_method
 from dfbk.training.trainer import parse_direction, pick_device
 
@@ -83,7 +84,8 @@ def inference_tile(
     if tiling == "patch":
         return trained
     if tiling != "slice":
-        raise ValueError(f"tiling must be patch or slice (translate.tiling); got {tiling!r}")
+        names = ", ".join(node("translate.tiling")["enum"])
+        raise ValueError(f"tiling must be one of {names}; got {tiling!r}")
     from dfbk.methods.geometry import size_multiple
 
     multiple = size_multiple(type(method), method.hparams)

@@ -242,7 +242,7 @@ def tracking_flag_checked(wildcards):
 # download.smk: settings of a synthesised (phantom) dataset.
 def phantom_setting(key):
     """A `phantom:` block's setting; the schema's default where the block leaves it out."""
-    return lambda wc: config["datasets"][wc.dataset]["phantom"].get(
+    return lambda wc: (config["datasets"][wc.dataset].get("phantom") or {}).get(
         key, schema_default(f"datasets.*.phantom.{key}")
     )
 
