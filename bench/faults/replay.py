@@ -9,7 +9,13 @@ answer. One line per case, then `tried / handled / failed`, so the next audit st
 number. Exit status 0 only when every tried case was handled. A case that cannot be set up here
 (no root for a small filesystem) is skipped and not counted as tried.
 
-Runs on the CPU in a few minutes (the micro workflow is most of it); nothing leaves 127.0.0.1.
+Items 1-17 are the first audit's list (training, checkpoints, downloads, MLflow, the workflow);
+items 18-36 the second's, in its order: output folders that must never cost the user data
+(18-20), a slice store's content and subjects (21-23), predictions and voxels outside the
+contract (24-25), then one line where a hang or a traceback stood (26-35) and a killed folder
+translate (36). tests/test_faults_replay.py runs the CLI cases, so a case cannot go stale.
+
+Runs on the CPU (the micro workflow is the longest part); nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
