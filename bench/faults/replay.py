@@ -691,12 +691,12 @@ def scale_slab(store_dir: Path, array: str, subject: str, factor: float) -> None
     """Multiply one subject's slices of an array file in place, as a hand edit would."""
     import numpy as np
 
-    from dfbk.data.slices.store import SliceStore, array_file
+    from dfbk.data.slices.store import SliceStore
 
     store = SliceStore(store_dir)
     start, stop = store.subject_range(subject)
-    dtype = "<f4" if array_file(array).endswith(".f32") else "u1"
-    data = np.memmap(store_dir / array_file(array), dtype=dtype, mode="r+",
+    name, dtype = (f"{array}.u8", "u1") if array in ("mask", "label") else (f"{array}.f32", "<f4")
+    data = np.memmap(store_dir / name, dtype=dtype, mode="r+",
                      shape=(store.n_slices, *store.size))  # fmt: skip
     data[start:stop] = (data[start:stop] * factor).astype(dtype)
     data.flush()
@@ -1092,6 +1092,14 @@ def odd_size(ws: Workspace) -> str:
     return line
 
 
+def finished_volumes(marker: Path) -> list[str]:
+    """The volumes a staging folder's marker lists as finished (none while it is unreadable)."""
+    try:
+        return list(json.loads(marker.read_text()).get("volumes") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
 @case("36", "a killed folder translate leaves nothing that looks finished, and resumes")
 def killed_folder_translate(ws: Workspace) -> str:
     work = ws.path("killed")
@@ -1108,9 +1116,8 @@ def killed_folder_translate(ws: Workspace) -> str:
     try:
         deadline = time.monotonic() + 180
         while run.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError, ValueError):
-                if json.loads(staged.read_text()).get("volumes"):
-                    break
+            if finished_volumes(staged) or list(out.glob("[!.]*.nii.gz")):  # staged or published
+                break
             time.sleep(0.02)
     finally:
         run.kill()  # as SIGKILL, a SLURM time limit or a lost node ends it
