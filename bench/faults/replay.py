@@ -9,7 +9,13 @@ answer. One line per case, then `tried / handled / failed`, so the next audit st
 number. Exit status 0 only when every tried case was handled. A case that cannot be set up here
 (no root for a small filesystem) is skipped and not counted as tried.
 
-Runs on the CPU in a few minutes (the micro workflow is most of it); nothing leaves 127.0.0.1.
+Items 1-17 are the first audit's list (training, checkpoints, downloads, MLflow, the workflow);
+items 18-36 the second's, in its order: output folders that must never cost the user data
+(18-20), a slice store's content and subjects (21-23), predictions and voxels outside the
+contract (24-25), then one line where a hang or a traceback stood (26-35) and a killed folder
+translate (36). tests/test_faults_replay.py runs the CLI cases, so a case cannot go stale.
+
+Runs on the CPU (the micro workflow is the longest part); nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -26,15 +32,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))  # the fake Zenodo server and Synapse client of the tests
+sys.path.insert(0, str(REPO / "tests"))  # fakes.py: local Zenodo server, archives, Synapse
 BIN = Path(sys.executable).parent
 DFBK = str(BIN / "dfbk") if (BIN / "dfbk").exists() else "dfbk"
 TINY = {"steps": 2, "batch_size": 2}
@@ -160,8 +164,11 @@ class Workspace:
         return self._made["store"]
 
     def train(self, name: str, overrides: dict, checkpoints: Path | None = None, **kw):
-        """`dfbk train phantom t1n-to-t2w pix2pix` into <root>/<name>; the CompletedProcess."""
-        store, split = self.store
+        """`dfbk train phantom t1n-to-t2w pix2pix` into <root>/<name>; the CompletedProcess.
+
+        `store=` and `split=` train on another slice store than the shared one."""
+        store = kw.pop("store", None) or self.store[0]
+        split = kw.pop("split", None) or self.store[1]
         out = self.root / name
         args = ["train", "phantom", "t1n-to-t2w", kw.pop("method", "pix2pix")]
         args += ["--overrides", json.dumps(overrides), "--store", store, "--split", split]
@@ -376,13 +383,16 @@ def torn_log_import(ws: Workspace) -> str:
 
 
 @contextlib.contextmanager
-def small_filesystem(where: Path, size: str = "256k"):
-    """A tmpfs of `size` at `where` (root only); yields None when it cannot be mounted."""
+def small_filesystem(where: Path, size: str = "256k", options: str = ""):
+    """A tmpfs of `size` at `where` (root only); yields None when it cannot be mounted.
+
+    `options` join the mount's (`ro`: a read-only filesystem, which binds root too)."""
     where.mkdir(parents=True, exist_ok=True)
     if os.geteuid() != 0 or not shutil.which("mount"):
         yield None
         return
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+    flags = ",".join(filter(None, [f"size={size}", options]))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", flags, "tmpfs", str(where)],
                              capture_output=True)  # fmt: skip
     if mounted.returncode != 0:
         yield None
@@ -492,22 +502,13 @@ def huge_header(ws: Workspace) -> str:
 @contextlib.contextmanager
 def zenodo(files: dict[str, bytes]):
     """A local fake Zenodo serving record 900 with `files`; yields download settings."""
-    from test_download import FakeServer, Handler, zenodo_record
+    from fakes import serve, zenodo_record
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state = FakeServer()
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.state = state
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serve() as state:
         record = zenodo_record(state, 900, files, 900)
         record["links"].pop("latest")
         state.routes["/api/records/900"] = record
         yield {"zenodo_api": f"{state.base}/api", "record": "900", "files": ["*"]}
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 def download(ws: Workspace, name: str, files: dict[str, bytes]):
@@ -520,7 +521,7 @@ def download(ws: Workspace, name: str, files: dict[str, bytes]):
 
 @case("6", "a zip whose symlinks chain outside the folder is refused")
 def zip_symlink_chain(ws: Workspace) -> str:
-    from test_faults_data import CHAIN, zip_bytes
+    from fakes import CHAIN, zip_bytes
 
     work, result = download(ws, "chain", {"evil_SISS.zip": zip_bytes(CHAIN)})
     line = one_line_error(result, "download", "unsafe archive entry")
@@ -531,7 +532,7 @@ def zip_symlink_chain(ws: Workspace) -> str:
 
 @case("7", "a Zenodo file key that is a path is refused")
 def traversal_key(ws: Workspace) -> str:
-    from test_faults_data import zip_bytes
+    from fakes import zip_bytes
 
     key = "../../../x_SISS.zip"
     work, result = download(ws, "deep/er/traversal", {key: zip_bytes([("a.txt", "file", "x")])})
@@ -542,7 +543,7 @@ def traversal_key(ws: Workspace) -> str:
 
 @case("9", "a zip bomb is refused by its expansion ratio")
 def zip_bomb(ws: Workspace) -> str:
-    from test_faults_data import zip_bytes
+    from fakes import zip_bytes
 
     bomb = zip_bytes([("data/zeros.bin", "file", bytes(8 << 20))])
     work, result = download(ws, "bomb", {"bomb_SISS.zip": bomb})
@@ -553,7 +554,7 @@ def zip_bomb(ws: Workspace) -> str:
 
 @case("10", "the Synapse token never reaches logs or streams")
 def token_leak(ws: Workspace) -> str:
-    from test_faults_data import BRATS_ZIP, FAKE_CLIENT, RUNNER, TOKEN, token_forms, zip_bytes
+    from fakes import BRATS_ZIP, FAKE_CLIENT, RUNNER, TOKEN, token_forms, zip_bytes
 
     folder = ws.path("token")
     (folder / "fake/synapseclient").mkdir(parents=True, exist_ok=True)
@@ -605,6 +606,7 @@ def fake_run(root: Path, method: str, steps: int = 5) -> tuple[Path, Path]:
 def track(ws: Workspace, runs: list[tuple[Path, Path]], uri: str, env: dict | None = None):
     args = ["track", "--train-dirs", *(t for t, _ in runs), "--eval-dirs", *(e for _, e in runs)]
     out = runs[0][0].parent.parent / "imported.json"
+    args += ["--no-models"]  # fake runs have no model.pt (a trained run's import is the workflow's)
     return dfbk(*args, "--uri", uri, "--experiment", "replay", "--out", out, env=env, timeout=400)
 
 
@@ -650,6 +652,495 @@ def locked_store(ws: Workspace) -> str:
     finally:
         holder.close()
     return one_line_error(result, "track", "mlflow.db", "locked")
+
+
+# --- 18-36: the second audit: output folders, store integrity, one line for every fault --------
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: what a refused command must leave as it was."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def unchanged(folder: Path, before: dict[str, bytes]) -> None:
+    after = listing(folder)
+    lost = sorted(set(before) - set(after))
+    expect(not lost, f"{len(lost)} file(s) deleted from {folder}, e.g. {lost[:3]}")
+    changed = sorted(k for k in before if after[k] != before[k])
+    expect(not changed, f"changed in {folder}: {changed[:3]}")
+    added = sorted(set(after) - set(before))
+    expect(not added, f"written into {folder}: {added[:3]}")
+
+
+def raw_copy(ws: Workspace, name: str) -> Path:
+    """A private copy of the shared phantom's raw folder (t1n, t2w and mask of each subject)."""
+    raw = ws.root / name / "raw"
+    wanted = ("-t1n.nii.gz", "-t2w.nii.gz", "-mask.nii.gz", "subjects.json")
+    shutil.copytree(ws.raw, raw, ignore=lambda d, names: [n for n in names if
+                    Path(d, n).is_file() and not n.endswith(wanted)])  # fmt: skip
+    return raw
+
+
+def store_copy(ws: Workspace, name: str) -> tuple[Path, Path]:
+    """A byte-identical private copy of the shared slice store, and the shared split."""
+    store, split = ws.store
+    return shutil.copytree(store, ws.root / name / "store"), split
+
+
+def scale_slab(store_dir: Path, array: str, subject: str, factor: float) -> None:
+    """Multiply one subject's slices of an array file in place, as a hand edit would."""
+    import numpy as np
+
+    from dfbk.data.slices.store import SliceStore
+
+    store = SliceStore(store_dir)
+    start, stop = store.subject_range(subject)
+    name, dtype = (f"{array}.u8", "u1") if array in ("mask", "label") else (f"{array}.f32", "<f4")
+    data = np.memmap(store_dir / name, dtype=dtype, mode="r+",
+                     shape=(store.n_slices, *store.size))  # fmt: skip
+    data[start:stop] = (data[start:stop] * factor).astype(dtype)
+    data.flush()
+    del data
+
+
+def test_subjects(split: Path) -> list[str]:
+    return json.loads(split.read_text())["test"]
+
+
+def reference_predictions(store_dir: Path, split: Path, folder: Path, scale=lambda x: x) -> Path:
+    """Each test subject's own t2w slices as its prediction (a perfect method), mapped by
+    `scale`: the folder an external method hands to `dfbk evaluate`."""
+    import numpy as np
+
+    from dfbk.data.io import write_nifti
+    from dfbk.data.slices.store import SliceStore
+
+    store = SliceStore(store_dir)
+    for subject in test_subjects(split):
+        start, stop = store.subject_range(subject)
+        volume = np.moveaxis(np.asarray(store.images("t2w")[start:stop]), 0, 2)
+        write_nifti(scale(volume), store.subject_affine(subject), folder / f"{subject}.nii.gz")
+    return folder
+
+
+def evaluate(store: Path, predictions: Path, split: Path, out: Path):
+    return dfbk("evaluate", store, predictions, split, "t1n-to-t2w", out, "--dataset", "phantom",
+                "--method", "reference", "--seed", 0)  # fmt: skip
+
+
+def translate(checkpoint: Path, source: Path, output: Path, **kwargs):
+    return dfbk("translate", "--checkpoint", checkpoint, "-i", source, "-o", output, "--device",
+                "cpu", "--threads", 1, **kwargs)  # fmt: skip
+
+
+def volume_like(ws: Workspace, path: Path, affine) -> Path:
+    """A subject's t1n voxels saved at `path` with another affine (voxel size, orientation)."""
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.load(_subject_file(ws.raw, "t1n"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj), affine), path)
+    return path
+
+
+def prepare(raw: Path, out: Path, *extra, size: int = 32, modalities: str = "t1n,t2w"):
+    return dfbk("prepare", "phantom", raw, out, "--modalities", modalities, "--size", size, size,
+                *extra, timeout=180)  # fmt: skip
+
+
+@case("18", "prepare into its own raw folder deletes nothing")
+def prepare_into_raw(ws: Workspace) -> str:
+    raw = raw_copy(ws, "into_raw")
+    before = listing(raw)
+    line = one_line_error(prepare(raw, raw), "prepare", f"{raw}: is the raw folder")
+    unchanged(raw, before)
+    return line
+
+
+@case("19", "prepare into a parent of the raw folder deletes nothing")
+def prepare_into_parent(ws: Workspace) -> str:
+    data = ws.root / "proj" / "data"
+    shutil.copytree(raw_copy(ws, "into_parent"), data / "raw")
+    (data / "notes.md").write_text("my notes\n")
+    before = listing(data)
+    line = one_line_error(prepare(data / "raw", data), "prepare", f"{data}: holds the raw folder")
+    unchanged(data, before)
+    return line
+
+
+@case("20", "predict into the slice store or the current folder writes nothing")
+def predict_into_store(ws: Workspace) -> str:
+    store, split = store_copy(ws, "into_store")
+    before = listing(store)
+    result = dfbk("predict", ws.model, store, split, store, "--device", "cpu")
+    line = one_line_error(result, "predict", f"{store}: is the slice store")
+    unchanged(store, before)
+    here = ws.path("into_store/here")
+    result = dfbk("predict", ws.model, store, split, ".", "--device", "cpu", cwd=here)
+    one_line_error(result, "predict", "is the current folder")
+    expect(not list(here.iterdir()), f"written into {here}")
+    return line
+
+
+@case("21", "a slice store edited after prepare is never scored or translated")
+def edited_store(ws: Workspace) -> str:
+    store, split = store_copy(ws, "edited")
+    reference = reference_predictions(store, split, ws.path("edited/reference"))
+    result = evaluate(store, reference, split, ws.root / "edited/intact")
+    expect(result.returncode == 0, f"the intact store was refused: {result.stderr[-300:]}")
+    metrics = json.loads((ws.root / "edited/intact/metrics.json").read_text())
+    ssim = metrics["summary"]["ssim_full"]["mean"]
+    expect(abs(ssim - 1) < 1e-6, f"a perfect prediction scored SSIM {ssim}")
+    test = test_subjects(split)[0]
+    scale_slab(store, "t2w", test, 0.5)  # the edit that moved SSIM 0.0163 -> 0.0321
+    out = ws.root / "edited/eval"
+    line = one_line_error(evaluate(store, reference, split, out), "evaluate",
+                          str(store / "t2w.f32"), test)  # fmt: skip
+    expect(not out.exists(), f"{out} written")
+    scale_slab(store, "t1n", test, 0.5)
+    out = ws.root / "edited/pred"
+    result = dfbk("predict", ws.model, store, split, out, "--device", "cpu")
+    one_line_error(result, "predict", str(store / "t1n.f32"))
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+import dfbk.data.slices.prepare as prepare
+
+raw, out, started, gate = map(Path, sys.argv[1:5])
+original = prepare.prepare_subject
+
+
+def gated(*args, **kwargs):  # the first subject waits until the replayer opens the gate
+    started.touch()
+    while not gate.exists():
+        time.sleep(0.05)
+    return original(*args, **kwargs)
+
+
+prepare.prepare_subject = gated
+prepare.prepare_dataset("phantom", raw, out, ["t1n", "t2w"], (32, 32), 0.05)
+"""
+
+
+@case("22", "a second prepare into the same folder is refused; the first finishes whole")
+def concurrent_prepare(ws: Workspace) -> str:
+    """The first prepare is held inside its first subject (a gate file) so that the second
+    one certainly starts while the first is writing: the order of a real race, made certain."""
+    from dfbk.data.slices.store import SliceStore
+
+    work = ws.path("concurrent")
+    raw, out = raw_copy(ws, "concurrent"), work / "store"
+    started, gate = work / "started", work / "gate"
+    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(raw), str(out), str(started),
+                              str(gate)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        expect(started.exists(), f"the first prepare did not start ({first.poll()})")
+        line = one_line_error(prepare(raw, out), "prepare", "another dfbk prepare")
+        gate.touch()
+        expect(first.wait(120) == 0, f"the first prepare failed: {first.stderr.read()[-300:]}")
+    finally:
+        gate.touch()
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+    store = SliceStore(out)
+    store.verify(store.subjects, ["t1n", "t2w", "mask", "label"])  # one prepare's, whole
+    left = sorted(p.name for p in work.iterdir())
+    expect(left == ["gate", "raw", "started", "store"], f"left beside the store: {left}")
+    return line
+
+
+def twin(raw: Path, subject: str, name: str) -> None:
+    """Copy a subject's folder under another id, byte for byte."""
+    shutil.copytree(raw / subject, raw / name)
+    for path in (raw / name).iterdir():
+        path.rename(path.with_name(path.name.replace(subject, name)))
+
+
+LAYOUT = {
+    "modalities": {"t1n": "{case}/{case}-t1n.nii.gz", "t2w": "{case}/{case}-t2w.nii.gz"},
+    "mask": "{case}/{case}-mask.nii.gz",
+}
+
+
+def prepare_layout(raw: Path, out: Path, layout: dict, timeout: float = 180):
+    return dfbk("prepare", "mine", raw, out, "--modalities", "t1n,t2w", "--size", 32, 32,
+                "--layout", json.dumps(layout), timeout=timeout)  # fmt: skip
+
+
+@case("23", "subject ids differing only in letter case are refused")
+def case_colliding_ids(ws: Workspace) -> str:
+    raw = raw_copy(ws, "case_ids")
+    twin(raw, "phantom-003", "PHANTOM-003")
+    out = ws.root / "case_ids/store"
+    line = one_line_error(prepare_layout(raw, out, LAYOUT), "prepare", "PHANTOM-003",
+                          "phantom-003", "letter case")  # fmt: skip
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+@case("23", "identical volumes under two subject ids are refused")
+def identical_subjects(ws: Workspace) -> str:
+    raw = raw_copy(ws, "twins")
+    twin(raw, "phantom-001", "phantom-101")
+    out = ws.root / "twins/store"
+    line = one_line_error(prepare(raw, out), "prepare", "phantom-001", "phantom-101", "identical")
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+@case("24", "a prediction outside [0, 1] is refused naming the file and range")
+def tanh_prediction(ws: Workspace) -> str:
+    store, split = ws.store
+    predictions = reference_predictions(store, split, ws.path("tanh/pred"), lambda x: 2 * x - 1)
+    out = ws.root / "tanh/eval"
+    path = predictions / f"{test_subjects(split)[0]}.nii.gz"
+    line = one_line_error(evaluate(store, predictions, split, out), "evaluate", str(path),
+                          "[-1, 1]", "outside")  # fmt: skip
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+@case("25", "a complex-valued NIfTI is refused naming the file")
+def complex_volume(ws: Workspace) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    raw = raw_copy(ws, "complex")
+    path = _subject_file(raw, "t2w")
+    image = nib.load(path)
+    data = image.get_fdata(dtype=np.float32)
+    nib.save(nib.Nifti1Image((data + 1j * data).astype(np.complex64), image.affine), path)
+    out = ws.root / "complex/store"
+    line = one_line_error(prepare(raw, out), "prepare", path.name, "complex64")
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+@case("26", "a backtracking layout case pattern is refused, not run")
+def backtracking_pattern(ws: Workspace) -> str:
+    raw = ws.path("backtrack/raw")
+    case_dir = raw / ("a" * 40)
+    case_dir.mkdir(parents=True, exist_ok=True)
+    for modality in ("t1n", "t2w"):
+        (case_dir / f"{'a' * 40}-{modality}.nii.gz").write_bytes(b"")
+    layout = {**LAYOUT, "case": "(a|aa)+b", "mask": None}
+    try:
+        result = prepare_layout(raw, ws.root / "backtrack/store", layout, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise Unhandled("prepare still running after 120 s") from None
+    return one_line_error(result, "prepare", "layout.case", "(a|aa)+b")
+
+
+@case("27", "refused weights pin no hash and leave no file")
+def junk_weights(ws: Workspace) -> str:
+    import numpy as np
+
+    folder = ws.path("weights")
+    junk, dest = folder / "junk.npz", folder / "dest"
+    np.savez(junk, unrelated=np.zeros(3))
+    result = dfbk("weights", "resvit-vit", "--from-file", junk, "--dest", dest)
+    line = one_line_error(result, "weights", str(junk))
+    left = [p.name for p in dest.rglob("*")] if dest.exists() else []
+    expect(not left, f"left in {dest}: {left}")
+    return line
+
+
+@case("28", "non-integer label values in a layout are one line")
+def label_values(ws: Workspace) -> str:
+    layout = {**LAYOUT, "label": "{case}/{case}-seg.nii.gz", "label_values": [0, "one"]}
+    out = ws.root / "labels/store"
+    line = one_line_error(prepare_layout(ws.raw, out, layout), "prepare", "label_values")
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+@case("29", "translating a NIfTI with a singular affine is one line")
+def singular_affine(ws: Workspace) -> str:
+    import nibabel as nib
+    import numpy as np
+
+    folder = ws.path("singular")
+    data = np.asanyarray(nib.load(_subject_file(ws.raw, "t1n")).dataobj).astype(np.int16)
+    header = nib.Nifti1Header()  # an sform whose slice axis has no extent: not invertible
+    header.set_data_shape(data.shape)
+    header.set_data_dtype(np.int16)
+    header["sform_code"], header["qform_code"] = 2, 0
+    header["srow_x"], header["srow_y"], header["srow_z"] = [5, 0, 0, 0], [0, 5, 0, 0], [0] * 4
+    source = folder / "singular.nii.gz"
+    nib.save(nib.Nifti1Image(data, None, header=header), str(source))
+    out = folder / "out.nii.gz"
+    line = one_line_error(translate(ws.model, source, out), "translate", str(source), "affine")
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+@case("30", "a store whose size was edited to another shape of the same bytes is refused")
+def edited_size(ws: Workspace) -> str:
+    store, split = store_copy(ws, "resized")
+    meta = json.loads((store / "store.json").read_text())
+    height, width = meta["size"]
+    meta["size"] = [height // 2, width * 2]  # same bytes; both sides still suit the network
+    (store / "store.json").write_text(json.dumps(meta))
+    overrides = {**TINY, "num_downs": 4}  # sides divisible by 16
+    result = ws.train("resized", overrides, store=store, split=split)
+    line = one_line_error(result, "train", str(store), "slices")
+    expect(not (ws.root / "resized/out/model.pt").exists(), "model.pt written")
+    return line
+
+
+@case("31", "a header declaring 2000 mm voxels is refused before resampling")
+def absurd_voxels(ws: Workspace) -> str:
+    import numpy as np
+
+    folder = ws.path("huge_voxels")
+    source = volume_like(ws, folder / "huge.nii.gz", np.diag([2000.0, 2000.0, 2000.0, 1.0]))
+    out = folder / "out.nii.gz"
+    try:
+        result = translate(ws.model, source, out, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise Unhandled("translate still running after 120 s (resampling?)") from None
+    line = one_line_error(result, "translate", str(source), "2000x2000 mm")
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+@case("32", "translate onto a full disk is one line and leaves no file")
+def translate_full_disk(ws: Workspace) -> str:
+    import resource
+
+    folder = ws.path("translate_full")
+    out = folder / "out" / "t2w.nii"  # uncompressed: larger than the limit below
+
+    def limit() -> None:  # `ulimit -f 16`: writes past 16 KiB fail with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_384, 16_384))
+
+    result = translate(ws.model, _subject_file(ws.raw, "t1n"), out, preexec_fn=limit)
+    line = one_line_error(result, "translate", str(out), "cannot write")
+    left = list(out.parent.iterdir()) if out.parent.exists() else []
+    expect(not left, f"left behind: {[p.name for p in left]}")
+    return line
+
+
+@case("32", "translate into a read-only folder is one line and leaves no file")
+def translate_read_only(ws: Workspace) -> str:
+    folder = ws.path("translate_ro")
+    if os.geteuid() == 0:  # root ignores permission bits: a read-only filesystem instead
+        context = small_filesystem(folder / "locked", "64k", "ro")
+    else:
+        (folder / "locked").mkdir(exist_ok=True)
+        (folder / "locked").chmod(0o555)
+        context = contextlib.nullcontext(folder / "locked")
+    with context as locked:
+        if locked is None:
+            raise Skip("cannot mount a read-only tmpfs")
+        out = locked / "t2w.nii.gz"
+        result = translate(ws.model, _subject_file(ws.raw, "t1n"), out)
+        line = one_line_error(result, "translate", str(out), "cannot write")
+        expect(not list(locked.iterdir()), f"left in {locked}")
+    return line
+
+
+@case("33", "split fractions that are all zero are one line")
+def zero_fractions(ws: Workspace) -> str:
+    store, _ = ws.store
+    out = ws.path("fractions") / "splits.json"
+    result = dfbk("split", store, "--out", out, "--fractions", 0, 0, 0)
+    line = one_line_error(result, "split", "fractions")
+    expect(not out.exists(), f"{out} written")
+    return line
+
+
+@case("34", "a checkpoint whose settings do not fit its weights is one line")
+def mismatched_hparams(ws: Workspace) -> str:
+    from dfbk.training.checkpoint import load_checkpoint, save_atomic
+
+    payload = load_checkpoint(ws.model)
+    payload["hparams"]["ngf"] *= 2  # edited (and re-hashed): the weights are of the old width
+    model = save_atomic(payload, ws.path("hparams") / "model.pt")
+    store, split = ws.store
+    out = ws.root / "hparams/pred"
+    result = dfbk("predict", model, store, split, out, "--device", "cpu")
+    line = one_line_error(result, "predict", str(model), "do not fit")
+    expect(not out.exists(), f"{out} written")
+    volume = ws.root / "hparams/t2w.nii.gz"
+    result = translate(model, _subject_file(ws.raw, "t1n"), volume)
+    one_line_error(result, "translate", str(model), "do not fit")
+    expect(not volume.exists(), f"{volume} written")
+    return line
+
+
+@case("35", "dfbk train on a 63x63 store is one line")
+def odd_size(ws: Workspace) -> str:
+    work = ws.path("odd")
+    store, split = work / "store", work / "splits.json"
+    result = prepare(ws.raw, store, size=63)
+    expect(result.returncode == 0, f"prepare failed: {result.stderr[-300:]}")
+    result = dfbk("split", store, "--out", split)
+    expect(result.returncode == 0, f"split failed: {result.stderr[-300:]}")
+    result = ws.train("odd", TINY, store=store, split=split)
+    line = one_line_error(result, "train", "63x63", "divisible by")
+    expect(not (work / "out").exists(), f"{work / 'out'} written")
+    return line
+
+
+def finished_volumes(marker: Path) -> list[str]:
+    """The volumes a staging folder's marker lists as finished (none while it is unreadable)."""
+    try:
+        return list(json.loads(marker.read_text()).get("volumes") or [])
+    except (OSError, ValueError, AttributeError):
+        return []
+
+
+@case("36", "a killed folder translate leaves nothing that looks finished, and resumes")
+def killed_folder_translate(ws: Workspace) -> str:
+    work = ws.path("killed")
+    sources = work / "in"
+    sources.mkdir(exist_ok=True)
+    for k, path in enumerate(sorted(ws.raw.rglob("*-t1n.nii.gz")) * 2):
+        shutil.copy(path, sources / f"s{k}_t1n.nii.gz")
+    count = len(list(sources.iterdir()))
+    out = work / "out"
+    staged = work / ".out.partial" / ".dfbk-output.json"
+    command = [DFBK, "translate", "--checkpoint", str(ws.model), "-i", str(sources), "-o",
+               str(out), "--device", "cpu", "--threads", "1"]  # fmt: skip
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while run.poll() is None and time.monotonic() < deadline:
+            if finished_volumes(staged) or list(out.glob("[!.]*.nii.gz")):  # staged or published
+                break
+            time.sleep(0.02)
+    finally:
+        run.kill()  # as SIGKILL, a SLURM time limit or a lost node ends it
+        status = run.wait()
+    if status == 0:
+        raise Skip(f"translate finished all {count} volumes before it could be killed")
+    if out.exists():
+        raise Unhandled(f"{out} exists after the kill, holding {sorted(listing(out))}")
+    marker = json.loads(staged.read_text())
+    expect(
+        marker.get("complete") is False, f"staging marker says complete: {marker.get('complete')}"
+    )
+    finished = len(marker["volumes"])
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    expect(again.returncode == 0, f"the rerun failed: {again.stderr[-300:]}")
+    names = sorted(p.name for p in out.iterdir() if p.name.endswith(".nii.gz"))
+    expect(len(names) == count, f"{len(names)} of {count} volumes in {out}")
+    expect(json.loads((out / ".dfbk-output.json").read_text())["complete"] is True, "not complete")
+    expect(not staged.parent.exists(), f"{staged.parent} left behind")
+    return (
+        f"killed after {finished} of {count}: no {out.name}/, staging marked incomplete; "
+        f"the rerun kept them and finished"
+    )
 
 
 # --- 2, 16, 17: the micro workflow ------------------------------------------------------------
