@@ -259,3 +259,29 @@ def token_forms(token: str) -> list[str]:
         base64.urlsafe_b64encode(raw).decode().rstrip("="),
         base64.b64encode(b"user:" + raw).decode()[8:-4],  # the token's part of a Basic header
     ]
+
+
+# ----- a prepare held inside its first subject --------------------------------------------------
+# `python -c GATED_PREPARE RAW OUT STARTED GATE SIZE`: a phantom prepare (t1n, t2w, SIZE x SIZE)
+# that touches STARTED in its first subject and waits there until GATE exists, so a second
+# prepare into OUT is certain to meet it mid-run.
+GATED_PREPARE = """
+import sys, time
+from pathlib import Path
+import dfbk.data.slices.prepare as prepare
+
+raw, out, started, gate = map(Path, sys.argv[1:5])
+size = int(sys.argv[5])
+original = prepare.prepare_subject
+
+
+def gated(*args, **kwargs):  # the first subject waits until the caller opens the gate
+    started.touch()
+    while not gate.exists():
+        time.sleep(0.05)
+    return original(*args, **kwargs)
+
+
+prepare.prepare_subject = gated
+prepare.prepare_dataset("phantom", raw, out, ["t1n", "t2w"], (size, size), 0.05)
+"""

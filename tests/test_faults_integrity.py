@@ -24,6 +24,7 @@ import pytest
 import torch
 import yaml
 from conftest import DFBK, train_spec
+from fakes import GATED_PREPARE
 
 from dfbk.cli import main
 from dfbk.data.datasets import get_adapter
@@ -179,32 +180,22 @@ def test_a_store_without_subject_digests_is_checked_file_by_file(phantom_store, 
 
 
 # ----- two prepares into one folder -------------------------------------------------------------
-HOLDER = """
-import sys, time
-from pathlib import Path
-import dfbk.data.slices.prepare as prepare
-
-raw, out, started, gate = map(Path, sys.argv[1:5])
-original = prepare.prepare_subject
-
-
-def gated(*args, **kwargs):  # the first subject waits until the test opens the gate
-    started.touch()
-    while not gate.exists():
-        time.sleep(0.05)
-    return original(*args, **kwargs)
-
-
-prepare.prepare_subject = gated
-prepare.prepare_dataset("phantom", raw, out, ["t1n", "t2w"], (48, 48), 0.05)
-"""
 
 
 def test_a_second_prepare_into_the_same_folder_is_refused(phantom_raw, tmp_path, capsys):
     """The second used to delete the first one's temporaries and finish over a mixed store."""
     out, started, gate = tmp_path / "store", tmp_path / "started", tmp_path / "gate"
     first = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(phantom_raw), str(out), str(started), str(gate)],
+        [
+            sys.executable,
+            "-c",
+            GATED_PREPARE,
+            str(phantom_raw),
+            str(out),
+            str(started),
+            str(gate),
+            "48",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )

@@ -806,38 +806,19 @@ def edited_store(ws: Workspace) -> str:
     return line
 
 
-HOLDER = """
-import sys, time
-from pathlib import Path
-import dfbk.data.slices.prepare as prepare
-
-raw, out, started, gate = map(Path, sys.argv[1:5])
-original = prepare.prepare_subject
-
-
-def gated(*args, **kwargs):  # the first subject waits until the replayer opens the gate
-    started.touch()
-    while not gate.exists():
-        time.sleep(0.05)
-    return original(*args, **kwargs)
-
-
-prepare.prepare_subject = gated
-prepare.prepare_dataset("phantom", raw, out, ["t1n", "t2w"], (32, 32), 0.05)
-"""
-
-
 @case("22", "a second prepare into the same folder is refused; the first finishes whole")
 def concurrent_prepare(ws: Workspace) -> str:
     """The first prepare is held inside its first subject (a gate file) so that the second
     one certainly starts while the first is writing: the order of a real race, made certain."""
+    from fakes import GATED_PREPARE
+
     from dfbk.data.slices.store import SliceStore
 
     work = ws.path("concurrent")
     raw, out = raw_copy(ws, "concurrent"), work / "store"
     started, gate = work / "started", work / "gate"
-    first = subprocess.Popen([sys.executable, "-c", HOLDER, str(raw), str(out), str(started),
-                              str(gate)], stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = subprocess.Popen([sys.executable, "-c", GATED_PREPARE, str(raw), str(out), str(started),
+                              str(gate), "32"], stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while not started.exists() and first.poll() is None and time.monotonic() < deadline:
